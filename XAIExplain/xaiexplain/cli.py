@@ -1,0 +1,172 @@
+"""The ``xaiexplain`` command: explain, methods, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+from .errors import XAIError
+
+
+class ProgressBar:
+    """A tqdm bar fed by the engine's (fraction, message) callback; messages also go to stderr lines."""
+
+    def __init__(self, enabled: bool = True):
+        self.bar = None
+        self.enabled = enabled
+
+    def __call__(self, fraction: float, message: str) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=1000, unit="‰", file=sys.stderr, dynamic_ncols=True,
+                            bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
+        self.bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
+        self.bar.set_description_str(message[:60])
+        self.bar.refresh()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _parse_params(items: list[str]) -> dict:
+    """``--param smoothgrad.samples=50`` -> {'smoothgrad': {'samples': 50}} (values read as JSON if they parse)."""
+    params: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.partition(".")
+        if not sep or not dot:
+            raise XAIError(f"cannot read --param '{item}'", "write it as METHOD.NAME=VALUE, e.g. smoothgrad.samples=50")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+        params.setdefault(method, {})[name] = value
+    return params
+
+
+def _preprocessing_overrides(args) -> dict:
+    out = {}
+    if args.orientation:
+        out["orientation"] = args.orientation
+    if args.spacing:
+        out["spacing"] = args.spacing
+    if args.size:
+        out["spatial_size"] = args.size
+    if args.intensity:
+        kind, _, rest = args.intensity.partition(":")
+        values = [float(v) for v in rest.split(",")] if rest else []
+        if kind == "range" and len(values) == 4:
+            out["intensity"] = {"kind": "range", "a_min": values[0], "a_max": values[1], "b_min": values[2], "b_max": values[3]}
+        elif kind == "percentiles" and len(values) == 2:
+            out["intensity"] = {"kind": "percentiles", "lower": values[0], "upper": values[1], "b_min": 0.0, "b_max": 1.0}
+        elif kind == "zscore" and not values:
+            out["intensity"] = {"kind": "zscore"}
+        else:
+            raise XAIError(f"cannot read --intensity '{args.intensity}'",
+                           "use range:AMIN,AMAX,BMIN,BMAX or percentiles:LOW,HIGH or zscore")
+    return out
+
+
+def cmd_explain(args) -> int:
+    from .explain import explain, load_inputs
+    from .outputs import write_results
+
+    bar = ProgressBar(not args.quiet)
+    try:
+        results = explain(args.model, args.input, args.method, target=args.target, versus=args.versus,
+                          roi=args.roi, layer=args.layer, params=_parse_params(args.param), seed=args.seed,
+                          device=args.device, preprocessing=_preprocessing_overrides(args), progress=bar)
+    finally:
+        bar.close()
+    volume, _ = load_inputs(args.input)
+    written = write_results(args.out, volume, results, {"inputs": [str(p) for p in args.input],
+                                                        "command": " ".join(sys.argv)})
+    pred = results[0].prediction
+    if pred["task"] == "classification":
+        print(f"prediction: {pred['predicted_name']} (p={max(pred['probabilities']):.3f})")
+    for r in results:
+        print(f"{r.method}: {r.timings['seconds']:.2f} s, peak at voxel {list(r.peak_index())}")
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def cmd_methods(args) -> int:
+    from .methods import REGISTRY
+
+    if args.json:
+        print(json.dumps([m.describe() for m in REGISTRY.values()], indent=2))
+        return 0
+    print(f"{'name':22} {'family':9} {'signed':6} {'layers':6} {'passes (fwd/bwd)':16} title")
+    for m in REGISTRY.values():
+        cost = m.cost(m.params({}))
+        print(f"{m.name:22} {m.family:9} {str(m.signed):6} {str(m.needs_layers):6} "
+              f"{cost['forward']:>3} / {cost['backward']:<10} {m.title}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(args.out, seed=args.seed, methods=args.method or None, device=args.device, quiet=args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xaiexplain", description="Explain 3D medical-imaging models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ex = sub.add_parser("explain", help="compute attribution maps for one case")
+    ex.add_argument("--model", required=True, help="TorchScript file, .pt2 program or MONAI bundle folder")
+    ex.add_argument("--input", required=True, action="append", help="volume file or DICOM folder (repeat for channels)")
+    ex.add_argument("--method", action="append", required=True, help="method name (repeat for several)")
+    ex.add_argument("--target", help="class index or name (default: the predicted class)")
+    ex.add_argument("--versus", help="second class: explain target minus versus")
+    ex.add_argument("--roi", help="mask on the input grid (segmentation models), or 'predicted'")
+    ex.add_argument("--layer", help="module name for CAM methods (default: last spatial feature map)")
+    ex.add_argument("--param", action="append", help="METHOD.NAME=VALUE, e.g. smoothgrad.samples=50")
+    ex.add_argument("--orientation", help="reorient to these axis codes before the model, e.g. RAS")
+    ex.add_argument("--spacing", type=float, nargs=3, help="resample to this spacing (mm)")
+    ex.add_argument("--size", type=int, nargs=3, help="crop/pad to this size (voxels)")
+    ex.add_argument("--intensity", help="range:AMIN,AMAX,BMIN,BMAX | percentiles:LOW,HIGH | zscore")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    ex.add_argument("--out", required=True, help="output folder")
+    ex.add_argument("--quiet", action="store_true", help="no progress bar")
+    ex.set_defaults(func=cmd_explain)
+
+    me = sub.add_parser("methods", help="list the registered methods")
+    me.add_argument("--json", action="store_true")
+    me.set_defaults(func=cmd_methods)
+
+    de = sub.add_parser("demo", help="generate a SynthLesion case and explain the demo model on it")
+    de.add_argument("--out", default="demo-output")
+    de.add_argument("--seed", type=int, default=1000003)
+    de.add_argument("--method", action="append", help="methods (default: all gradient and CAM methods)")
+    de.add_argument("--device", default="auto")
+    de.add_argument("--quiet", action="store_true")
+    de.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return args.func(args)
+    except XAIError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cancelled: no output was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""The engine's front door: volumes + model + target + methods -> attributions on the input grid."""
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from .errors import XAIError
+from .methods import Context, get_method
+from .models import LoadedModel, load_model, model_output
+from .preprocess import Preprocessor
+from .provenance import versions
+from .result import Attribution
+from .targets import ClassTarget, ContrastTarget, SegmentationTarget
+from .volume import Volume, read_volume, resample_to, stack_channels
+
+
+def load_inputs(inputs) -> tuple[Volume, list[str]]:
+    """One Volume from a Volume, a path, or a list of them (as channels on the first one's grid)."""
+    items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    volumes = [item if isinstance(item, Volume) else read_volume(item) for item in items]
+    volume, notes = stack_channels(volumes)
+    return volume, notes
+
+
+def check_volume(volume: Volume, model: LoadedModel) -> None:
+    bad = int((~np.isfinite(volume.array)).sum())
+    if bad:
+        raise XAIError(f"the input volume holds {bad} NaN or infinite voxels", "fill or mask them before explaining")
+    if float(volume.array.max()) == float(volume.array.min()):
+        raise XAIError(f"the input volume is constant (every voxel is {float(volume.array.flat[0]):g})",
+                       "check the file: a blank volume has nothing to explain")
+    if model.in_channels is not None and model.in_channels != volume.n_channels:
+        raise XAIError(f"the model expects {model.in_channels} input channel(s) but {volume.n_channels} were given",
+                       f"pass {model.in_channels} volume(s) with --input, in the model's channel order")
+
+
+def _prediction(logits: torch.Tensor, class_names) -> dict:
+    if logits.ndim == 2:
+        probs = torch.softmax(logits.double(), 1)[0]
+        k = int(probs.argmax())
+        return {"task": "classification", "predicted_class": k,
+                "predicted_name": class_names[k] if class_names else str(k),
+                "probabilities": [round(float(p), 6) for p in probs], "logits": [float(v) for v in logits[0]],
+                "class_names": class_names}
+    labels = logits[0].argmax(0)
+    counts = torch.bincount(labels.flatten(), minlength=logits.shape[1])
+    return {"task": "segmentation", "voxels_per_class_model_space": [int(c) for c in counts],
+            "class_names": class_names}
+
+
+def _target(target, versus, roi_model_space, logits, class_names):
+    if logits.ndim > 2:
+        if target is None:
+            raise XAIError("a segmentation model needs a target class", "give --target CLASS (index or name)")
+        spec = SegmentationTarget(target, roi_model_space)
+    elif roi_model_space is not None:
+        raise XAIError("--roi needs a segmentation model; this model outputs one score per class",
+                       "drop --roi for a classifier")
+    elif versus is not None:
+        spec = ContrastTarget(target if target is not None else int(logits.argmax(1)[0]), versus)
+    else:
+        spec = ClassTarget(target)
+    return spec.resolve(logits, class_names)
+
+
+def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, roi=None, layer: str | None = None,
+            params: dict | None = None, seed: int = 0, device="auto", preprocessing: dict | None = None,
+            progress=None, cancel=None) -> list[Attribution]:
+    """Explain ``model``'s decision on ``inputs`` with each of ``methods``.
+
+    ``model``: a path (TorchScript, .pt2, MONAI bundle folder), an ``nn.Module`` or a
+    :class:`LoadedModel`. ``inputs``: a path or :class:`Volume`, or a list of them
+    (channels). ``target``: class index or name (default: the predicted class);
+    ``versus``: a second class for a contrast; ``roi``: a mask (path or Volume on
+    the input grid) for segmentation models, or ``"predicted"``. ``params``:
+    ``{method: {parameter: value}}``. ``preprocessing``: overrides of the model's
+    orientation / spacing / spatial_size / intensity. Nothing given is modified.
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
+    if isinstance(model, LoadedModel) and device not in (None, "auto"):
+        loaded.to(device)
+    volume, notes = load_inputs(inputs)
+    check_volume(volume, loaded)
+    chosen = [get_method(m) for m in ([methods] if isinstance(methods, str) else methods)]
+    params = {get_method(k).name: v for k, v in (params or {}).items()}
+    for method in chosen:
+        if method.needs_layers and not loaded.has_layers:
+            loaded.named_layers()  # raises the clear TorchScript message
+        method.params(params.get(method.name))
+    spec = loaded.preprocessing.merged(**(preprocessing or {}))
+    pre = Preprocessor(spec)
+    device_ = loaded.device
+    x = pre.forward(volume)[None].to(device_)
+    roi_model = None
+    if roi is not None and not (isinstance(roi, str) and roi == "predicted"):
+        roi_volume = roi if isinstance(roi, Volume) else read_volume(roi)
+        if not roi_volume.same_grid(volume):
+            roi_volume = resample_to(roi_volume, volume, interpolator=__import__("SimpleITK").sitkNearestNeighbor)
+            notes.append("the ROI was resampled (nearest) onto the input grid")
+        roi_model = (pre.forward_mask(roi_volume)[0] > 0.5).to(device_)
+
+    was_training = loaded.network.training
+    loaded.network.eval()
+    try:
+        with torch.inference_mode():
+            start = time.perf_counter()
+            try:
+                logits = model_output(loaded.network(x)).float()
+            except RuntimeError as err:
+                raise XAIError(f"the model failed on the input ({str(err).splitlines()[0][:160]})",
+                               "check channels, size and preprocessing (--spacing/--size) against the model") from None
+            forward_seconds = time.perf_counter() - start
+        logits = logits.clone()
+        if loaded.task is None:
+            loaded.task = "segmentation" if logits.ndim > 2 else "classification"
+        resolved = _target(target, versus, roi_model, logits, loaded.class_names)
+        prediction = _prediction(logits, loaded.class_names)
+        target_info = resolved.describe(logits, loaded.class_names)
+        results = []
+        for number, method in enumerate(chosen):
+            if isinstance(resolved, SegmentationTarget) and not method.segmentation:
+                raise XAIError(f"method '{method.name}' does not apply to segmentation targets",
+                               "choose gradcam or a gradient method")
+            chosen_params = method.params(params.get(method.name))
+            cost = method.cost(chosen_params)
+            estimate = forward_seconds * (cost["forward"] + 2 * cost["backward"])
+
+            def report(fraction, message, number=number):
+                if progress is not None:
+                    progress((number + fraction) / len(chosen), message)
+
+            ctx = Context(loaded, x, resolved, logits, layer=layer, seed=seed, progress=report, cancel=cancel)
+            report(0.0, f"{method.name}: about {estimate:.1f} s ({cost['forward']} forward, {cost['backward']} backward passes)")
+            torch.manual_seed(seed)
+            start = time.perf_counter()
+            maps, info = method.run(ctx, **chosen_params)
+            seconds = time.perf_counter() - start
+            back = pre.inverse(maps[0].float())
+            total = back.sum(0, keepdims=True)
+            results.append(Attribution(
+                map=volume.with_array(total, [method.name]), method=method.name,
+                signed=method.signed, params=chosen_params, target=target_info, prediction=prediction,
+                timings={"seconds": round(seconds, 4), "estimated_seconds": round(estimate, 4),
+                         "forward_seconds": round(forward_seconds, 4), **ctx.passes},
+                versions=versions(), seed=seed, model={**loaded.describe(), "device": str(device_)},
+                channel_maps=volume.with_array(back, list(volume.channel_names)) if back.shape[0] > 1 else None,
+                info={**info, "preprocessing": spec.to_dict(), "channels": list(volume.channel_names)},
+                notes=list(notes)))
+            report(1.0, f"{method.name}: done in {seconds:.2f} s")
+    finally:
+        loaded.network.train(was_training)
+    return results

@@ -1,0 +1,121 @@
+"""One call signature, one registry: every method maps a :class:`Context` to model-space maps.
+
+A method's ``run(ctx, **params)`` returns ``(maps, info)``: ``maps`` is
+``(N, C, X, Y, Z)`` on the model's input grid (C = input channels, or 1 for
+layer maps), ``info`` a dict of facts worth recording (layer used, checks).
+Capability flags let the front ends filter and estimate cost before a run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar
+
+import torch
+
+from ..errors import XAIError
+from ..models import LoadedModel, model_output
+
+ProgressFn = Callable[[float, str], None]
+
+
+class Cancelled(Exception):
+    """Raised between batches when the caller's cancel flag is set."""
+
+
+@dataclass
+class Context:
+    """Everything a method needs: the model, the model-space input, the (resolved) target."""
+
+    model: LoadedModel
+    x: torch.Tensor  # (N, C, X, Y, Z), on the model's device
+    target: object  # a resolved target from .targets
+    reference: torch.Tensor  # model output at x, detached: fixes predicted classes / masks
+    layer: str | None = None
+    seed: int = 0
+    progress: ProgressFn | None = None
+    cancel: Callable[[], bool] | None = None
+    passes: dict = field(default_factory=lambda: {"forward": 0, "backward": 0})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.passes["forward"] += int(x.shape[0])  # counted in volumes, not batches
+        return model_output(self.model.network(x))
+
+    def score(self, output: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Target score per row; ``rows`` maps each row of ``output`` to its original sample."""
+        reference = self.reference if rows is None else self.reference[rows]
+        return self.target.score(output, reference)
+
+    def gradient(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d score / d x, score) for a batch of inputs."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            scores = self.score(self.forward(x), rows)
+            (grad,) = torch.autograd.grad(scores.sum(), x)
+        self.passes["backward"] += int(x.shape[0])
+        return grad, scores.detach()
+
+    def report(self, fraction: float, message: str) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled()
+        if self.progress is not None:
+            self.progress(fraction, message)
+
+
+class Method:
+    """Base class. Subclasses set the class attributes and implement ``run``."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+    family: ClassVar[str]  # gradient | backprop | cam
+    signed: ClassVar[bool] = True
+    needs_gradients: ClassVar[bool] = True
+    needs_layers: ClassVar[bool] = False
+    segmentation: ClassVar[bool] = True  # works with region targets
+    defaults: ClassVar[dict] = {}
+    reference: ClassVar[str] = ""
+
+    def params(self, given: dict | None) -> dict:
+        given = dict(given or {})
+        unknown = set(given) - set(self.defaults)
+        if unknown:
+            raise XAIError(f"method '{self.name}' has no parameter {', '.join(sorted(unknown))}",
+                           f"its parameters are: {', '.join(self.defaults) or 'none'}")
+        return {**self.defaults, **given}
+
+    def cost(self, params: dict) -> dict:
+        """Passes per input volume: {'forward': n, 'backward': m}."""
+        return {"forward": 1, "backward": 1}
+
+    def run(self, ctx: Context, **params) -> tuple[torch.Tensor, dict]:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name, "title": self.title, "family": self.family, "signed": self.signed,
+                "needs_gradients": self.needs_gradients, "needs_layers": self.needs_layers,
+                "segmentation": self.segmentation, "defaults": dict(self.defaults),
+                "cost": self.cost(self.params({})), "reference": self.reference}
+
+
+REGISTRY: dict[str, Method] = {}
+ALIASES: dict[str, str] = {}
+
+
+def register(cls: type[Method], aliases: tuple[str, ...] = ()) -> type[Method]:
+    REGISTRY[cls.name] = cls()
+    for alias in aliases:
+        ALIASES[alias] = cls.name
+    return cls
+
+
+def get_method(name: str) -> Method:
+    key = ALIASES.get(name.lower(), name.lower())
+    if key not in REGISTRY:
+        raise XAIError(f"unknown method '{name}'", f"choose one of: {', '.join(REGISTRY)} (see: xaiexplain methods)")
+    return REGISTRY[key]
+
+
+def batched(n: int, batch_size: int):
+    """Slices covering range(n) in steps of ``batch_size``."""
+    batch_size = max(1, int(batch_size))
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))

@@ -1,0 +1,187 @@
+"""Load models from every supported format behind one :class:`LoadedModel`.
+
+Formats: a ``torch.nn.Module`` from Python; a MONAI bundle folder; a
+``torch.export`` program (``.pt2``, run through ``torch.export.unflatten`` so
+its layers stay reachable by name); a TorchScript file (its layers are hidden
+from hooks, so layer methods refuse it). A ``<model>.json`` file beside a
+TorchScript or ``.pt2`` file may give ``class_names``, ``in_channels``,
+``task`` and ``preprocessing``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import XAIError
+from .preprocess import PreprocessSpec
+
+FORMATS = ("module", "bundle", "export", "torchscript")
+
+
+@dataclass
+class LoadedModel:
+    network: nn.Module  # what the methods call; hookable unless format == "torchscript"
+    format: str
+    class_names: list[str] | None = None
+    in_channels: int | None = None
+    task: str | None = None  # "classification" | "segmentation" | None (read from the output)
+    preprocessing: PreprocessSpec = field(default_factory=PreprocessSpec)
+    source: str = "python object"
+    sha256: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_layers(self) -> bool:
+        return self.format != "torchscript"
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.network.parameters():
+            return p.device
+        for b in self.network.buffers():
+            return b.device
+        return torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "LoadedModel":
+        self.network.to(resolve_device(device))
+        return self
+
+    def describe(self) -> dict:
+        return {"source": self.source, "format": self.format, "sha256": self.sha256, "task": self.task,
+                "class_names": self.class_names, "in_channels": self.in_channels,
+                "preprocessing": self.preprocessing.to_dict(), "notes": list(self.notes)}
+
+    def named_layers(self) -> dict[str, nn.Module]:
+        if not self.has_layers:
+            raise XAIError("this method needs the model's layers, which a TorchScript file hides",
+                           "give the model as a MONAI bundle, a torch.export .pt2 file or a torch.nn.Module")
+        return dict(self.network.named_modules())
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise XAIError("a GPU was requested but PyTorch sees none", "use --device cpu or auto")
+    return device
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def _first_conv_channels(network: nn.Module) -> int | None:
+    for module in network.modules():
+        if isinstance(module, (nn.Conv3d, nn.Conv2d, nn.Conv1d)):
+            return module.in_channels
+    return None
+
+
+def _sidecar(path: Path) -> dict:
+    side = path.with_suffix(".json")
+    if not side.exists():
+        return {}
+    try:
+        return json.loads(side.read_text())
+    except json.JSONDecodeError as err:
+        raise XAIError(f"model metadata '{side}' is not valid JSON ({err.msg})", "fix or remove the file") from None
+
+
+def _load_file(path: Path) -> tuple[nn.Module, str, list[str]]:
+    if path.suffix == ".pt2":
+        try:
+            program = torch.export.load(str(path))
+        except Exception as err:
+            raise XAIError(f"cannot read torch.export program '{path}' ({type(err).__name__})",
+                           "re-export it with torch.export.save") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.export.unflatten(program), "export", []
+    if not zipfile.is_zipfile(path):
+        raise XAIError(f"'{path}' is not a TorchScript, .pt2 or bundle model (not a PyTorch archive)",
+                       "check the file is complete and in one of these formats")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.load(str(path), map_location="cpu"), "torchscript", [
+                "TorchScript hides layers from hooks: CAM, guided backprop and DeconvNet are not available"]
+    except RuntimeError:
+        pass
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise XAIError(f"cannot read model '{path}' ({type(err).__name__})",
+                       "the file is corrupt or not a TorchScript/.pt2 model") from None
+    raise XAIError(f"'{path}' holds weights only, not a network",
+                   "give a TorchScript file, a .pt2 program or a MONAI bundle, or pass the nn.Module from Python")
+
+
+def load_model(source, *, class_names: list[str] | None = None, in_channels: int | None = None,
+               task: str | None = None, preprocessing: dict | PreprocessSpec | None = None,
+               device: str | torch.device | None = "auto") -> LoadedModel:
+    """Load ``source`` (path or ``nn.Module``); arguments given here override the model's own metadata."""
+    notes: list[str] = []
+    meta: dict = {}
+    if isinstance(source, LoadedModel):
+        model = source
+    else:
+        if isinstance(source, nn.Module):
+            network, fmt, where, digest = source, "module", "python object", None
+        else:
+            path = Path(source)
+            if not path.exists():
+                raise XAIError(f"model '{path}' does not exist", "check the path (a file or a MONAI bundle folder)")
+            digest = _sha256(path)
+            where = str(path)
+            if path.is_dir():
+                from .bundle import read_bundle
+                info = read_bundle(path)
+                network, fmt = info["network"], "bundle"
+                meta = {"class_names": info["class_names"], "in_channels": info["in_channels"],
+                        "task": info["task"], "preprocessing": info["preprocessing"]}
+                notes.append("a MONAI bundle runs the code its config names; load only bundles you trust")
+                if info["ignored_transforms"]:
+                    notes.append(f"bundle preprocessing steps not reproduced: {', '.join(info['ignored_transforms'])}")
+            else:
+                network, fmt, extra = _load_file(path)
+                notes += extra
+                meta = _sidecar(path)
+        model = LoadedModel(network, fmt, meta.get("class_names"), meta.get("in_channels"), meta.get("task"),
+                            meta.get("preprocessing") if isinstance(meta.get("preprocessing"), PreprocessSpec)
+                            else PreprocessSpec.from_dict(meta.get("preprocessing")), where, digest, notes)
+        if model.in_channels is None and model.has_layers:
+            model.in_channels = _first_conv_channels(network)
+    if class_names is not None:
+        model.class_names = list(class_names)
+    if in_channels is not None:
+        model.in_channels = int(in_channels)
+    if task is not None:
+        model.task = task
+    if preprocessing is not None:
+        model.preprocessing = (preprocessing if isinstance(preprocessing, PreprocessSpec)
+                               else PreprocessSpec.from_dict(preprocessing))
+    if device is not None:
+        model.to(device)
+    return model
+
+
+def model_output(output) -> torch.Tensor:
+    """The prediction tensor of a forward pass (first element of a tuple/list output)."""
+    if isinstance(output, (tuple, list)) and output:
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise XAIError(f"the model returned {type(output).__name__}, not a tensor",
+                       "wrap the model so its forward returns the logits tensor")
+    return output

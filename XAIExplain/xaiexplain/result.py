@@ -1,0 +1,60 @@
+"""The one result type every method returns, and its JSON form."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .volume import Volume
+
+
+@dataclass
+class Attribution:
+    """An attribution map on the input volume's grid, with everything needed to reproduce it."""
+
+    map: Volume  # one channel: the map summed over input channels
+    method: str
+    signed: bool
+    params: dict
+    target: dict
+    prediction: dict
+    timings: dict  # seconds and passes
+    versions: dict
+    seed: int
+    model: dict
+    channel_maps: Volume | None = None  # per input channel, for multi-channel inputs
+    info: dict = field(default_factory=dict)  # method facts: layer, completeness error, ...
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def array(self) -> np.ndarray:
+        """The map as (I, J, K) float32 on the input grid."""
+        return self.map.array[0]
+
+    def peak_index(self) -> tuple[int, int, int]:
+        return tuple(int(i) for i in np.unravel_index(int(np.argmax(self.array)), self.array.shape))
+
+    def to_dict(self) -> dict:
+        a = self.array
+        return {
+            "method": self.method, "signed": self.signed, "params": _jsonable(self.params), "target": self.target,
+            "prediction": self.prediction, "timings": self.timings, "seed": self.seed, "model": self.model,
+            "versions": self.versions, "info": _jsonable(self.info), "notes": self.notes,
+            "map": {"shape": list(a.shape), "spacing": self.map.spacing.tolist(), "origin": self.map.origin.tolist(),
+                    "direction": self.map.direction.flatten().tolist(), "min": float(a.min()), "max": float(a.max()),
+                    "sum": float(a.sum(dtype=np.float64)), "peak_index": list(self.peak_index())},
+        }
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "shape"):
+        return f"<array {tuple(value.shape)}>"
+    return str(value)

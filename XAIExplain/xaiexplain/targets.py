@@ -1,0 +1,112 @@
+"""What scalar to explain: a class, a contrast between two classes, or a class inside a region."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import XAIError
+
+
+def _check_class(index: int, n_classes: int, what: str = "class") -> int:
+    if not 0 <= index < n_classes:
+        raise XAIError(f"{what} {index} is out of range: the model has {n_classes} classes (0..{n_classes - 1})",
+                       "choose a class index in that range")
+    return index
+
+
+def class_index(value, class_names: list[str] | None, n_classes: int) -> int:
+    """A class given as an index or a name, checked against the model's classes."""
+    if isinstance(value, str) and not value.lstrip("-").isdigit():
+        if not class_names or value not in class_names:
+            raise XAIError(f"unknown class '{value}'", f"use an index or one of {class_names or 'the class indices'}")
+        return class_names.index(value)
+    return _check_class(int(value), n_classes)
+
+
+@dataclass
+class ClassTarget:
+    """The logit of one class (None: the predicted class, resolved per sample)."""
+
+    index: int | None = None
+
+    def resolve(self, output: torch.Tensor, class_names=None) -> "ClassTarget":
+        if self.index is None:
+            return self
+        return ClassTarget(class_index(self.index, class_names, output.shape[1]))
+
+    def score(self, output: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        index = self.indices(reference)
+        return output.gather(1, index[:, None])[:, 0]
+
+    def indices(self, reference: torch.Tensor) -> torch.Tensor:
+        if self.index is None:
+            return reference.argmax(1)
+        return torch.full((reference.shape[0],), self.index, dtype=torch.long, device=reference.device)
+
+    def describe(self, reference: torch.Tensor, class_names=None) -> dict:
+        idx = int(self.indices(reference)[0])
+        return {"kind": "class", "class": idx, "name": class_names[idx] if class_names else str(idx),
+                "chosen": "predicted" if self.index is None else "given"}
+
+
+@dataclass
+class ContrastTarget:
+    """Logit of ``positive`` minus logit of ``negative``: why this class rather than that one."""
+
+    positive: int | str
+    negative: int | str
+
+    def resolve(self, output, class_names=None) -> "ContrastTarget":
+        a = class_index(self.positive, class_names, output.shape[1])
+        b = class_index(self.negative, class_names, output.shape[1])
+        if a == b:
+            raise XAIError("a contrast needs two different classes", "give two different classes")
+        return ContrastTarget(a, b)
+
+    def score(self, output, reference):
+        return output[:, self.positive] - output[:, self.negative]
+
+    def describe(self, reference, class_names=None) -> dict:
+        names = class_names or [str(i) for i in range(reference.shape[1])]
+        return {"kind": "contrast", "class": self.positive, "versus": self.negative,
+                "name": f"{names[self.positive]} vs {names[self.negative]}"}
+
+
+@dataclass
+class SegmentationTarget:
+    """Mean logit of ``index`` over a region: a mask in model space, or the model's own predicted mask."""
+
+    index: int | str
+    region: torch.Tensor | None = None  # (X, Y, Z) or (N, X, Y, Z); None -> predicted mask
+
+    def resolve(self, output, class_names=None) -> "SegmentationTarget":
+        if output.ndim < 3:
+            raise XAIError("a region target needs a segmentation model (voxelwise output)",
+                           "drop --roi, or use a segmentation network")
+        return SegmentationTarget(class_index(self.index, class_names, output.shape[1]), self.region)
+
+    def _mask(self, reference: torch.Tensor) -> torch.Tensor:
+        if self.region is None:
+            mask = (reference.argmax(1) == self.index).float()
+        else:
+            mask = self.region.to(reference.device).float()
+            mask = mask.expand((reference.shape[0],) + reference.shape[2:]) if mask.ndim == 3 else mask
+        if tuple(mask.shape[1:]) != tuple(reference.shape[2:]):
+            raise XAIError(f"the region ({tuple(mask.shape[1:])}) does not match the model output grid "
+                           f"({tuple(reference.shape[2:])})", "give a mask on the input volume's grid")
+        if (mask.flatten(1).sum(1) == 0).any():
+            raise XAIError("the region is empty in model space (no voxel of the mask, or no predicted voxel of the class)",
+                           "give a mask that overlaps the volume, or another class")
+        return mask
+
+    def score(self, output, reference):
+        mask = self._mask(reference)
+        return (output[:, self.index] * mask).flatten(1).sum(1) / mask.flatten(1).sum(1)
+
+    def describe(self, reference, class_names=None) -> dict:
+        mask = self._mask(reference)
+        return {"kind": "segmentation", "class": self.index,
+                "name": class_names[self.index] if class_names else str(self.index),
+                "region": "predicted mask" if self.region is None else "given mask",
+                "region_voxels_model_space": int(mask[0].sum())}

@@ -1,0 +1,91 @@
+"""Train the SynthLesion demo classifiers and write them as MONAI bundles.
+
+    python -m xaiexplain.train --kind clean --out Resources/Models/synthlesion_classifier
+    python -m xaiexplain.train --kind shortcut --out Resources/Models/synthlesion_shortcut
+
+Every case is freshly generated from a seed, so the training set never repeats
+and evaluation seeds (>= 10**6) are never seen in training. The shortcut model
+sees a bright corner marker on every positive and no negative, with subtle
+lesions, so the marker is the easy way to the label ("Clever Hans").
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from . import bundle, synth
+from .demo_model import CLASS_NAMES, SynthLesionNet
+from .preprocess import PreprocessSpec, intensity_transform
+
+DEMO_PREPROCESSING = {"orientation": "RAS", "spacing": [3.0, 3.0, 3.0], "spatial_size": [64, 64, 64],
+                      "intensity": {"kind": "percentiles", "lower": 1.0, "upper": 99.0, "b_min": 0.0, "b_max": 1.0}}
+EVAL_SEED_START = 10**6
+KINDS = {
+    "clean": dict(contrast=(0.5, 1.0), marker_if_positive=0.0),
+    "shortcut": dict(contrast=(0.2, 0.5), marker_if_positive=1.0),
+}
+
+
+class CaseStream(IterableDataset):
+    def __init__(self, kind: str, n_cases: int, seed: int):
+        self.kind, self.n_cases, self.seed = KINDS[kind], n_cases, seed
+        self.scale = intensity_transform(DEMO_PREPROCESSING["intensity"])
+
+    def __iter__(self):
+        for i in range(self.n_cases):
+            rng = np.random.default_rng([self.seed, i])
+            positive = bool(i % 2)
+            marker = positive and rng.random() < self.kind["marker_if_positive"]
+            case = synth.generate_case(self.seed * 10**5 + i, positive=positive,
+                                       contrast=float(rng.uniform(*self.kind["contrast"])), marker=marker)
+            x = torch.as_tensor(self.scale(torch.as_tensor(case.volume.array)), dtype=torch.float32)
+            yield x, case.label
+
+
+def train(kind: str, n_cases: int = 3200, batch: int = 8, lr: float = 3e-3, seed: int = 1) -> SynthLesionNet:
+    torch.manual_seed(seed)
+    model = SynthLesionNet()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = n_cases // batch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    loader = DataLoader(CaseStream(kind, n_cases, seed), batch_size=batch, num_workers=1)
+    model.train()
+    start = time.time()
+    for step, (x, y) in enumerate(loader):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 20 == 0:
+            print(f"step {step}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f} s)", flush=True)
+    return model.eval()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=sorted(KINDS), default="clean")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--cases", type=int, default=3200)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model = train(args.kind, args.cases, seed=args.seed)
+    description = {"clean": "SynthLesion demo classifier (lesion vs healthy)",
+                   "shortcut": "SynthLesion shortcut classifier: trained with a corner marker on every positive"}
+    bundle.write_bundle(args.out, model, "xaiexplain.demo_model.SynthLesionNet", {},
+                        name=f"synthlesion_{args.kind}", description=description[args.kind],
+                        class_names=CLASS_NAMES, in_channels=1, preprocessing=DEMO_PREPROCESSING,
+                        extra={"training": {"kind": args.kind, "cases": args.cases, "seed": args.seed,
+                                            "torch": torch.__version__, **{k: list(v) if isinstance(v, tuple) else v
+                                                                           for k, v in KINDS[args.kind].items()}}})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

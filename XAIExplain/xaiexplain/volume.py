@@ -1,0 +1,174 @@
+"""Volumes with physical geometry, read and written through SimpleITK.
+
+Geometry follows ITK/DICOM conventions: ``origin`` and ``direction`` are in LPS
+physical space, ``direction`` columns are the i, j, k axis directions. Arrays
+are stored channel-first in index order ``(C, I, J, K)`` (the order MONAI and
+nibabel use), not SimpleITK's ``(K, J, I)``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import XAIError
+
+# Physical LPS -> RAS is a sign flip of x and y.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass
+class Volume:
+    """A (multi-channel) 3D image on a physical grid."""
+
+    array: np.ndarray  # (C, I, J, K)
+    spacing: np.ndarray = field(default_factory=lambda: np.ones(3))
+    origin: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    channel_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.array = np.asarray(self.array)
+        if self.array.ndim == 3:
+            self.array = self.array[None]
+        if self.array.ndim != 4:
+            raise XAIError(f"a volume array must be 3D or channel-first 4D, got shape {self.array.shape}",
+                           "pass an (I, J, K) or (C, I, J, K) array")
+        self.spacing = np.asarray(self.spacing, dtype=float).reshape(3)
+        self.origin = np.asarray(self.origin, dtype=float).reshape(3)
+        self.direction = np.asarray(self.direction, dtype=float).reshape(3, 3)
+        if not self.channel_names:
+            self.channel_names = [f"channel{i}" for i in range(self.array.shape[0])]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.array.shape[1:])
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.array.shape[0])
+
+    def with_array(self, array: np.ndarray, channel_names: list[str] | None = None) -> "Volume":
+        """The same grid holding another array (a map, a mask)."""
+        array = np.asarray(array)
+        if array.ndim == 3:
+            array = array[None]
+        if tuple(array.shape[1:]) != self.shape:
+            raise XAIError(f"array of shape {array.shape[1:]} does not fit grid {self.shape}",
+                           "resample it onto the volume first")
+        return replace(self, array=array, channel_names=channel_names or [f"channel{i}" for i in range(len(array))])
+
+    def ijk_to_lps(self) -> np.ndarray:
+        """4x4 matrix mapping continuous index (i, j, k, 1) to LPS millimetres."""
+        m = np.eye(4)
+        m[:3, :3] = self.direction @ np.diag(self.spacing)
+        m[:3, 3] = self.origin
+        return m
+
+    def ijk_to_ras(self) -> np.ndarray:
+        """4x4 index-to-RAS affine (the NIfTI / MONAI / Slicer convention)."""
+        m = self.ijk_to_lps()
+        m[:3] = LPS_TO_RAS @ m[:3]
+        return m
+
+    def same_grid(self, other: "Volume", tol: float = 1e-4) -> bool:
+        return (self.shape == other.shape and np.allclose(self.spacing, other.spacing, atol=tol)
+                and np.allclose(self.origin, other.origin, atol=tol * 10)
+                and np.allclose(self.direction, other.direction, atol=tol))
+
+    def to_sitk(self, channel: int = 0) -> sitk.Image:
+        img = sitk.GetImageFromArray(np.ascontiguousarray(self.array[channel].transpose(2, 1, 0)))
+        img.SetSpacing(self.spacing.tolist())
+        img.SetOrigin(self.origin.tolist())
+        img.SetDirection(self.direction.flatten().tolist())
+        return img
+
+    @classmethod
+    def from_sitk(cls, image: sitk.Image, name: str = "channel0") -> "Volume":
+        if image.GetDimension() != 3:
+            raise XAIError(f"the image is {image.GetDimension()}-D, XAIExplain explains 3-D volumes",
+                           "give a 3-D volume (a 2-D slice or a 4-D series cannot be explained)")
+        arr = sitk.GetArrayFromImage(image)
+        if image.GetNumberOfComponentsPerPixel() > 1:  # vector pixels become channels
+            arr = np.moveaxis(arr, -1, 0).transpose(0, 3, 2, 1)
+            names = [f"{name}[{i}]" for i in range(arr.shape[0])]
+        else:
+            arr = arr.transpose(2, 1, 0)[None]
+            names = [name]
+        return cls(arr, np.array(image.GetSpacing()), np.array(image.GetOrigin()),
+                   np.array(image.GetDirection()).reshape(3, 3), names)
+
+
+def _is_dicom_dir(path: Path) -> bool:
+    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+
+
+def read_volume(path: str | os.PathLike) -> Volume:
+    """Read a NIfTI, NRRD or MHA file, or a folder holding one DICOM series."""
+    path = Path(path)
+    if not path.exists():
+        raise XAIError(f"volume '{path}' does not exist", "check the path")
+    try:
+        if path.is_dir():
+            if not _is_dicom_dir(path):
+                raise XAIError(f"folder '{path}' holds no DICOM series", "point to a DICOM series folder or a volume file")
+            series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+            if len(series) > 1:
+                raise XAIError(f"folder '{path}' holds {len(series)} DICOM series",
+                               "put each series in its own folder")
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reason"
+        raise XAIError(f"cannot read volume '{path}' ({first[:120]})",
+                       "give a NIfTI, NRRD, MHA file or a DICOM series folder") from None
+    if image.GetDimension() == 2 or (image.GetDimension() == 3 and 1 in image.GetSize()[:3]):
+        raise XAIError(f"'{path}' is a 2-D image {image.GetSize()}", "XAIExplain needs a 3-D volume")
+    if image.GetDimension() == 4:
+        size = image.GetSize()
+        if size[3] != 1:
+            raise XAIError(f"'{path}' is a 4-D series of {size[3]} volumes",
+                           "split it and pass each volume with its own --input")
+        image = image[:, :, :, 0]
+    stem = path.name.split(".")[0] or "volume"
+    return Volume.from_sitk(image, name=stem)
+
+
+def resample_to(moving: Volume, reference: Volume, interpolator=sitk.sitkLinear, default: float = 0.0) -> Volume:
+    """Resample every channel of ``moving`` onto ``reference``'s grid (physical space)."""
+    channels = []
+    for c in range(moving.n_channels):
+        out = sitk.Resample(moving.to_sitk(c), reference.to_sitk(0), sitk.Transform(), interpolator, default,
+                            sitk.sitkFloat32 if interpolator != sitk.sitkNearestNeighbor else sitk.sitkUnknown)
+        channels.append(sitk.GetArrayFromImage(out).transpose(2, 1, 0))
+    return replace(reference, array=np.stack(channels), channel_names=list(moving.channel_names))
+
+
+def stack_channels(volumes: list[Volume]) -> tuple[Volume, list[str]]:
+    """Combine volumes as channels on the first one's grid. Returns the volume and notes on resampling."""
+    if not volumes:
+        raise XAIError("no input volume given", "pass at least one --input")
+    first, notes, arrays, names = volumes[0], [], [], []
+    for i, vol in enumerate(volumes):
+        if not vol.same_grid(first):
+            vol = resample_to(vol, first)
+            notes.append(f"input {i} ({vol.channel_names[0]}) was resampled (linear) onto the grid of input 0")
+        arrays.append(vol.array.astype(np.float32, copy=False))
+        names.extend(vol.channel_names)
+    return replace(first, array=np.concatenate(arrays, axis=0), channel_names=names), notes
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, channel: int = 0, compress: bool = True) -> Path:
+    """Write one channel to NRRD/NIfTI/MHA; written to a temporary name first, then moved into place."""
+    path = Path(path)
+    tmp = path.with_name(".tmp-" + path.name)
+    sitk.WriteImage(volume.to_sitk(channel), str(tmp), compress)
+    os.replace(tmp, path)
+    return path
