@@ -7,5 +7,6 @@ class XAIError(Exception):
     def __init__(self, problem: str, fix: str = ""):
         message = problem.rstrip(". ") + "."
         if fix:
-            message += " " + fix.rstrip(". ") + "."
+            fix = fix.rstrip(". ")
+            message += " " + fix[:1].upper() + fix[1:] + "."
         super().__init__(" ".join(message.split()))

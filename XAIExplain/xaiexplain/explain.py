@@ -66,6 +66,29 @@ def _target(target, versus, roi_model_space, logits, class_names):
     return spec.resolve(logits, class_names)
 
 
+def attribute(model, x: torch.Tensor, method, *, target=None, layer: str | None = None, params: dict | None = None,
+              seed: int = 0, reference: torch.Tensor | None = None, progress=None, cancel=None):
+    """Model-space attributions for a batch ``x`` (N, C, X, Y, Z) already in model space.
+
+    ``target``: a target object (ClassTarget, ContrastTarget, SegmentationTarget) or a class
+    index/name (None: each sample's predicted class). Returns ``(maps, info, context)``;
+    ``context.passes`` counts forward and backward passes in volumes.
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=None)
+    method = get_method(method) if isinstance(method, str) else method
+    chosen = method.params(params)
+    if reference is None:
+        with torch.inference_mode():
+            reference = model_output(loaded.network(x)).float().clone()
+    if not hasattr(target, "score"):
+        target = ClassTarget(target)
+    resolved = target.resolve(reference, loaded.class_names)
+    ctx = Context(loaded, x, resolved, reference, layer=layer, seed=seed, progress=progress, cancel=cancel)
+    torch.manual_seed(seed)
+    maps, info = method.run(ctx, **chosen)
+    return maps, info, ctx
+
+
 def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, roi=None, layer: str | None = None,
             params: dict | None = None, seed: int = 0, device="auto", preprocessing: dict | None = None,
             progress=None, cancel=None) -> list[Attribution]:
@@ -132,11 +155,10 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
                 if progress is not None:
                     progress((number + fraction) / len(chosen), message)
 
-            ctx = Context(loaded, x, resolved, logits, layer=layer, seed=seed, progress=report, cancel=cancel)
             report(0.0, f"{method.name}: about {estimate:.1f} s ({cost['forward']} forward, {cost['backward']} backward passes)")
-            torch.manual_seed(seed)
             start = time.perf_counter()
-            maps, info = method.run(ctx, **chosen_params)
+            maps, info, ctx = attribute(loaded, x, method, target=resolved, layer=layer, params=chosen_params,
+                                        seed=seed, reference=logits, progress=report, cancel=cancel)
             seconds = time.perf_counter() - start
             back = pre.inverse(maps[0].float())
             total = back.sum(0, keepdims=True)

@@ -22,6 +22,10 @@ from .errors import XAIError
 from .volume import Volume
 
 INTENSITY_KINDS = ("range", "percentiles", "zscore")
+# Defaults filled in so that two specs meaning the same scaling compare equal.
+INTENSITY_DEFAULTS = {"range": {"b_min": 0.0, "b_max": 1.0, "clip": False},
+                      "percentiles": {"lower": 1.0, "upper": 99.0, "b_min": 0.0, "b_max": 1.0, "clip": False},
+                      "zscore": {"nonzero": False}}
 
 
 @dataclass
@@ -39,14 +43,19 @@ class PreprocessSpec:
             raise XAIError(f"unknown preprocessing keys {sorted(unknown)}",
                            "use orientation, spacing, spatial_size and intensity")
         spec = cls(**data)
-        if spec.intensity is not None and spec.intensity.get("kind") not in INTENSITY_KINDS:
-            raise XAIError(f"unknown intensity scaling {spec.intensity.get('kind')!r}",
-                           f"use one of {', '.join(INTENSITY_KINDS)}")
+        if spec.intensity is not None:
+            kind = spec.intensity.get("kind")
+            if kind not in INTENSITY_KINDS:
+                raise XAIError(f"unknown intensity scaling {kind!r}", f"use one of {', '.join(INTENSITY_KINDS)}")
+            if kind == "range" and not {"a_min", "a_max"} <= set(spec.intensity):
+                raise XAIError("intensity scaling 'range' needs a_min and a_max", "give both")
+            spec.intensity = {"kind": kind, **INTENSITY_DEFAULTS[kind],
+                              **{k: v for k, v in spec.intensity.items() if k != "kind"}}
         return spec
 
     def merged(self, **overrides) -> "PreprocessSpec":
         """This spec with the non-None ``overrides`` (from CLI flags / keyword arguments) applied."""
-        return PreprocessSpec(**{**asdict(self), **{k: v for k, v in overrides.items() if v is not None}})
+        return PreprocessSpec.from_dict({**self.to_dict(), **{k: v for k, v in overrides.items() if v is not None}})
 
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -60,15 +69,15 @@ def intensity_transform(intensity: dict | None):
     """The MONAI intensity transform for a spec's ``intensity`` entry (identity for None)."""
     if not intensity:
         return lambda x: x
+    intensity = PreprocessSpec.from_dict({"intensity": intensity}).intensity
     kind = intensity["kind"]
     if kind == "range":
-        return ScaleIntensityRange(intensity["a_min"], intensity["a_max"], intensity.get("b_min", 0.0),
-                                   intensity.get("b_max", 1.0), clip=intensity.get("clip", False))
+        return ScaleIntensityRange(intensity["a_min"], intensity["a_max"], intensity["b_min"], intensity["b_max"],
+                                   clip=intensity["clip"])
     if kind == "percentiles":
-        return ScaleIntensityRangePercentiles(intensity.get("lower", 1.0), intensity.get("upper", 99.0),
-                                              intensity.get("b_min", 0.0), intensity.get("b_max", 1.0),
-                                              clip=intensity.get("clip", False), channel_wise=True)
-    return NormalizeIntensity(nonzero=intensity.get("nonzero", False), channel_wise=True)
+        return ScaleIntensityRangePercentiles(intensity["lower"], intensity["upper"], intensity["b_min"],
+                                              intensity["b_max"], clip=intensity["clip"], channel_wise=True)
+    return NormalizeIntensity(nonzero=intensity["nonzero"], channel_wise=True)
 
 
 class Preprocessor:
@@ -84,7 +93,7 @@ class Preprocessor:
     def _spatial_steps(self, mode: str) -> Compose | None:
         steps = []
         if self.spec.orientation:
-            steps.append(Orientation(axcodes=self.spec.orientation))
+            steps.append(Orientation(axcodes=self.spec.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))))
         if self.spec.spacing:
             steps.append(Spacing(pixdim=self.spec.spacing, mode=mode, padding_mode="zeros"))
         if self.spec.spatial_size:

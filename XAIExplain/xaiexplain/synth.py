@@ -115,21 +115,21 @@ def _ellipsoid(rng: np.random.Generator, center: np.ndarray, radius_mm: tuple[fl
 
 
 def generate_case(seed: int, positive: bool | None = None, region: int | str | None = None,
-                  contrast: float = 0.6, radius_mm: tuple[float, float] = (6.0, 10.0),
+                  contrast: float = 0.5, radius_mm: tuple[float, float] = (6.0, 10.0),
                   marker: bool = False, noise: float = 0.03, deform: bool = True) -> SynthCase:
     """Generate one SynthLesion case.
 
     ``positive``: lesion or not (None: drawn with p=0.5). ``region``: atlas
     label id or name for the lesion (None: a random region large enough).
-    ``contrast``: lesion intensity relative to the brain's median intensity
-    (0.6 -> 1.6x the median). ``marker``: a bright 3x3x3 cube in a corner of
+    ``contrast``: lesion intensity relative to white matter, the brightest
+    tissue (0.6 -> 1.6x white matter). ``marker``: a bright 3x3x3 cube in a corner of
     the field of view (the planted shortcut).
     """
     rng = np.random.default_rng(seed)
     template, labels, names = _template_and_labels()
     if positive is None:
         positive = bool(rng.random() < 0.5)
-    median = float(np.median(template[labels > 0]))
+    white = float(np.percentile(template[template > 0], 95))  # white matter, the brightest tissue in T1
     region_id, lesion_info = 0, {}
     soft = binary = np.zeros(GRID_SHAPE, np.float32)
     if positive:
@@ -146,12 +146,12 @@ def generate_case(seed: int, positive: bool | None = None, region: int | str | N
         center = inside[rng.integers(len(inside))].astype(np.float32)
         soft, binary, lesion_info = _ellipsoid(rng, center, radius_mm)
         lesion_info["center_voxel"] = center.tolist()
-    level = (1.0 + contrast) * median
+    level = (1.0 + contrast) * white
     with_lesion = template * (1 - soft) + level * soft
     coords = _sampling_coordinates(rng, deform)
     warp = lambda a, order: ndimage.map_coordinates(a, coords, order=order, mode="constant", cval=0.0)
     bias = _bias_field(rng)
-    noise_field = rng.normal(0, noise * median, GRID_SHAPE).astype(np.float32)
+    noise_field = rng.normal(0, noise * white, GRID_SHAPE).astype(np.float32)
     image = warp(with_lesion, 1) * bias + noise_field
     counterfactual = warp(template, 1) * bias + noise_field
     if marker:

@@ -25,8 +25,8 @@ DEMO_PREPROCESSING = {"orientation": "RAS", "spacing": [3.0, 3.0, 3.0], "spatial
                       "intensity": {"kind": "percentiles", "lower": 1.0, "upper": 99.0, "b_min": 0.0, "b_max": 1.0}}
 EVAL_SEED_START = 10**6
 KINDS = {
-    "clean": dict(contrast=(0.5, 1.0), marker_if_positive=0.0),
-    "shortcut": dict(contrast=(0.2, 0.5), marker_if_positive=1.0),
+    "clean": dict(contrast=(0.25, 0.8), marker_if_positive=0.0),
+    "shortcut": dict(contrast=(0.1, 0.25), marker_if_positive=1.0),
 }
 
 
@@ -46,12 +46,12 @@ class CaseStream(IterableDataset):
             yield x, case.label
 
 
-def train(kind: str, n_cases: int = 3200, batch: int = 8, lr: float = 3e-3, seed: int = 1) -> SynthLesionNet:
+def train(kind: str, n_cases: int = 4000, batch: int = 8, lr: float = 1e-3, seed: int = 1) -> SynthLesionNet:
     torch.manual_seed(seed)
     model = SynthLesionNet()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = n_cases // batch
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     loader = DataLoader(CaseStream(kind, n_cases, seed), batch_size=batch, num_workers=1)
     model.train()
     start = time.time()
@@ -63,14 +63,29 @@ def train(kind: str, n_cases: int = 3200, batch: int = 8, lr: float = 3e-3, seed
         sched.step()
         if step % 20 == 0:
             print(f"step {step}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f} s)", flush=True)
+    recalibrate_batchnorm(model, kind, seed)
     return model.eval()
+
+
+def recalibrate_batchnorm(model: SynthLesionNet, kind: str, seed: int, n_cases: int = 160, batch: int = 8) -> None:
+    """Replace BatchNorm running statistics by exact averages over fresh cases (eval mode then matches)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for x, _ in DataLoader(CaseStream(kind, n_cases, seed + 7919), batch_size=batch, num_workers=1):
+            model(x)
+    for m in norms:
+        m.momentum = 0.1
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=sorted(KINDS), default="clean")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--cases", type=int, default=3200)
+    parser.add_argument("--cases", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)

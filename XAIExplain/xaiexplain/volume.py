@@ -81,7 +81,10 @@ class Volume:
                 and np.allclose(self.direction, other.direction, atol=tol))
 
     def to_sitk(self, channel: int = 0) -> sitk.Image:
-        img = sitk.GetImageFromArray(np.ascontiguousarray(self.array[channel].transpose(2, 1, 0)))
+        arr = self.array[channel]
+        if arr.dtype == bool or arr.dtype == np.float16:  # types SimpleITK has no pixel type for
+            arr = arr.astype(np.uint8 if arr.dtype == bool else np.float32)
+        img = sitk.GetImageFromArray(np.ascontiguousarray(arr.transpose(2, 1, 0)))
         img.SetSpacing(self.spacing.tolist())
         img.SetOrigin(self.origin.tolist())
         img.SetDirection(self.direction.flatten().tolist())
@@ -168,7 +171,19 @@ def stack_channels(volumes: list[Volume]) -> tuple[Volume, list[str]]:
 def write_volume(volume: Volume, path: str | os.PathLike, channel: int = 0, compress: bool = True) -> Path:
     """Write one channel to NRRD/NIfTI/MHA; written to a temporary name first, then moved into place."""
     path = Path(path)
-    tmp = path.with_name(".tmp-" + path.name)
-    sitk.WriteImage(volume.to_sitk(channel), str(tmp), compress)
-    os.replace(tmp, path)
+    if not path.name.lower().endswith(VOLUME_SUFFIXES):
+        raise XAIError(f"cannot write '{path}': not a volume file name", "end it in .nii.gz, .nrrd or .mha")
+    # A detached header (.mhd, .nhdr) names its data file, which a rename would not follow: write those in place.
+    detached = path.name.lower().endswith((".mhd", ".nhdr"))
+    tmp = path if detached else path.with_name(".tmp-" + path.name)
+    try:
+        sitk.WriteImage(volume.to_sitk(channel), str(tmp), compress)
+    except RuntimeError as err:
+        if not detached:
+            tmp.unlink(missing_ok=True)
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reason"
+        raise XAIError(f"cannot write volume '{path}' ({first[:120]})",
+                       "check that the folder exists and is writable") from None
+    if not detached:
+        os.replace(tmp, path)
     return path

@@ -1,0 +1,53 @@
+"""Shared fixtures: the shipped demo models, SynthLesion cases, small MONAI networks."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
+warnings.filterwarnings("ignore", category=UserWarning, module="monai")
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+from xaiexplain import Preprocessor, load_model  # noqa: E402
+from xaiexplain.demo_model import demo_bundle  # noqa: E402
+from xaiexplain.synth import generate_case  # noqa: E402
+from xaiexplain.train import EVAL_SEED_START  # noqa: E402
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def as_numpy(a) -> np.ndarray:
+    if torch.is_tensor(a):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def pearson(a, b) -> float:
+    a, b = as_numpy(a).ravel(), as_numpy(b).ravel()
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+@pytest.fixture(scope="session")
+def demo():
+    """The shipped SynthLesion classifier (a MONAI bundle), on the CPU."""
+    return load_model(demo_bundle("synthlesion_classifier"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def shortcut():
+    return load_model(demo_bundle("synthlesion_shortcut"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def positive_case():
+    return generate_case(EVAL_SEED_START + 7, positive=True)
+
+
+@pytest.fixture(scope="session")
+def demo_x(demo, positive_case):
+    """The positive case in the demo model's input space, batch of one."""
+    return Preprocessor(demo.preprocessing).forward(positive_case.volume)[None]

@@ -1,0 +1,81 @@
+"""The command line: explain over files, methods listing, demo."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image
+
+from xaiexplain import read_volume, write_volume
+from xaiexplain.cli import main
+from xaiexplain.demo_model import demo_bundle
+
+
+def test_explain_writes_maps_previews_and_summary_on_the_input_grid(tmp_path, positive_case, capsys):
+    image = tmp_path / "case.nii.gz"
+    write_volume(positive_case.volume, image)
+    out = tmp_path / "out"
+    code = main(["explain", "--model", str(demo_bundle()), "--input", str(image), "--method", "gradcam",
+                 "--method", "ig", "--param", "integrated-gradients.steps=8", "--target", "lesion",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["gradcam.nrrd", "gradcam.png", "integrated-gradients.nrrd",
+                                                     "integrated-gradients.png", "summary.json"]
+    source = read_volume(image)
+    for name in ("gradcam", "integrated-gradients"):
+        written = read_volume(out / f"{name}.nrrd")
+        assert written.same_grid(source)
+        png = Image.open(out / f"{name}.png")
+        assert png.size[0] > 600 and np.asarray(png.convert("RGB")).std() > 10  # a real picture, not blank
+    summary = json.loads((out / "summary.json").read_text())
+    ig = summary["results"][1]
+    assert ig["method"] == "integrated-gradients" and ig["params"]["steps"] == 8
+    assert ig["target"] == {"kind": "class", "class": 1, "name": "lesion", "chosen": "given"}
+    assert ig["versions"]["torch"] and ig["versions"]["monai"] and ig["seed"] == 0
+    assert ig["model"]["format"] == "bundle" and len(ig["model"]["sha256"]) == 64
+    assert ig["timings"]["backward"] == 8 and ig["info"]["completeness_relative_error"] < 0.1
+    gc = read_volume(out / "gradcam.nrrd").array[0]
+    assert summary["results"][0]["map"]["peak_index"] == list(np.unravel_index(int(gc.argmax()), gc.shape))
+    assert "prediction:" in capsys.readouterr().out
+
+
+def test_multichannel_inputs_on_different_grids_are_resampled_onto_the_first(tmp_path, positive_case):
+    from xaiexplain import explain
+    from xaiexplain.demo_model import SynthLesionNet
+    from xaiexplain.train import DEMO_PREPROCESSING
+    from xaiexplain.volume import resample_to
+
+    first = positive_case.volume
+    other = resample_to(first, type(first)(np.zeros((1, 40, 40, 40), np.float32), first.spacing * 1.6,
+                                           first.origin, first.direction))
+    net = SynthLesionNet(in_channels=2).eval()
+    res = explain(net, [first, other], "gradient", preprocessing=DEMO_PREPROCESSING)[0]
+    assert res.channel_maps is not None and res.channel_maps.n_channels == 2
+    assert res.map.same_grid(first)
+    assert any("resampled" in n for n in res.notes)
+    assert np.allclose(res.channel_maps.array.sum(0), res.array, atol=1e-6)
+
+
+def test_methods_lists_the_registry():
+    run = subprocess.run([sys.executable, "-m", "xaiexplain.cli", "methods", "--json"], capture_output=True,
+                         text=True, check=True)
+    listed = {m["name"]: m for m in json.loads(run.stdout)}
+    assert set(listed) == {"gradient", "gradient-x-input", "smoothgrad", "integrated-gradients", "guided-backprop",
+                           "deconvnet", "cam", "gradcam", "gradcampp", "guided-gradcam"}
+    assert listed["gradcam"]["needs_layers"] and not listed["gradcam"]["signed"]
+    assert listed["integrated-gradients"]["cost"] == {"forward": 34, "backward": 32}
+
+
+def test_demo_command(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--method", "gradcam", "--method", "gradient", "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["demo"]["case"]["positive"] is True
+    assert set(summary["demo"]["checks"]) == {"gradcam", "gradient"}
+    for name in ("input.nrrd", "lesion_mask.nrrd", "counterfactual.nrrd", "gradcam.nrrd", "gradcam.png"):
+        assert (out / name).exists()
+    lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "lesion_mask.nrrd")))
+    assert lesion.sum() == summary["demo"]["lesion_voxels"] > 0
