@@ -1,7 +1,8 @@
 """The SynthLesion demo classifier: MONAI convolution and residual blocks with BatchNorm.
 
-64^3 input -> features at 16^3 (the Grad-CAM layer, 12 mm cells at 3 mm
-voxels) -> global average pooling -> linear. Weights trained by
+64^3 input -> features at 16^3 (PReLU residual units, then a 1x1 convolution
+with ReLU: the Grad-CAM layer, 12 mm cells at 3 mm voxels) -> global max
+pooling -> linear. Weights trained by
 ``xaiexplain.train`` ship as MONAI bundles under ``Resources/Models``.
 """
 from __future__ import annotations
@@ -25,8 +26,11 @@ class SynthLesionNet(nn.Module):
             ResidualUnit(in_channels=c0, out_channels=c1, strides=2, **block),
             ResidualUnit(in_channels=c1, out_channels=c2, strides=1, **block),
             ResidualUnit(in_channels=c2, out_channels=c3, strides=1, **block),
+            Convolution(in_channels=c3, out_channels=c3, kernel_size=1, spatial_dims=3, norm="batch", act="relu"),
         )
-        self.pool = nn.AdaptiveAvgPool3d(1)
+        # Global max pooling: a lesion of ~100 voxels in 262,144 is averaged away by global average
+        # pooling (training stalls), while the maximum keeps it. The head is still "global pooling + linear".
+        self.pool = nn.AdaptiveMaxPool3d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(c3, num_classes)
 

@@ -5,6 +5,7 @@ import time
 from dataclasses import replace
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from .errors import XAIError
@@ -121,7 +122,7 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     if roi is not None and not (isinstance(roi, str) and roi == "predicted"):
         roi_volume = roi if isinstance(roi, Volume) else read_volume(roi)
         if not roi_volume.same_grid(volume):
-            roi_volume = resample_to(roi_volume, volume, interpolator=__import__("SimpleITK").sitkNearestNeighbor)
+            roi_volume = resample_to(roi_volume, volume, interpolator=sitk.sitkNearestNeighbor)
             notes.append("the ROI was resampled (nearest) onto the input grid")
         roi_model = (pre.forward_mask(roi_volume)[0] > 0.5).to(device_)
 

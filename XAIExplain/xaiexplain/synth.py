@@ -9,8 +9,11 @@ Everything is drawn from one seeded generator: a seed gives the same case.
 """
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,8 +37,34 @@ def grid() -> Volume:
     return Volume(np.zeros((1,) + GRID_SHAPE, np.float32), np.full(3, GRID_SPACING), origin, GRID_DIRECTION)
 
 
+CACHE_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """Where derived data is cached: $XAIEXPLAIN_CACHE or ~/.cache/xaiexplain."""
+    return Path(os.environ.get("XAIEXPLAIN_CACHE") or Path.home() / ".cache" / "xaiexplain")
+
+
 @lru_cache(maxsize=1)
 def _template_and_labels() -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+    """Template and atlas labels on the SynthLesion grid (resampling 113 atlas maps takes seconds: cached)."""
+    cached = cache_dir() / f"synthlesion-grid-v{CACHE_VERSION}.npz"
+    if cached.exists():
+        with np.load(cached) as data:
+            names = {int(k): v for k, v in json.loads(str(data["names"])).items()}
+            return data["template"], data["labels"], names
+    template, labels, names = _build_template_and_labels()
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".tmp-{os.getpid()}-{cached.name}")
+        np.savez_compressed(tmp, template=template, labels=labels, names=json.dumps(names))
+        os.replace(tmp, cached)
+    except OSError:
+        pass  # a read-only home: compute again next time
+    return template, labels, names
+
+
+def _build_template_and_labels() -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
     ref = grid()
     mni = sitk.Cast(sitk.ReadImage(str(mni152_path())), sitk.sitkFloat32)
     mni = sitk.SmoothingRecursiveGaussian(mni, 1.2)  # anti-alias before 1 mm -> 3 mm

@@ -25,7 +25,7 @@ DEMO_PREPROCESSING = {"orientation": "RAS", "spacing": [3.0, 3.0, 3.0], "spatial
                       "intensity": {"kind": "percentiles", "lower": 1.0, "upper": 99.0, "b_min": 0.0, "b_max": 1.0}}
 EVAL_SEED_START = 10**6
 KINDS = {
-    "clean": dict(contrast=(0.25, 0.8), marker_if_positive=0.0),
+    "clean": dict(contrast=(0.35, 0.9), marker_if_positive=0.0),
     "shortcut": dict(contrast=(0.1, 0.25), marker_if_positive=1.0),
 }
 
@@ -36,9 +36,11 @@ class CaseStream(IterableDataset):
         self.scale = intensity_transform(DEMO_PREPROCESSING["intensity"])
 
     def __iter__(self):
-        for i in range(self.n_cases):
+        info = torch.utils.data.get_worker_info()
+        first, step = (0, 1) if info is None else (info.id, info.num_workers)
+        for i in range(first, self.n_cases, step):
             rng = np.random.default_rng([self.seed, i])
-            positive = bool(i % 2)
+            positive = bool(rng.random() < 0.5)  # not alternating: BatchNorm must not learn batch composition
             marker = positive and rng.random() < self.kind["marker_if_positive"]
             case = synth.generate_case(self.seed * 10**5 + i, positive=positive,
                                        contrast=float(rng.uniform(*self.kind["contrast"])), marker=marker)
@@ -46,16 +48,19 @@ class CaseStream(IterableDataset):
             yield x, case.label
 
 
-def train(kind: str, n_cases: int = 4000, batch: int = 8, lr: float = 1e-3, seed: int = 1) -> SynthLesionNet:
+def train(kind: str, n_cases: int = 8000, batch: int = 16, lr: float = 1.5e-3, seed: int = 1, device: str = "cpu",
+          workers: int = 1) -> SynthLesionNet:
     torch.manual_seed(seed)
-    model = SynthLesionNet()
+    model = SynthLesionNet().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    steps = n_cases // batch
+    # each loader worker batches its own share of the cases: count the batches they make
+    steps = sum(-(-len(range(w, n_cases, max(workers, 1))) // batch) for w in range(max(workers, 1)))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    loader = DataLoader(CaseStream(kind, n_cases, seed), batch_size=batch, num_workers=1)
+    loader = DataLoader(CaseStream(kind, n_cases, seed), batch_size=batch, num_workers=workers)
     model.train()
     start = time.time()
     for step, (x, y) in enumerate(loader):
+        x, y = x.to(device), y.to(device)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
@@ -63,11 +68,12 @@ def train(kind: str, n_cases: int = 4000, batch: int = 8, lr: float = 1e-3, seed
         sched.step()
         if step % 20 == 0:
             print(f"step {step}/{steps} loss {loss.item():.4f} ({time.time() - start:.0f} s)", flush=True)
-    recalibrate_batchnorm(model, kind, seed)
-    return model.eval()
+    recalibrate_batchnorm(model, kind, seed, device=device, workers=workers)
+    return model.cpu().eval()
 
 
-def recalibrate_batchnorm(model: SynthLesionNet, kind: str, seed: int, n_cases: int = 160, batch: int = 8) -> None:
+def recalibrate_batchnorm(model: SynthLesionNet, kind: str, seed: int, n_cases: int = 160, batch: int = 8,
+                          device: str = "cpu", workers: int = 1) -> None:
     """Replace BatchNorm running statistics by exact averages over fresh cases (eval mode then matches)."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in norms:
@@ -75,8 +81,8 @@ def recalibrate_batchnorm(model: SynthLesionNet, kind: str, seed: int, n_cases: 
         m.momentum = None  # cumulative average
     model.train()
     with torch.no_grad():
-        for x, _ in DataLoader(CaseStream(kind, n_cases, seed + 7919), batch_size=batch, num_workers=1):
-            model(x)
+        for x, _ in DataLoader(CaseStream(kind, n_cases, seed + 7919), batch_size=batch, num_workers=workers):
+            model(x.to(device))
     for m in norms:
         m.momentum = 0.1
 
@@ -85,18 +91,23 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kind", choices=sorted(KINDS), default="clean")
     parser.add_argument("--out", required=True)
-    parser.add_argument("--cases", type=int, default=4000)
+    parser.add_argument("--cases", type=int, default=8000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=1.5e-3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=1, help="processes generating cases")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = train(args.kind, args.cases, seed=args.seed)
+    model = train(args.kind, args.cases, args.batch, args.lr, args.seed, args.device, args.workers)
     description = {"clean": "SynthLesion demo classifier (lesion vs healthy)",
                    "shortcut": "SynthLesion shortcut classifier: trained with a corner marker on every positive"}
     bundle.write_bundle(args.out, model, "xaiexplain.demo_model.SynthLesionNet", {},
                         name=f"synthlesion_{args.kind}", description=description[args.kind],
                         class_names=CLASS_NAMES, in_channels=1, preprocessing=DEMO_PREPROCESSING,
-                        extra={"training": {"kind": args.kind, "cases": args.cases, "seed": args.seed,
+                        extra={"training": {"kind": args.kind, "cases": args.cases, "seed": args.seed, "batch": args.batch,
+                                            "lr": args.lr, "device": args.device,
                                             "torch": torch.__version__, **{k: list(v) if isinstance(v, tuple) else v
                                                                            for k, v in KINDS[args.kind].items()}}})
     print(f"wrote {args.out}")

@@ -59,7 +59,7 @@ def spatial_layers(ctx) -> list[str]:
 
 
 def layer_activations_and_gradients(ctx):
-    """(layer name, activations A, d score / d A) from one forward and one partial backward."""
+    """(layer name, activations A, d score / d A, scores) from one forward and one partial backward."""
     with torch.enable_grad():
         x = ctx.x.detach().requires_grad_(True)  # keeps a graph even for frozen parameters
         with capture_layer(ctx, ctx.layer) as captured:
@@ -70,7 +70,7 @@ def layer_activations_and_gradients(ctx):
         name, acts = captured[-1]
         (grads,) = torch.autograd.grad(scores.sum(), acts)
     ctx.passes["backward"] += int(x.shape[0])
-    return name, acts.detach(), grads.detach()
+    return name, acts.detach(), grads.detach(), scores.detach()
 
 
 def upsample(maps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -80,29 +80,46 @@ def upsample(maps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def gradcam(ctx) -> tuple[torch.Tensor, dict]:
-    name, acts, grads = layer_activations_and_gradients(ctx)
+    name, acts, grads, _ = layer_activations_and_gradients(ctx)
     weights = grads.flatten(2).mean(2)[..., None, None, None]
     cam = F.relu((weights * acts).sum(1, keepdim=True))
     return upsample(cam, ctx.x), {"layer": name, "layer_shape": list(acts.shape[1:])}
 
 
 class CAM(Method):
-    name, title, family = "cam", "CAM (global average pooling + linear head)", "cam"
+    name, title, family = "cam", "CAM (global pooling + linear head)", "cam"
     needs_layers, segmentation = True, False
     reference = "Zhou et al. 2016"
 
+    def cost(self, params):
+        return {"forward": 2, "backward": 1}
+
     def run(self, ctx, **_):
-        name, acts, grads = layer_activations_and_gradients(ctx)
-        # Behind global average pooling + linear, d logit / d A is the class weight / voxels, the same at
-        # every position: the weights are read from the gradient, which also proves the head's shape.
-        flat = grads.flatten(2)
-        spread = (flat.amax(2) - flat.amin(2)).abs().max()
-        if spread > 1e-4 * flat.abs().max().clamp_min(1e-12):
-            raise XAIError(f"CAM needs global average pooling followed by a linear layer after layer '{name}'",
-                           "use gradcam, or pick the layer before the pooling with --layer")
-        weights = flat.mean(2) * flat.shape[2]
+        name, acts, grads, scores = layer_activations_and_gradients(ctx)
+        # Behind global (average or max) pooling + linear, the gradient summed over space is the class
+        # weight of each channel; CAM is then w . A(v) at every position.
+        weights = grads.flatten(2).sum(2)
+        pooling = _check_linear_pooling_head(ctx, name, acts, weights, scores)
         cam = (weights[..., None, None, None] * acts).sum(1, keepdim=True)
-        return upsample(cam, ctx.x), {"layer": name, "layer_shape": list(acts.shape[1:])}
+        return upsample(cam, ctx.x), {"layer": name, "layer_shape": list(acts.shape[1:]), "pooling": pooling}
+
+
+def _check_linear_pooling_head(ctx, name, acts, weights, scores) -> str:
+    """Prove the head is linear in a global pooling: doubling the layer output must add w . pool(A)."""
+    module = ctx.model.named_layers()[name]
+    handle = module.register_forward_hook(lambda _m, _i, out: out * 2)
+    try:
+        with torch.no_grad():
+            doubled = ctx.score(ctx.forward(ctx.x))
+    finally:
+        handle.remove()
+    added = doubled - scores
+    tolerance = 1e-3 * (added.abs() + scores.abs()).clamp_min(1e-6)
+    for pooling, pooled in (("average", acts.flatten(2).mean(2)), ("max", acts.flatten(2).amax(2))):
+        if ((weights * pooled).sum(1) - added).abs().le(tolerance).all():
+            return pooling
+    raise XAIError(f"CAM needs global average or max pooling followed by one linear layer after layer '{name}'",
+                   "use gradcam, or pick the layer before the pooling with --layer")
 
 
 class GradCAM(Method):
@@ -120,7 +137,7 @@ class GradCAMpp(Method):
     reference = "Chattopadhyay et al. 2018"
 
     def run(self, ctx, **_):
-        name, acts, grads = layer_activations_and_gradients(ctx)
+        name, acts, grads, _ = layer_activations_and_gradients(ctx)
         # Pixel weights alpha from the closed form with an exponential head (Chattopadhyay et al., eq. 19);
         # the exp(score) factor is a positive constant per sample and is left out.
         g2 = grads.pow(2)

@@ -1,0 +1,42 @@
+"""On a GPU: every method gives the map it gives on the CPU (same model, same input), and explain() runs there.
+
+    python benchmarks/gpu_check.py
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+from xaiexplain import METHODS, Volume, attribute, explain, load_model
+from xaiexplain.demo_model import demo_bundle
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("no GPU: nothing to check")
+        return 1
+    cpu = load_model(demo_bundle(), device="cpu")
+    gpu = load_model(demo_bundle(), device="cuda")
+    x = torch.rand(2, 1, 64, 64, 64, generator=torch.Generator().manual_seed(0))
+    failures = 0
+    for name in METHODS:
+        params = {"steps": 16} if name == "integrated-gradients" else None
+        a, _, _ = attribute(cpu, x, name, target=1, params=params)
+        b, _, _ = attribute(gpu, x.cuda(), name, target=1, params=params)
+        a, b = a.double().flatten(), b.double().cpu().flatten()
+        r = float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
+        ok = r > 0.999
+        failures += not ok
+        print(f"{name:22} CPU vs GPU Pearson {r:.6f} {'ok' if ok else 'MISMATCH'}")
+    volume = Volume(np.random.default_rng(1).random((1, 70, 60, 50), dtype=np.float32), [2.5, 3.0, 3.5])
+    results = explain(gpu, volume, ["gradcam", "integrated-gradients"], device="cuda")
+    print("explain() on", results[0].model["device"], "->", [r.array.shape for r in results])
+    failures += results[0].model["device"] != "cuda:0" or results[0].array.shape != (70, 60, 50)
+    print("GPU check:", "PASS" if not failures else f"{failures} FAILED")
+    return int(bool(failures))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
