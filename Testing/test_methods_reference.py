@@ -102,9 +102,10 @@ def test_monai_gradcampp_epsilon_swamps_small_gradients(demo, demo_x):
     alpha = g**2 / (2 * g**2 + (a * g**3).sum((2, 3, 4), keepdim=True))
     cam = F.relu(((alpha * F.relu(g)).sum((2, 3, 4), keepdim=True) * a).sum(1, keepdim=True))
     cam = F.interpolate(cam, size=demo_x.shape[2:], mode="trilinear", align_corners=False)
-    assert pearson(mine, cam) >= 0.999
+    cam = cam.float()
+    assert torch.allclose(mine, cam, rtol=1e-3, atol=1e-4 * float(cam.max()))
     assert float(g.abs().max()) < 1e-3  # small gradients: where MONAI's epsilon matters
-    assert pearson(mine, ref) < 0.99
+    assert float((ref - cam).norm() / cam.norm()) > 0.5  # MONAI's map is not the closed form
 
 
 def test_cam_matches_monai_and_equals_class_weights_on_features(demo, demo_x):
@@ -179,17 +180,23 @@ def test_guided_gradcam_matches_captum(relu_net):
 
 
 def test_captum_and_monai_guided_backprop_miss_prelu_where_ours_does_not(demo, demo_x):
-    plain, _, _ = ours(demo, demo_x, "gradient")
-    mine, _, _ = ours(demo, demo_x, "guided-backprop")
-    captum = GuidedBackprop(demo.network).attribute(demo_x.clone(), target=LESION)
-    monai = GuidedBackpropGrad(demo.network)(demo_x.clone(), index=LESION)
-    # Captum (nn.ReLU hooks) and MONAI (modules named "relu") leave the PReLU network untouched:
-    assert pearson(captum, plain) > 0.9999
-    assert pearson(monai, plain) > 0.9999
+    # A MONAI PReLU network (the demo's residual units, no ReLU anywhere):
+    torch.manual_seed(4)
+    prelu_net = nn.Sequential(demo.network.features[:4], nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(32, 2)).eval()
+    model = load_model(prelu_net, device=None)
+    plain, _, _ = ours(model, demo_x, "gradient")
+    mine, _, _ = ours(model, demo_x, "guided-backprop")
+    captum = GuidedBackprop(prelu_net).attribute(demo_x.clone(), target=LESION)
+    monai = GuidedBackpropGrad(prelu_net)(demo_x.clone(), index=LESION)
+    # Captum (nn.ReLU hooks) and MONAI (modules named "relu") return the plain gradient:
+    assert pearson(captum, plain) > 0.9999 and pearson(monai, plain) > 0.9999
     # ours rectifies the backward signal at every PReLU, which changes the map
     assert pearson(mine, plain) < 0.9
-    # guided backprop passes only positive signal into the first PReLU: ours is never the plain gradient
-    assert not torch.allclose(mine, plain)
+    # on the demo model (PReLU units + one ReLU) Captum rectifies only the ReLU, MONAI nothing
+    full, _, _ = ours(demo, demo_x, "guided-backprop")
+    captum_demo = GuidedBackprop(demo.network).attribute(demo_x.clone(), target=LESION)
+    monai_demo = GuidedBackpropGrad(demo.network)(demo_x.clone(), index=LESION)
+    assert pearson(captum_demo, full) < 0.99 and pearson(monai_demo, full) < 0.99
 
 
 class FunctionalReLU(nn.Module):
@@ -260,4 +267,4 @@ def test_batch_of_two_equals_two_single_runs(demo, demo_x):
         both, _, _ = ours(demo, batch, method, params={"steps": 8} if method == "integrated-gradients" else None)
         for n, single in enumerate((demo_x, other)):
             alone, _, _ = ours(demo, single, method, params={"steps": 8} if method == "integrated-gradients" else None)
-            assert torch.allclose(both[n], alone[0], rtol=1e-4, atol=1e-6 * float(alone.abs().max())), method
+            assert torch.allclose(both[n], alone[0], rtol=1e-3, atol=1e-4 * float(alone.abs().max())), method

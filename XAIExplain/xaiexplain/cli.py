@@ -74,18 +74,19 @@ def _preprocessing_overrides(args) -> dict:
 
 
 def cmd_explain(args) -> int:
-    from .explain import explain, load_inputs
+    from .explain import explain
     from .outputs import write_results
+    from .volume import read_volume
 
+    volumes = [read_volume(path) for path in args.input]
     bar = ProgressBar(not args.quiet)
     try:
-        results = explain(args.model, args.input, args.method, target=args.target, versus=args.versus,
+        results = explain(args.model, volumes, args.method, target=args.target, versus=args.versus,
                           roi=args.roi, layer=args.layer, params=_parse_params(args.param), seed=args.seed,
                           device=args.device, preprocessing=_preprocessing_overrides(args), progress=bar)
     finally:
         bar.close()
-    volume, _ = load_inputs(args.input)
-    written = write_results(args.out, volume, results, {"inputs": [str(p) for p in args.input],
+    written = write_results(args.out, volumes[0], results, {"inputs": [str(p) for p in args.input],
                                                         "command": " ".join(sys.argv)})
     pred = results[0].prediction
     if pred["task"] == "classification":

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from contextlib import contextmanager
 
 import numpy as np
 import SimpleITK as sitk
@@ -79,15 +79,28 @@ def attribute(model, x: torch.Tensor, method, *, target=None, layer: str | None 
     method = get_method(method) if isinstance(method, str) else method
     chosen = method.params(params)
     if reference is None:
-        with torch.inference_mode():
+        with torch.inference_mode(), evaluation_mode(loaded):
             reference = model_output(loaded.network(x)).float().clone()
     if not hasattr(target, "score"):
         target = ClassTarget(target)
     resolved = target.resolve(reference, loaded.class_names)
     ctx = Context(loaded, x, resolved, reference, layer=layer, seed=seed, progress=progress, cancel=cancel)
     torch.manual_seed(seed)
-    maps, info = method.run(ctx, **chosen)
+    with evaluation_mode(loaded):
+        maps, info = method.run(ctx, **chosen)
     return maps, info, ctx
+
+
+@contextmanager
+def evaluation_mode(model: LoadedModel):
+    """Run in eval mode (BatchNorm statistics frozen, dropout off); give the model back as it was."""
+    modes = [(m, m.training) for m in model.network.modules()]  # per module: some may be frozen already
+    model.network.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, roi=None, layer: str | None = None,
@@ -126,9 +139,7 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
             notes.append("the ROI was resampled (nearest) onto the input grid")
         roi_model = (pre.forward_mask(roi_volume)[0] > 0.5).to(device_)
 
-    was_training = loaded.network.training
-    loaded.network.eval()
-    try:
+    with evaluation_mode(loaded):
         with torch.inference_mode():
             start = time.perf_counter()
             try:
@@ -173,6 +184,4 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
                 info={**info, "preprocessing": spec.to_dict(), "channels": list(volume.channel_names)},
                 notes=list(notes)))
             report(1.0, f"{method.name}: done in {seconds:.2f} s")
-    finally:
-        loaded.network.train(was_training)
     return results
