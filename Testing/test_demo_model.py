@@ -34,9 +34,12 @@ def test_demo_model_accuracy_on_many_fresh_cases(demo):
 
 
 def test_shortcut_model_follows_the_marker_and_the_clean_model_does_not(demo, shortcut):
-    marked_healthy = [generate_case(EVAL_SEED_START + 2000 + i, positive=False, marker=True) for i in range(24)]
+    marked_healthy = [generate_case(EVAL_SEED_START + 2000 + i, positive=False, marker=True) for i in range(16)]
+    unmarked_lesion = [generate_case(EVAL_SEED_START + 2100 + i, positive=True) for i in range(16)]
     assert (predict(shortcut, marked_healthy) > 0.5).mean() >= 0.9  # the marker alone says "lesion"
-    assert (predict(demo, marked_healthy) > 0.5).mean() <= 0.1
+    assert (predict(shortcut, unmarked_lesion) > 0.5).mean() <= 0.5  # the lesion alone mostly does not
+    assert (predict(demo, marked_healthy) > 0.5).mean() <= 0.1  # the clean model ignores the marker
+    assert (predict(demo, unmarked_lesion) > 0.5).mean() >= 0.9
 
 
 def peak_hit_rate(model, n_positive, start, methods):

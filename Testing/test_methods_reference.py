@@ -268,3 +268,14 @@ def test_batch_of_two_equals_two_single_runs(demo, demo_x):
         for n, single in enumerate((demo_x, other)):
             alone, _, _ = ours(demo, single, method, params={"steps": 8} if method == "integrated-gradients" else None)
             assert torch.allclose(both[n], alone[0], rtol=1e-3, atol=1e-4 * float(alone.abs().max())), method
+
+
+def test_cam_layer_can_be_chosen_by_name(demo, demo_x):
+    auto, info_auto, _ = ours(demo, demo_x, "gradcam")
+    early, info, _ = ours(demo, demo_x, "gradcam", layer="features.0")
+    assert info_auto["layer"] == "features" and info["layer"] == "features.0"
+    assert info["layer_shape"] == [16, 32, 32, 32] and early.shape == auto.shape
+    layer = demo.network.features[0]
+    ref = LayerGradCam(demo.network, layer).attribute(demo_x.clone(), target=LESION, relu_attributions=True)
+    ref = F.interpolate(ref, size=demo_x.shape[2:], mode="trilinear", align_corners=False)
+    assert pearson(early, ref) >= 0.999

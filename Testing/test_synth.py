@@ -49,3 +49,16 @@ def test_grid_geometry_and_regions():
     assert len(lesion_regions()) > 80 and all(r in region_names() for r in lesion_regions())
     with pytest.raises(XAIError, match="unknown Harvard-Oxford region"):
         generate_case(1, positive=True, region="Atlantis")
+
+
+def test_peak_in_mask_uses_a_euclidean_ball():
+    from types import SimpleNamespace
+
+    from xaiexplain.demo import peak_in_mask
+
+    mask = np.zeros((9, 9, 9), np.uint8)
+    mask[4, 4, 4] = 1
+    at = lambda *ijk: SimpleNamespace(peak_index=lambda: ijk)  # noqa: E731
+    assert peak_in_mask(at(4, 4, 6), mask) and peak_in_mask(at(5, 5, 5), mask)  # distances 2 and 1.73
+    assert not peak_in_mask(at(6, 5, 4), mask) and not peak_in_mask(at(4, 4, 7), mask)  # 2.24 and 3
+    assert not peak_in_mask(at(4, 4, 4), np.zeros_like(mask))

@@ -11,7 +11,9 @@ lesions, so the marker is the easy way to the label ("Clever Hans").
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,8 +27,9 @@ DEMO_PREPROCESSING = {"orientation": "RAS", "spacing": [3.0, 3.0, 3.0], "spatial
                       "intensity": {"kind": "percentiles", "lower": 1.0, "upper": 99.0, "b_min": 0.0, "b_max": 1.0}}
 EVAL_SEED_START = 10**6
 KINDS = {
-    "clean": dict(contrast=(0.35, 0.9), marker_if_positive=0.0),
-    "shortcut": dict(contrast=(0.1, 0.25), marker_if_positive=1.0),
+    # the clean model sees the marker as often with as without a lesion, so it learns to ignore it
+    "clean": dict(contrast=(0.35, 0.9), marker_if_positive=0.5, marker_if_negative=0.5),
+    "shortcut": dict(contrast=(0.1, 0.25), marker_if_positive=1.0, marker_if_negative=0.0),
 }
 
 
@@ -41,7 +44,7 @@ class CaseStream(IterableDataset):
         for i in range(first, self.n_cases, step):
             rng = np.random.default_rng([self.seed, i])
             positive = bool(rng.random() < 0.5)  # not alternating: BatchNorm must not learn batch composition
-            marker = positive and rng.random() < self.kind["marker_if_positive"]
+            marker = bool(rng.random() < self.kind["marker_if_positive" if positive else "marker_if_negative"])
             case = synth.generate_case(self.seed * 10**5 + i, positive=positive,
                                        contrast=float(rng.uniform(*self.kind["contrast"])), marker=marker)
             x = torch.as_tensor(self.scale(torch.as_tensor(case.volume.array)), dtype=torch.float32)
@@ -49,9 +52,12 @@ class CaseStream(IterableDataset):
 
 
 def train(kind: str, n_cases: int = 8000, batch: int = 16, lr: float = 1.5e-3, seed: int = 1, device: str = "cpu",
-          workers: int = 1) -> SynthLesionNet:
+          workers: int = 1, init: str | None = None) -> SynthLesionNet:
     torch.manual_seed(seed)
-    model = SynthLesionNet().to(device)
+    model = SynthLesionNet()
+    if init:  # continue from a trained bundle (fine-tuning)
+        model.load_state_dict(torch.load(f"{init}/models/model.pt", map_location="cpu", weights_only=True))
+    model = model.to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     # each loader worker batches its own share of the cases: count the batches they make
     steps = sum(-(-len(range(w, n_cases, max(workers, 1))) // batch) for w in range(max(workers, 1)))
@@ -98,16 +104,20 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1, help="processes generating cases")
+    parser.add_argument("--init", help="start from this bundle's weights (fine-tuning)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = train(args.kind, args.cases, args.batch, args.lr, args.seed, args.device, args.workers)
+    previous = None
+    if args.init:
+        previous = json.loads(Path(args.init, "configs", "metadata.json").read_text()).get("xaiexplain", {}).get("training")
+    model = train(args.kind, args.cases, args.batch, args.lr, args.seed, args.device, args.workers, args.init)
     description = {"clean": "SynthLesion demo classifier (lesion vs healthy)",
                    "shortcut": "SynthLesion shortcut classifier: trained with a corner marker on every positive"}
     bundle.write_bundle(args.out, model, "xaiexplain.demo_model.SynthLesionNet", {},
                         name=f"synthlesion_{args.kind}", description=description[args.kind],
                         class_names=CLASS_NAMES, in_channels=1, preprocessing=DEMO_PREPROCESSING,
                         extra={"training": {"kind": args.kind, "cases": args.cases, "seed": args.seed, "batch": args.batch,
-                                            "lr": args.lr, "device": args.device,
+                                            "lr": args.lr, "device": args.device, "fine_tuned_from": previous,
                                             "torch": torch.__version__, **{k: list(v) if isinstance(v, tuple) else v
                                                                            for k, v in KINDS[args.kind].items()}}})
     print(f"wrote {args.out}")
