@@ -2,6 +2,8 @@
 and a demonstration of the difference where the reference is wrong."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,11 @@ from xaiexplain.demo_model import SynthLesionNet
 from xaiexplain.methods.gradients import smoothgrad_noise
 
 LESION = 1  # the demo model's positive class
+
+
+def clone(net):
+    """A private copy for MONAI's CAM classes, which leave their hooks on the network they are given."""
+    return copy.deepcopy(net)
 
 
 def ours(model, x, method, **kw):
@@ -63,13 +70,13 @@ def test_gradcam_matches_captum_and_monai(demo, demo_x):
     ref = LayerGradCam(demo.network, layer).attribute(demo_x.clone(), target=LESION, relu_attributions=True)
     ref = F.interpolate(ref, size=demo_x.shape[2:], mode="trilinear", align_corners=False)
     assert pearson(mine, ref) >= 0.999
-    monai_map = GradCAM(demo.network, target_layers="features", postprocessing=lambda m: m)(demo_x.clone(), class_idx=LESION)
+    monai_map = GradCAM(clone(demo.network), target_layers="features", postprocessing=lambda m: m)(demo_x.clone(), class_idx=LESION)
     assert pearson(mine, monai_map) >= 0.999
 
 
 def test_monai_default_cam_normaliser_inverts_the_map(demo, demo_x):
     mine, _, _ = ours(demo, demo_x, "gradcam")
-    monai_default = GradCAM(demo.network, target_layers="features")(demo_x.clone(), class_idx=LESION)
+    monai_default = GradCAM(clone(demo.network), target_layers="features")(demo_x.clone(), class_idx=LESION)
     assert pearson(mine, monai_default) < -0.99  # MONAI maps the maximum to 0 and the minimum to 1
     assert float(mine.flatten().argmax()) != float(monai_default.flatten().argmax())
 
@@ -84,7 +91,7 @@ def average_pooled(demo):
 
 def test_gradcampp_matches_monai(demo, demo_x):
     mine, _, _ = ours(demo, demo_x, "gradcampp")
-    ref = GradCAMpp(demo.network, target_layers="features", postprocessing=lambda m: m)(demo_x.clone(), class_idx=LESION)
+    ref = GradCAMpp(clone(demo.network), target_layers="features", postprocessing=lambda m: m)(demo_x.clone(), class_idx=LESION)
     assert pearson(mine, ref) >= 0.99
 
 
@@ -93,7 +100,7 @@ def test_monai_gradcampp_epsilon_swamps_small_gradients(demo, demo_x):
     the gradients are ~1e-5 and the epsilon dominates. The closed form in float64 agrees with ours."""
     gap = average_pooled(demo)
     mine, _, _ = ours(gap, demo_x, "gradcampp")
-    ref = GradCAMpp(gap.network, target_layers="features", postprocessing=lambda m: m)(demo_x.clone(), class_idx=LESION)
+    ref = GradCAMpp(clone(gap.network), target_layers="features", postprocessing=lambda m: m)(demo_x.clone(), class_idx=LESION)
     net = gap.network.double()
     acts = net.features(demo_x.double())
     acts.retain_grad()
@@ -111,7 +118,7 @@ def test_monai_gradcampp_epsilon_swamps_small_gradients(demo, demo_x):
 def test_cam_matches_monai_and_equals_class_weights_on_features(demo, demo_x):
     mine, info, _ = ours(demo, demo_x, "cam")
     assert info["pooling"] == "max"
-    ref = CAM(demo.network, target_layers="features", fc_layers="fc", postprocessing=lambda m: m)(
+    ref = CAM(clone(demo.network), target_layers="features", fc_layers="fc", postprocessing=lambda m: m)(
         demo_x.clone(), class_idx=torch.tensor([LESION]))  # MONAI's CAM fails on an int class_idx
     assert pearson(mine, ref) >= 0.999
     with torch.no_grad():  # exact: w_lesion . A(v) at the layer's own resolution
@@ -124,7 +131,7 @@ def test_cam_matches_monai_and_equals_class_weights_on_features(demo, demo_x):
 def test_cam_on_global_average_pooling_matches_monai(demo, demo_x):
     gap = average_pooled(demo)
     mine, info, _ = ours(gap, demo_x, "cam")
-    ref = CAM(gap.network, target_layers="features", fc_layers="fc", postprocessing=lambda m: m)(
+    ref = CAM(clone(gap.network), target_layers="features", fc_layers="fc", postprocessing=lambda m: m)(
         demo_x.clone(), class_idx=torch.tensor([LESION]))
     assert info["pooling"] == "average" and pearson(mine, ref) >= 0.999
 
@@ -187,7 +194,7 @@ def test_captum_and_monai_guided_backprop_miss_prelu_where_ours_does_not(demo, d
     plain, _, _ = ours(model, demo_x, "gradient")
     mine, _, _ = ours(model, demo_x, "guided-backprop")
     captum = GuidedBackprop(prelu_net).attribute(demo_x.clone(), target=LESION)
-    monai = GuidedBackpropGrad(prelu_net)(demo_x.clone(), index=LESION)
+    monai = GuidedBackpropGrad(clone(prelu_net))(demo_x.clone(), index=LESION)
     # Captum (nn.ReLU hooks) and MONAI (modules named "relu") return the plain gradient:
     assert pearson(captum, plain) > 0.9999 and pearson(monai, plain) > 0.9999
     # ours rectifies the backward signal at every PReLU, which changes the map
@@ -195,7 +202,7 @@ def test_captum_and_monai_guided_backprop_miss_prelu_where_ours_does_not(demo, d
     # on the demo model (PReLU units + one ReLU) Captum rectifies only the ReLU, MONAI nothing
     full, _, _ = ours(demo, demo_x, "guided-backprop")
     captum_demo = GuidedBackprop(demo.network).attribute(demo_x.clone(), target=LESION)
-    monai_demo = GuidedBackpropGrad(demo.network)(demo_x.clone(), index=LESION)
+    monai_demo = GuidedBackpropGrad(clone(demo.network))(demo_x.clone(), index=LESION)
     assert pearson(captum_demo, full) < 0.99 and pearson(monai_demo, full) < 0.99
 
 
