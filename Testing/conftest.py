@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 warnings.filterwarnings("ignore", category=UserWarning, module="monai")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
