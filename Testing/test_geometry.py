@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from conftest import pearson
 from scipy.spatial.transform import Rotation

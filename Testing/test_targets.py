@@ -7,7 +7,7 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
-from xaiexplain import ContrastTarget, Volume, XAIError, attribute, explain, load_model
+from xaiexplain import ContrastTarget, Volume, XAIError, attribute, explain
 from xaiexplain.methods import Cancelled
 
 

@@ -16,9 +16,7 @@ import torch
 from .errors import XAIError
 from .preprocess import PreprocessSpec
 
-# MONAI dictionary transforms whose parameters map onto a PreprocessSpec.
-_KNOWN_TRANSFORMS = ("Orientationd", "Spacingd", "ScaleIntensityRanged", "ScaleIntensityRangePercentilesd",
-                     "NormalizeIntensityd", "ResizeWithPadOrCropd")
+# Loading / typing steps that change nothing a map depends on (the spatial and intensity ones are parsed).
 _HARMLESS_TRANSFORMS = ("LoadImaged", "EnsureChannelFirstd", "EnsureTyped", "EnsureType", "LoadImage",
                         "EnsureChannelFirst", "CastToTyped", "ToTensord")
 
