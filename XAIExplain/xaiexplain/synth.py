@@ -74,6 +74,13 @@ def _build_template_and_labels() -> tuple[np.ndarray, np.ndarray, dict[int, str]
             atlas.labels.array[0].astype(np.int16), atlas.names)
 
 
+@lru_cache(maxsize=1)
+def _white_matter_level() -> float:
+    """Intensity of white matter, the brightest tissue in T1 (95th percentile of the brain)."""
+    template = _template_and_labels()[0]
+    return float(np.percentile(template[template > 0], 95))
+
+
 def region_names() -> dict[int, str]:
     return dict(_template_and_labels()[2])
 
@@ -158,7 +165,7 @@ def generate_case(seed: int, positive: bool | None = None, region: int | str | N
     template, labels, names = _template_and_labels()
     if positive is None:
         positive = bool(rng.random() < 0.5)
-    white = float(np.percentile(template[template > 0], 95))  # white matter, the brightest tissue in T1
+    white = _white_matter_level()
     region_id, lesion_info = 0, {}
     soft = binary = np.zeros(GRID_SHAPE, np.float32)
     if positive:

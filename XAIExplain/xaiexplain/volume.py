@@ -106,6 +106,12 @@ class Volume:
                    np.array(image.GetDirection()).reshape(3, 3), names)
 
 
+def _sitk_reason(err: RuntimeError) -> str:
+    """The last line of a SimpleITK error (its first lines are C++ file and line numbers)."""
+    text = str(err).strip()
+    return text.splitlines()[-1][:120] if text else "unknown reason"
+
+
 def _is_dicom_dir(path: Path) -> bool:
     return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
@@ -129,8 +135,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
         else:
             image = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reason"
-        raise XAIError(f"cannot read volume '{path}' ({first[:120]})",
+        raise XAIError(f"cannot read volume '{path}' ({_sitk_reason(err)})",
                        "give a NIfTI, NRRD, MHA file or a DICOM series folder") from None
     if image.GetDimension() == 2 or (image.GetDimension() == 3 and 1 in image.GetSize()[:3]):
         raise XAIError(f"'{path}' is a 2-D image {image.GetSize()}", "XAIExplain needs a 3-D volume")
@@ -181,8 +186,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, channel: int = 0, comp
     except RuntimeError as err:
         if not detached:
             tmp.unlink(missing_ok=True)
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown reason"
-        raise XAIError(f"cannot write volume '{path}' ({first[:120]})",
+        raise XAIError(f"cannot write volume '{path}' ({_sitk_reason(err)})",
                        "check that the folder exists and is writable") from None
     if not detached:
         os.replace(tmp, path)
