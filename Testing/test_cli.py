@@ -79,3 +79,24 @@ def test_demo_command(tmp_path):
         assert (out / name).exists()
     lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "lesion_mask.nrrd")))
     assert lesion.sum() == summary["demo"]["lesion_voxels"] > 0
+
+
+def test_preprocessing_flags_and_contrast_reach_the_result(tmp_path, positive_case, capsys):
+    image = tmp_path / "case.nrrd"
+    write_volume(positive_case.volume, image)
+    out = tmp_path / "out"
+    code = main(["explain", "--model", str(demo_bundle()), "--input", str(image), "--method", "gradient",
+                 "--orientation", "LPS", "--spacing", "4", "4", "4", "--size", "48", "48", "48",
+                 "--intensity", "range:0,9000,0,1", "--target", "lesion", "--versus", "healthy",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    result = json.loads((out / "summary.json").read_text())["results"][0]
+    assert result["info"]["preprocessing"] == {
+        "orientation": "LPS", "spacing": [4.0, 4.0, 4.0], "spatial_size": [48, 48, 48],
+        "intensity": {"kind": "range", "a_min": 0.0, "a_max": 9000.0, "b_min": 0.0, "b_max": 1.0, "clip": False}}
+    assert result["target"]["kind"] == "contrast" and result["target"]["name"] == "lesion vs healthy"
+    assert read_volume(out / "gradient.nrrd").same_grid(read_volume(image))
+    capsys.readouterr()
+    assert main(["explain", "--model", str(demo_bundle()), "--input", str(image), "--method", "gradient",
+                 "--intensity", "sigmoid", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "cannot read --intensity 'sigmoid'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
