@@ -100,3 +100,35 @@ def test_preprocessing_flags_and_contrast_reach_the_result(tmp_path, positive_ca
     assert main(["explain", "--model", str(demo_bundle()), "--input", str(image), "--method", "gradient",
                  "--intensity", "sigmoid", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
     assert "cannot read --intensity 'sigmoid'" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
+def test_lrp_and_deepshap_with_reference_volumes(tmp_path, positive_case, capsys):
+    """LRP with a composite chosen by --param; DeepSHAP over --reference volumes (the counterfactual and a blur)."""
+    from scipy.ndimage import gaussian_filter
+
+    from xaiexplain.volume import Volume
+
+    image, healthy, blurred = tmp_path / "case.nrrd", tmp_path / "healthy.nii.gz", tmp_path / "blur.nrrd"
+    write_volume(positive_case.volume, image)
+    write_volume(positive_case.counterfactual, healthy)
+    cf = positive_case.counterfactual
+    write_volume(Volume(gaussian_filter(cf.array, (0, 2, 2, 2)), cf.spacing, cf.origin, cf.direction), blurred)
+    out = tmp_path / "out"
+    code = main(["explain", "--model", str(demo_bundle()), "--input", str(image), "--method", "lrp",
+                 "--param", "lrp.composite=alpha2-beta1", "--method", "deepshap", "--method", "deeplift",
+                 "--param", "deeplift.baseline=reference", "--reference", str(healthy), "--reference", str(blurred),
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    lrp, shap, lift = summary["results"]
+    assert lrp["params"]["composite"] == "alpha2-beta1" and lrp["info"]["rules_applied"]["alpha2-beta1"] > 0
+    assert shap["info"]["references"] == 2 and shap["info"]["summation_relative_error"] < 0.01
+    assert lift["info"]["references"] == 1 and lift["info"]["summation_relative_error"] < 0.01
+    # against the counterfactual, the change lies in the lesion: the peak is there
+    lesion = positive_case.lesion_mask.array[0] > 0
+    peak = np.unravel_index(np.argmax(read_volume(out / "deeplift.nrrd").array[0]), lesion.shape)
+    from scipy.ndimage import binary_dilation
+    assert binary_dilation(lesion, iterations=2)[peak]
+    assert main(["explain", "--model", str(demo_bundle()), "--input", str(image), "--method", "deepshap",
+                 "--out", str(tmp_path / "none"), "--quiet"]) == 2
+    assert "reference" in capsys.readouterr().err and not (tmp_path / "none").exists()

@@ -81,8 +81,9 @@ def cmd_explain(args) -> int:
     bar = ProgressBar(not args.quiet)
     try:
         results = explain(args.model, volumes, args.method, target=args.target, versus=args.versus,
-                          roi=args.roi, layer=args.layer, params=_parse_params(args.param), seed=args.seed,
-                          device=args.device, preprocessing=_preprocessing_overrides(args), progress=bar)
+                          roi=args.roi, references=args.reference, layer=args.layer,
+                          params=_parse_params(args.param), seed=args.seed, device=args.device,
+                          preprocessing=_preprocessing_overrides(args), progress=bar)
     finally:
         bar.close()
     written = write_results(args.out, volumes[0], results, {"inputs": [str(p) for p in args.input],
@@ -128,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--target", help="class index or name (default: the predicted class)")
     ex.add_argument("--versus", help="second class: explain target minus versus")
     ex.add_argument("--roi", help="mask on the input grid (segmentation models), or 'predicted'")
+    ex.add_argument("--reference", action="append", default=[], metavar="FILE",
+                    help="reference volume (e.g. a healthy template or the counterfactual), repeatable: "
+                         "baseline 'reference' uses the first, deepshap all of them")
     ex.add_argument("--layer", help="module name for CAM methods (default: last spatial feature map)")
     ex.add_argument("--param", action="append", help="METHOD.NAME=VALUE, e.g. smoothgrad.samples=50")
     ex.add_argument("--orientation", help="reorient to these axis codes before the model, e.g. RAS")

@@ -1,6 +1,7 @@
 """The engine's front door: volumes + model + target + methods -> attributions on the input grid."""
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 
@@ -68,8 +69,12 @@ def _target(target, versus, roi_model_space, logits, class_names):
 
 
 def attribute(model, x: torch.Tensor, method, *, target=None, layer: str | None = None, params: dict | None = None,
-              seed: int = 0, reference: torch.Tensor | None = None, progress=None, cancel=None):
+              seed: int = 0, reference: torch.Tensor | None = None, references: torch.Tensor | None = None,
+              progress=None, cancel=None):
     """Model-space attributions for a batch ``x`` (N, C, X, Y, Z) already in model space.
+
+    ``references``: reference volumes (R, C, X, Y, Z) in model space, for the
+    baseline ``reference`` (first one) and DeepSHAP (all of them).
 
     ``target``: a target object (ClassTarget, ContrastTarget, SegmentationTarget) or a class
     index/name (None: each sample's predicted class). Returns ``(maps, info, context)``;
@@ -84,11 +89,26 @@ def attribute(model, x: torch.Tensor, method, *, target=None, layer: str | None 
     if not hasattr(target, "score"):
         target = ClassTarget(target)
     resolved = target.resolve(reference, loaded.class_names)
-    ctx = Context(loaded, x, resolved, reference, layer=layer, seed=seed, progress=progress, cancel=cancel)
+    ctx = Context(loaded, x, resolved, reference, layer=layer, seed=seed, progress=progress, cancel=cancel,
+                  references=None if references is None else references.to(x))
     torch.manual_seed(seed)
     with evaluation_mode(loaded):
         maps, info = method.run(ctx, **chosen)
     return maps, info, ctx
+
+
+def _on_grid(item, volume: Volume, notes: list) -> Volume:
+    """A reference volume (path or Volume) on the input's grid, with the input's channel count."""
+    ref, _ = load_inputs(item)
+    if ref.n_channels != volume.n_channels:
+        raise XAIError(f"a reference volume has {ref.n_channels} channel(s), the input {volume.n_channels}",
+                       "give references with the same channels as the input")
+    if not ref.same_grid(volume):
+        ref = resample_to(ref, volume)
+        notes.append("a reference volume was resampled (linear) onto the input grid")
+    if not np.isfinite(ref.array).all():
+        raise XAIError("a reference volume holds NaN or infinite voxels", "fill or mask them first")
+    return ref
 
 
 @contextmanager
@@ -105,7 +125,7 @@ def evaluation_mode(model: LoadedModel):
 
 def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, roi=None, layer: str | None = None,
             params: dict | None = None, seed: int = 0, device="auto", preprocessing: dict | None = None,
-            progress=None, cancel=None) -> list[Attribution]:
+            references=None, progress=None, cancel=None) -> list[Attribution]:
     """Explain ``model``'s decision on ``inputs`` with each of ``methods``.
 
     ``model``: a path (TorchScript, .pt2, MONAI bundle folder), an ``nn.Module`` or a
@@ -114,7 +134,9 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     ``versus``: a second class for a contrast; ``roi``: a mask (path or Volume on
     the input grid) for segmentation models, or ``"predicted"``. ``params``:
     ``{method: {parameter: value}}``. ``preprocessing``: overrides of the model's
-    orientation / spacing / spatial_size / intensity. Nothing given is modified.
+    orientation / spacing / spatial_size / intensity. ``references``: reference
+    volumes (paths or Volumes, e.g. a healthy template or the counterfactual) for
+    the baseline ``reference`` and for DeepSHAP. Nothing given is modified.
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
     if isinstance(model, LoadedModel) and device not in (None, "auto"):
@@ -138,6 +160,11 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
             roi_volume = resample_to(roi_volume, volume, interpolator=sitk.sitkNearestNeighbor)
             notes.append("the ROI was resampled (nearest) onto the input grid")
         roi_model = (pre.forward_mask(roi_volume)[0] > 0.5).to(device_)
+    refs_model = None
+    if isinstance(references, (str, os.PathLike, Volume)):
+        references = [references]
+    if references:
+        refs_model = torch.stack([pre.forward(_on_grid(r, volume, notes)) for r in references]).to(device_)
 
     with evaluation_mode(loaded):
         with torch.inference_mode():
@@ -170,7 +197,8 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
             report(0.0, f"{method.name}: about {estimate:.1f} s ({cost['forward']} forward, {cost['backward']} backward passes)")
             start = time.perf_counter()
             maps, info, ctx = attribute(loaded, x, method, target=resolved, layer=layer, params=chosen_params,
-                                        seed=seed, reference=logits, progress=report, cancel=cancel)
+                                        seed=seed, reference=logits, references=refs_model, progress=report,
+                                        cancel=cancel)
             seconds = time.perf_counter() - start
             back = pre.inverse(maps[0].float())
             total = back.sum(0, keepdims=True)

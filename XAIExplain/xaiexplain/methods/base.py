@@ -35,6 +35,7 @@ class Context:
     progress: ProgressFn | None = None
     cancel: Callable[[], bool] | None = None
     passes: dict = field(default_factory=lambda: {"forward": 0, "backward": 0})
+    references: torch.Tensor | None = None  # (R, C, X, Y, Z) reference volumes in model space, if given
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.passes["forward"] += int(x.shape[0])  # counted in volumes, not batches
@@ -66,13 +67,14 @@ class Method:
 
     name: ClassVar[str]
     title: ClassVar[str]
-    family: ClassVar[str]  # gradient | backprop | cam
+    family: ClassVar[str]  # gradient | backprop | cam | propagation
     signed: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
     needs_layers: ClassVar[bool] = False
     segmentation: ClassVar[bool] = True  # works with region targets
     defaults: ClassVar[dict] = {}
     reference: ClassVar[str] = ""
+    completeness: ClassVar[bool] = False  # the map sums to the score (minus a baseline's score)
 
     def params(self, given: dict | None) -> dict:
         given = dict(given or {})
@@ -93,7 +95,8 @@ class Method:
         return {"name": self.name, "title": self.title, "family": self.family, "signed": self.signed,
                 "needs_gradients": self.needs_gradients, "needs_layers": self.needs_layers,
                 "segmentation": self.segmentation, "defaults": dict(self.defaults),
-                "cost": self.cost(self.params({})), "reference": self.reference}
+                "cost": self.cost(self.params({})), "reference": self.reference,
+                "completeness": self.completeness}
 
 
 REGISTRY: dict[str, Method] = {}

@@ -1,0 +1,375 @@
+"""Layer-wise relevance propagation (Bach et al. 2015; Montavon et al. 2019) on any PyTorch/MONAI network.
+
+Relevance travels backwards as the "gradient" of custom autograd functions:
+each layer's backward maps the relevance of its outputs to its inputs by a rule.
+
+* Convolutions, transposed convolutions and dense layers get the composite's
+  rule (epsilon, z+, alpha-beta, flat, w^2), or the user's per-layer rule.
+* A BatchNorm that directly follows a convolution is merged into it (the pair is
+  one affine layer and gets one rule), as LRP canonizers do.
+* Other normalisations (InstanceNorm, GroupNorm, LayerNorm, BatchNorm after an
+  activation) freeze their standard deviation and get the epsilon rule on the
+  linear map that remains, ``scale * (x - mean(x))`` (the mean is itself linear
+  in the input; with running statistics it is a constant); ``beta`` is a bias.
+* Average pooling, means and interpolation: epsilon rule.
+* Residual additions (``+`` anywhere) share relevance in proportion to each
+  operand's contribution; constants and parameters are biases that absorb theirs.
+* A product of a feature map with a gate (squeeze-excitation) gives all the
+  relevance to the feature map; activations pass it on unchanged; max pooling
+  routes it to the winner; concatenation and slicing route it by position.
+
+Relevance at the output is the target's score: for a class, its logit.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import XAIError
+from .backprop import _out_of_place
+from .base import Method, register
+from .propagation import PropagationMode, in_graph, linear_call, norm_affine, reduce_to, vjp
+
+
+def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
+    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+class Rule:
+    """How a linear layer (conv, transposed conv, dense) passes relevance to its input."""
+
+    name = "rule"
+
+    def __init__(self, epsilon: float = 1e-6):
+        self.epsilon = float(epsilon)
+
+    def __call__(self, op, x, weight, bias, z, relevance):
+        raise NotImplementedError
+
+    def __repr__(self):
+        return self.name
+
+
+class Epsilon(Rule):
+    """R_i = x_i sum_j w_ij R_j / (z_j + eps sign z_j)."""
+
+    name = "epsilon"
+
+    def __call__(self, op, x, weight, bias, z, relevance):
+        return x * op.input_grad(relevance / stabilize(z, self.epsilon), x, weight)
+
+
+class AlphaBeta(Rule):
+    """alpha * positive contributions - beta * negative ones (alpha - beta = 1); biases ignored."""
+
+    def __init__(self, alpha: float = 1.0, beta: float = 0.0, epsilon: float = 1e-6):
+        super().__init__(epsilon)
+        if abs(alpha - beta - 1) > 1e-9:
+            raise XAIError(f"alpha-beta rule with alpha={alpha}, beta={beta}", "choose alpha - beta = 1")
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.name = "zplus" if beta == 0 and alpha == 1 else f"alpha{alpha:g}-beta{beta:g}"
+
+    def _part(self, op, xp, xn, w_for_positive_x, w_for_negative_x, relevance):
+        z = op.forward(xp, w_for_positive_x)
+        if xn is not None:
+            z = z + op.forward(xn, w_for_negative_x)
+        share = relevance / stabilize(z, self.epsilon)
+        out = xp * op.input_grad(share, xp, w_for_positive_x)
+        if xn is not None:
+            out = out + xn * op.input_grad(share, xn, w_for_negative_x)
+        return out
+
+    def __call__(self, op, x, weight, bias, z, relevance):
+        wp, wn = weight.clamp(min=0), weight.clamp(max=0)
+        xp = x.clamp(min=0)
+        xn = x.clamp(max=0) if bool((x < 0).any()) else None  # after a ReLU one half suffices
+        out = self.alpha * self._part(op, xp, xn, wp, wn, relevance)
+        if self.beta:
+            out = out - self.beta * self._part(op, xp, xn, wn, wp, relevance)
+        return out
+
+
+class Flat(Rule):
+    """Relevance spread evenly over each output's receptive field (for the input layer)."""
+
+    name = "flat"
+
+    def _weights(self, weight):
+        return torch.ones_like(weight)
+
+    def __call__(self, op, x, weight, bias, z, relevance):
+        ones, w = torch.ones_like(x), self._weights(weight)
+        return op.input_grad(relevance / stabilize(op.forward(ones, w), self.epsilon), ones, w)
+
+
+class WSquare(Flat):
+    """Relevance spread in proportion to squared weights (for the input layer)."""
+
+    name = "wsquare"
+
+    def _weights(self, weight):
+        return weight * weight
+
+
+RULES = {"epsilon": Epsilon, "zplus": lambda eps: AlphaBeta(1, 0, eps),
+         "alpha1-beta0": lambda eps: AlphaBeta(1, 0, eps), "alpha2-beta1": lambda eps: AlphaBeta(2, 1, eps),
+         "flat": Flat, "wsquare": WSquare}
+
+# composite: (rule for convolutions, rule for dense layers, rule for the input layer or None)
+COMPOSITES = {
+    "epsilon": ("epsilon", "epsilon", None),
+    "epsilon-plus": ("zplus", "epsilon", None),
+    "epsilon-plus-flat": ("zplus", "epsilon", "flat"),
+    "alpha1-beta0": ("alpha1-beta0", "epsilon", None),
+    "alpha2-beta1": ("alpha2-beta1", "epsilon", None),
+}
+
+
+def make_rule(spec, epsilon: float) -> Rule:
+    if isinstance(spec, Rule):
+        return spec
+    if spec not in RULES:
+        raise XAIError(f"unknown LRP rule '{spec}'", f"use one of: {', '.join(RULES)} (or a Rule object)")
+    return RULES[spec](epsilon)
+
+
+class _LinearRule(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, op, rule):
+        z = op.forward(x, weight, bias)
+        ctx.op, ctx.rule = op, rule
+        ctx.save_for_backward(x, weight, bias, z)
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, relevance):
+        x, weight, bias, z = ctx.saved_tensors
+        return ctx.rule(ctx.op, x, weight, bias, z, relevance), None, None, None, None
+
+
+class _Epsilon(torch.autograd.Function):
+    """Epsilon rule for a parameter-free linear op ``fn`` (pooling, mean, interpolation)."""
+
+    @staticmethod
+    def forward(ctx, x, fn, eps):
+        z = fn(x)
+        ctx.fn, ctx.eps = fn, eps
+        ctx.save_for_backward(x, z)
+        return z.clone()
+
+    @staticmethod
+    def backward(ctx, relevance):
+        x, z = ctx.saved_tensors
+        return x * vjp(ctx.fn, x, relevance / stabilize(z, ctx.eps)), None, None
+
+
+class _Norm(torch.autograd.Function):
+    """Normalisation, standard deviation frozen: epsilon rule on the linear map ``scale * (x - mean(x))``.
+
+    The mean is a linear function of the input (a constant for running statistics),
+    so relevance stays proportional to each input's contribution; ``beta`` is a bias.
+    """
+
+    @staticmethod
+    def forward(ctx, x, y, scale, beta, center, eps):
+        ctx.center, ctx.eps = center, eps
+        ctx.save_for_backward(x, y, scale, beta)
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, relevance):
+        x, y, scale, beta = ctx.saved_tensors
+        g = scale * (relevance / stabilize(y, ctx.eps))
+        if ctx.center is not None:
+            g = ctx.center(g)
+        return x * g, None, None, None, None, None
+
+
+class _Share(torch.autograd.Function):
+    """A sum of terms: each operand gets relevance in proportion to its signed contribution."""
+
+    @staticmethod
+    def forward(ctx, out, coefficients, eps, *operands):
+        ctx.coefficients, ctx.eps = coefficients, eps
+        ctx.save_for_backward(out, *[t.detach().clone() for t in operands])
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, relevance):
+        out, *operands = ctx.saved_tensors
+        share = relevance / stabilize(out, ctx.eps)
+        grads = [reduce_to(c * t * share, t.shape) for c, t in zip(ctx.coefficients, operands)]
+        return (None, None, None, *grads)
+
+
+class _Pass(torch.autograd.Function):
+    """Value ``y``, relevance handed to ``x`` unchanged (activations, gating)."""
+
+    @staticmethod
+    def forward(ctx, x, y):
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, relevance):
+        return relevance, None
+
+
+def _operands(func, args, kwargs):
+    """(tensor-or-number, coefficient) terms of an addition/subtraction call."""
+    name = getattr(func, "__name__", "")
+    a = args[0]
+    b = args[1] if len(args) > 1 else kwargs.get("other")
+    alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)
+    if name == "__rsub__":
+        return [(a, -1.0), (b, 1.0)]
+    sign = -1.0 if "sub" in name else 1.0
+    return [(a, 1.0), (b, sign * float(alpha))]
+
+
+def _inplace(func, kwargs) -> bool:
+    name = getattr(func, "__name__", "")
+    return bool(kwargs.get("inplace")) or (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
+
+
+class LRPMode(PropagationMode):
+    method = "LRP"
+
+    def __init__(self, network, x, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule=None):
+        super().__init__(network, x)
+        if composite not in COMPOSITES:
+            raise XAIError(f"unknown LRP composite '{composite}'", f"use one of: {', '.join(COMPOSITES)}")
+        conv, dense, first = COMPOSITES[composite]
+        first = input_rule if input_rule is not None else first
+        self.eps = float(epsilon)
+        self.conv, self.dense = make_rule(conv, self.eps), make_rule(dense, self.eps)
+        self.first = make_rule(first, self.eps) if first is not None else None
+        self.rules = {k: make_rule(v, self.eps) for k, v in (rules or {}).items()}
+        self.produced = {}  # id(output) -> the linear call that made it (for BatchNorm merging)
+        self.used: dict[str, int] = {}
+        self.gates = {}  # id -> outputs of sigmoids: in a product, the other factor is the signal
+
+    def _count(self, what):
+        self.used[what] = self.used.get(what, 0) + 1
+
+    def _is_input(self, t):
+        return t is self.input or (t.shape == self.input.shape and t.data_ptr() == self.input.data_ptr())
+
+    def linear(self, func, args, kwargs):
+        x, weight, bias, op = linear_call(func, args, kwargs)
+        name, module = self.layer
+        rule = self.match_rule(self.rules, name, module)
+        if rule is None:
+            rule = self.first if self.first is not None and self._is_input(x) else (
+                self.dense if op.kind == "linear" else self.conv)
+        return self._apply(x, weight, bias, op, rule)
+
+    def _apply(self, x, weight, bias, op, rule):
+        self._count(rule.name)
+        out = _LinearRule.apply(x, weight.detach(), None if bias is None else bias.detach(), op, rule)
+        self.produced[id(out)] = (out, x, weight, bias, op, rule)
+        return out
+
+    def norm(self, func, args, kwargs):
+        x, scale, shift, beta, center = norm_affine(func, args, kwargs)
+        made = self.produced.get(id(x))
+        if func is torch.nn.functional.batch_norm and made is not None and made[0] is x:
+            _, source, weight, bias, op, rule = made
+            weight, bias = op.scale_outputs(weight.detach(), None if bias is None else bias.detach(),
+                                            scale.flatten(), shift.flatten())
+            self._count("batchnorm-merged")
+            return self._apply(source, weight, bias, op, rule)
+        self._count("norm")
+        y = func(*args, **kwargs)
+        return _Norm.apply(x, y.detach(), scale.detach().expand_as(y), None if beta is None else beta.detach(),
+                           center, self.eps)
+
+    def average(self, func, args, kwargs):
+        x, rest = args[0], args[1:]
+        if any(in_graph(t) for t in rest) or not in_graph(x):
+            raise self.unsupported(f"'{func.__name__}' over several inputs")
+        self._count("epsilon-average")
+        return _Epsilon.apply(x, lambda t: func(t, *rest, **kwargs), self.eps)
+
+    def add(self, func, args, kwargs):
+        terms = _operands(func, args, kwargs)
+        with torch.no_grad():  # out of place, whatever the call: the operands stay intact
+            value = sum(c * (t.detach() if isinstance(t, torch.Tensor) else t) for t, c in terms)
+        graph = [(t, c) for t, c in terms if in_graph(t)]
+        out = _Share.apply(value.detach(), tuple(c for _, c in graph), self.eps, *[t for t, _ in graph])
+        return self._finish(func, args, kwargs, out)
+
+    def mul(self, func, args, kwargs):
+        a = args[0]
+        b = args[1] if len(args) > 1 else kwargs.get("other")
+        name = getattr(func, "__name__", "")
+        with torch.no_grad():
+            a_, b_ = (t.detach() if isinstance(t, torch.Tensor) else t for t in (a, b))
+            value = a_ / b_ if "div" in name else a_ * b_
+        if "div" in name and in_graph(b):
+            raise self.unsupported("a division by a feature map")
+        graph = [t for t in (a, b) if in_graph(t)]
+        signal = [t for t in graph if t.shape == value.shape and self.gates.get(id(t)) is not t]
+        if len(graph) == 2 and len(signal) != 1:
+            raise self.unsupported("a product of two feature maps")
+        if not signal:
+            raise self.unsupported("a broadcasting product")
+        self._count("pass-gate" if len(graph) == 2 else "pass-scale")
+        return self._finish(func, args, kwargs, _Pass.apply(signal[0], value.detach()))
+
+    def activation(self, func, args, kwargs):
+        pure = _out_of_place(func)
+        kw = {k: v for k, v in kwargs.items() if k != "inplace"}
+        value = pure(*args, **kw)
+        return self._finish(func, args, kwargs, self._gate(func, _Pass.apply(args[0], value.detach())))
+
+    def activation_module(self, module, x, output):
+        self._count("pass-activation")
+        return self._gate(module, _Pass.apply(x, output.detach()))
+
+    def moved(self, args, out):
+        if isinstance(out, torch.Tensor) and any(self.gates.get(id(t)) is t for t in args[:1]):
+            self.gates[id(out)] = out  # a reshaped gate is still a gate
+        return out
+
+    def _gate(self, what, out):
+        if isinstance(what, (torch.nn.Sigmoid, torch.nn.Hardsigmoid)) or "sigmoid" in getattr(what, "__name__", ""):
+            self.gates[id(out)] = out
+        return out
+
+    def _finish(self, func, args, kwargs, out):
+        """In-place calls: write the result into the first operand so callers that ignore the return see it."""
+        if _inplace(func, kwargs) and isinstance(args[0], torch.Tensor):
+            return args[0].copy_(out)
+        return out
+
+
+def lrp(ctx, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule=None):
+    """Input relevance for ``ctx``'s target; returns (relevance, info)."""
+    ctx.model.named_layers()  # refuses TorchScript with a clear message
+    with torch.enable_grad():
+        x = ctx.x.detach().clone().requires_grad_(True)
+        mode = LRPMode(ctx.model.network, x, composite, epsilon, rules, input_rule)
+        with mode.active():
+            out = ctx.forward(x)
+        scores = ctx.score(out)
+        (seed,) = torch.autograd.grad(scores.sum(), out, retain_graph=True)
+        (relevance,) = torch.autograd.grad(out, x, seed * out.detach())
+    ctx.passes["backward"] += int(x.shape[0])
+    totals, scores = relevance.flatten(1).sum(1), scores.detach()
+    absorbed = 1 - totals / scores
+    return relevance, {"composite": composite, "epsilon": epsilon, "rules_applied": dict(sorted(mode.used.items())),
+                       "relevance_sum": [float(t) for t in totals], "score": [float(s) for s in scores],
+                       "absorbed_share": [float(a) for a in absorbed]}
+
+
+class LRP(Method):
+    name, title, family = "lrp", "Layer-wise relevance propagation", "propagation"
+    needs_layers = True
+    defaults = {"composite": "epsilon-plus-flat", "epsilon": 1e-6, "rules": None, "input_rule": None}
+    reference = "Bach et al. 2015; Montavon et al. 2019"
+    completeness = True  # relevance sums to the score, less what biases absorb
+
+    def run(self, ctx, composite, epsilon, rules, input_rule):
+        return lrp(ctx, composite, epsilon, rules, input_rule)
+
+
+register(LRP, ("layer-wise-relevance-propagation",))
