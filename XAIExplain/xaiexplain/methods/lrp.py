@@ -31,7 +31,8 @@ from .propagation import PropagationMode, in_graph, linear_call, norm_affine, re
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    return z + eps * torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    """z + eps * sign(z), with sign(0) = 1."""
+    return torch.where(z >= 0, z + eps, z - eps)
 
 
 class Rule:
@@ -132,18 +133,21 @@ def make_rule(spec, epsilon: float) -> Rule:
     return RULES[spec](epsilon)
 
 
+# The forward functions compute their output inside ``forward`` (from a closure where the
+# value depends on more than the inputs), so no output needs a defensive copy.
+
 class _LinearRule(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, op, rule):
-        z = op.forward(x, weight, bias)
+    def forward(ctx, x, weight, bias, op, rule, make=None):
+        z = op.forward(x, weight, bias) if make is None else make()
         ctx.op, ctx.rule = op, rule
         ctx.save_for_backward(x, weight, bias, z)
-        return z.clone()
+        return z
 
     @staticmethod
     def backward(ctx, relevance):
         x, weight, bias, z = ctx.saved_tensors
-        return ctx.rule(ctx.op, x, weight, bias, z, relevance), None, None, None, None
+        return ctx.rule(ctx.op, x, weight, bias, z, relevance), None, None, None, None, None
 
 
 class _Epsilon(torch.autograd.Function):
@@ -152,9 +156,11 @@ class _Epsilon(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, fn, eps):
         z = fn(x)
+        if z.data_ptr() == x.data_ptr():
+            z = z.clone()  # an identity-like call (e.g. interpolation to the same size)
         ctx.fn, ctx.eps = fn, eps
         ctx.save_for_backward(x, z)
-        return z.clone()
+        return z
 
     @staticmethod
     def backward(ctx, relevance):
@@ -170,43 +176,46 @@ class _Norm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, y, scale, beta, center, eps):
+    def forward(ctx, x, scale, center, eps, make):
+        y = make()
         ctx.center, ctx.eps = center, eps
-        ctx.save_for_backward(x, y, scale, beta)
-        return y.clone()
+        ctx.save_for_backward(x, y, scale)
+        return y
 
     @staticmethod
     def backward(ctx, relevance):
-        x, y, scale, beta = ctx.saved_tensors
+        x, y, scale = ctx.saved_tensors
         g = scale * (relevance / stabilize(y, ctx.eps))
         if ctx.center is not None:
             g = ctx.center(g)
-        return x * g, None, None, None, None, None
+        return x * g, None, None, None, None
 
 
 class _Share(torch.autograd.Function):
     """A sum of terms: each operand gets relevance in proportion to its signed contribution."""
 
     @staticmethod
-    def forward(ctx, out, coefficients, eps, *operands):
+    def forward(ctx, make, coefficients, eps, copy, *operands):
+        out = make()
         ctx.coefficients, ctx.eps = coefficients, eps
-        ctx.save_for_backward(out, *[t.detach().clone() for t in operands])
-        return out.clone()
+        # an in-place call overwrites its first operand: keep a copy of what it was
+        ctx.save_for_backward(out, *[t.detach().clone() if copy else t for t in operands])
+        return out
 
     @staticmethod
     def backward(ctx, relevance):
         out, *operands = ctx.saved_tensors
         share = relevance / stabilize(out, ctx.eps)
         grads = [reduce_to(c * t * share, t.shape) for c, t in zip(ctx.coefficients, operands)]
-        return (None, None, None, *grads)
+        return (None, None, None, None, *grads)
 
 
 class _Pass(torch.autograd.Function):
-    """Value ``y``, relevance handed to ``x`` unchanged (activations, gating)."""
+    """Value ``make()``, relevance handed to ``x`` unchanged (activations, gating)."""
 
     @staticmethod
-    def forward(ctx, x, y):
-        return y.clone()
+    def forward(ctx, x, make):
+        return make()
 
     @staticmethod
     def backward(ctx, relevance):
@@ -262,9 +271,9 @@ class LRPMode(PropagationMode):
                 self.dense if op.kind == "linear" else self.conv)
         return self._apply(x, weight, bias, op, rule)
 
-    def _apply(self, x, weight, bias, op, rule):
+    def _apply(self, x, weight, bias, op, rule, make=None):
         self._count(rule.name)
-        out = _LinearRule.apply(x, weight.detach(), None if bias is None else bias.detach(), op, rule)
+        out = _LinearRule.apply(x, weight.detach(), None if bias is None else bias.detach(), op, rule, make)
         self.produced[id(out)] = (out, x, weight, bias, op, rule)
         return out
 
@@ -276,11 +285,11 @@ class LRPMode(PropagationMode):
             weight, bias = op.scale_outputs(weight.detach(), None if bias is None else bias.detach(),
                                             scale.flatten(), shift.flatten())
             self._count("batchnorm-merged")
-            return self._apply(source, weight, bias, op, rule)
+            scale, shift = scale.detach(), shift.detach()
+            # the merged layer's output is the BatchNorm's output: no second convolution
+            return self._apply(source, weight, bias, op, rule, make=lambda: x.detach() * scale + shift)
         self._count("norm")
-        y = func(*args, **kwargs)
-        return _Norm.apply(x, y.detach(), scale.detach().expand_as(y), None if beta is None else beta.detach(),
-                           center, self.eps)
+        return _Norm.apply(x, scale.detach(), center, self.eps, lambda: func(*args, **kwargs))
 
     def average(self, func, args, kwargs):
         x, rest = args[0], args[1:]
@@ -291,39 +300,42 @@ class LRPMode(PropagationMode):
 
     def add(self, func, args, kwargs):
         terms = _operands(func, args, kwargs)
-        with torch.no_grad():  # out of place, whatever the call: the operands stay intact
-            value = sum(c * (t.detach() if isinstance(t, torch.Tensor) else t) for t, c in terms)
         graph = [(t, c) for t, c in terms if in_graph(t)]
-        out = _Share.apply(value.detach(), tuple(c for _, c in graph), self.eps, *[t for t, _ in graph])
+
+        def make():  # out of place, whatever the call
+            return sum(c * (t.detach() if isinstance(t, torch.Tensor) else t) for t, c in terms)
+
+        out = _Share.apply(make, tuple(c for _, c in graph), self.eps, _inplace(func, kwargs),
+                           *[t for t, _ in graph])
         return self._finish(func, args, kwargs, out)
 
     def mul(self, func, args, kwargs):
         a = args[0]
         b = args[1] if len(args) > 1 else kwargs.get("other")
         name = getattr(func, "__name__", "")
-        with torch.no_grad():
-            a_, b_ = (t.detach() if isinstance(t, torch.Tensor) else t for t in (a, b))
-            value = a_ / b_ if "div" in name else a_ * b_
+        a_, b_ = (t.detach() if isinstance(t, torch.Tensor) else t for t in (a, b))
+        shape = torch.broadcast_shapes(*(t.shape for t in (a_, b_) if isinstance(t, torch.Tensor)))
         if "div" in name and in_graph(b):
             raise self.unsupported("a division by a feature map")
         graph = [t for t in (a, b) if in_graph(t)]
-        signal = [t for t in graph if t.shape == value.shape and self.gates.get(id(t)) is not t]
+        signal = [t for t in graph if t.shape == shape and self.gates.get(id(t)) is not t]
         if len(graph) == 2 and len(signal) != 1:
             raise self.unsupported("a product of two feature maps")
         if not signal:
             raise self.unsupported("a broadcasting product")
         self._count("pass-gate" if len(graph) == 2 else "pass-scale")
-        return self._finish(func, args, kwargs, _Pass.apply(signal[0], value.detach()))
+        return self._finish(func, args, kwargs,
+                            _Pass.apply(signal[0], lambda: a_ / b_ if "div" in name else a_ * b_))
 
     def activation(self, func, args, kwargs):
         pure = _out_of_place(func)
         kw = {k: v for k, v in kwargs.items() if k != "inplace"}
-        value = pure(*args, **kw)
-        return self._finish(func, args, kwargs, self._gate(func, _Pass.apply(args[0], value.detach())))
+        out = _Pass.apply(args[0], lambda: pure(*args, **kw))
+        return self._finish(func, args, kwargs, self._gate(func, out))
 
     def activation_module(self, module, x, output):
         self._count("pass-activation")
-        return self._gate(module, _Pass.apply(x, output.detach()))
+        return self._gate(module, _Pass.apply(x, lambda: output.detach()))
 
     def moved(self, args, out):
         if isinstance(out, torch.Tensor) and any(self.gates.get(id(t)) is t for t in args[:1]):
