@@ -65,7 +65,18 @@ def savePng(pixels: np.ndarray, path) -> None:
 
 
 class SlicerHarness:
-    """One scene with the logics the module uses, a Red (axial) slice view and a 3D view."""
+    """One scene with the logics the module uses, a Red (axial) slice view and a 3D view.
+
+    Use :meth:`shared`: one harness per process (the displayable-manager factories are singletons).
+    """
+
+    _shared = None
+
+    @classmethod
+    def shared(cls) -> "SlicerHarness":
+        if cls._shared is None or cls._shared._closed:
+            cls._shared = cls()
+        return cls._shared
 
     def __init__(self, sliceSize=(320, 320), viewSize=(320, 320)):
         self.scene = slicer.vtkMRMLScene()

@@ -18,9 +18,7 @@ from XAIExplainLib.job import readVolumeFile, writeVolumeFile  # noqa: E402
 
 @pytest.fixture(scope="session")
 def harness():
-    h = SlicerHarness()
-    yield h
-    h.close()
+    return SlicerHarness.shared()
 
 
 @pytest.fixture()

@@ -8,6 +8,7 @@ temporary folder is removed however the run ends.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -87,16 +88,14 @@ def roiLabelMap(scene, roi, reference):
 
 
 def regionNamesCsv(labelNode, path) -> Path:
-    """The names of a label map's colour table as ``index,name`` lines (the engine's names file)."""
-    colours = labelNode.GetDisplayNode().GetColorNode() if labelNode.GetDisplayNode() else None
-    if colours is None:
+    """The names of a label map's colour table as ``id,name`` lines (the engine's names file)."""
+    names = regions.colorNames(labelNode)
+    if not names:
         raise ValueError(f"label map '{labelNode.GetName()}' has no colour table naming its regions")
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("index,name\n")
-        for i in range(1, colours.GetNumberOfColors()):
-            name = colours.GetColorName(i)
-            if name and name != "(none)":
-                handle.write(f"{i},\"{name}\"\n")
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "name"])
+        writer.writerows(sorted(names.items()))
     return Path(path)
 
 
@@ -153,19 +152,34 @@ def loadResults(scene, folder, inputNode, *, prefix: str | None = None) -> list:
         display.markResult(node, method=method, signed=bool(item["signed"]), inputNode=inputNode, record=item)
         nodes.append(node)
     tableFile, labelFile = regions.findRegionFiles(folder)
-    if tableFile is not None and nodes:
-        rows = regions.readRegionsCsv(tableFile)
-        table = regions.addRegionTable(scene, rows, f"{prefix} regions")
-        labels = None
-        if labelFile is not None:
-            labels = readVolumeFile(scene, labelFile, f"{prefix} regions labels", "vtkMRMLLabelMapVolumeNode")
-            copyGeometry(inputNode, labels)
-            labels.CreateDefaultDisplayNodes()
-            colours = regions.addRegionColorTable(scene, {r.id: r.name for r in rows}, f"{prefix} region names")
-            labels.GetDisplayNode().SetAndObserveColorNodeID(colours.GetID())
-        for node in nodes:
-            regions.linkRegions(node, table, labels)
+    labels = None
+    if labelFile is not None:
+        labels = readVolumeFile(scene, labelFile, f"{prefix} regions labels", "vtkMRMLLabelMapVolumeNode")
+        copyGeometry(inputNode, labels)
+        labels.CreateDefaultDisplayNodes()
+        labels.GetDisplayNode().SetAndObserveColorNodeID(None)  # named by the region table below
+    for node, item in zip(nodes, summary["results"]):
+        rows = item.get("regions")
+        if rows is None and tableFile is not None:
+            rows = regions.readRegionsCsv(tableFile, item["method"])
+        if rows:
+            addRegionResults(scene, node, rows, labels, prefix=f"{prefix} {item['method']}")
     return nodes
+
+
+def addRegionResults(scene, resultNode, rows, labels=None, names=None, *, prefix: str = ""):
+    """Table (and label map colours) for one result's regions, linked to the result node."""
+    rows = regions.asRows(rows)
+    table = regions.addRegionTable(scene, rows, f"{prefix} regions".strip())
+    if labels is not None and not hasattr(labels, "IsA"):  # an engine Volume: becomes a label map node
+        labels = regions.addRegionLabelMap(scene, labels, names or {r.id: r.name for r in rows},
+                                           resultNode.GetNodeReference(display.INPUT_REFERENCE) or resultNode,
+                                           f"{prefix} regions labels".strip())
+    elif labels is not None and labels.GetDisplayNode().GetColorNode() is None:  # a user's label map keeps its colours
+        colours = regions.addRegionColorTable(scene, names or {r.id: r.name for r in rows}, f"{prefix} region names")
+        labels.GetDisplayNode().SetAndObserveColorNodeID(colours.GetID())
+    regions.linkRegions(resultNode, table, labels)
+    return table, labels
 
 
 class ExplainJob:

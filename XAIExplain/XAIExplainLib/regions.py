@@ -29,24 +29,34 @@ class RegionRow:
     rank: int
 
 
+def _number(value, kind=float):
+    """A CSV/JSON cell as a number; empty or None (a region that was not scored) is NaN, or rank 0."""
+    if value in (None, ""):
+        return float("nan") if kind is float else 0
+    return kind(float(value)) if kind is int else kind(value)
+
+
 def asRows(rows) -> list[RegionRow]:
-    """RegionRow objects from RegionRows, dicts or (id, name, volume_ml, score, rank) tuples; sorted by rank."""
+    """RegionRows from RegionRows, dicts (extra keys ignored) or (id, name, volume_ml, score, rank) tuples, by rank."""
     out = []
     for row in rows:
         if isinstance(row, RegionRow):
             out.append(row)
-        elif isinstance(row, dict):
-            out.append(RegionRow(int(row["id"]), str(row["name"]), float(row["volume_ml"]), float(row["score"]),
-                                 int(row["rank"])))
-        else:
-            i, name, volume, score, rank = row
-            out.append(RegionRow(int(i), str(name), float(volume), float(score), int(rank)))
-    return sorted(out, key=lambda r: r.rank)
+            continue
+        if isinstance(row, dict):
+            row = (row["id"], row["name"], row["volume_ml"], row.get("score"), row.get("rank"))
+        i, name, volume, score, rank = row
+        out.append(RegionRow(_number(i, int), str(name), _number(volume), _number(score), _number(rank, int)))
+    return sorted(out, key=lambda r: (r.rank <= 0, r.rank))
 
 
-def readRegionsCsv(path) -> list[RegionRow]:
+def readRegionsCsv(path, method: str | None = None) -> list[RegionRow]:
+    """Rows of a ``regions.csv``; with several methods in one file (a ``method`` column), those of ``method``."""
     with open(path, newline="", encoding="utf-8") as handle:
-        return asRows(csv.DictReader(handle))
+        rows = list(csv.DictReader(handle))
+    if method is not None and rows and "method" in rows[0]:
+        rows = [row for row in rows if row["method"] == method]
+    return asRows(rows)
 
 
 def addRegionTable(scene, rows, name: str = "XAIExplain regions"):
@@ -83,6 +93,20 @@ def regionRowsFromTable(table) -> list[RegionRow]:
         rows.append(RegionRow(values[0].ToInt(), values[1].ToString(), values[2].ToDouble(), values[3].ToDouble(),
                               values[4].ToInt()))
     return rows
+
+
+def colorNames(labelNode) -> dict[int, str]:
+    """{label: name} from a label map node's colour table (entries without a name are left out)."""
+    display = labelNode.GetDisplayNode()
+    colours = display.GetColorNode() if display is not None else None
+    if colours is None:
+        return {}
+    names = {}
+    for i in range(1, colours.GetNumberOfColors()):
+        name = colours.GetColorName(i)
+        if name and name != "(none)":
+            names[i] = name
+    return names
 
 
 def distinctColor(index: int) -> tuple[float, float, float]:
