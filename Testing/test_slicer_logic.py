@@ -48,6 +48,9 @@ def test_quick_methods_run_in_process_long_ones_in_a_worker(logic):
     assert logic.estimatePasses(["smoothgrad"], {"smoothgrad": {"samples": 50}}) == 100 > QUICK_PASSES
     assert logic.shouldUseWorker(["smoothgrad"]) and logic.shouldUseWorker(["integrated-gradients"])
     assert logic.shouldUseWorker(["gradcam"], useWorker=True) and not logic.shouldUseWorker(["smoothgrad"], useWorker=False)
+    described = logic.methodDescriptions()
+    assert {"gradcam", "integrated-gradients"} <= {m["name"] for m in described}
+    assert all({"name", "title", "family", "signed", "reference"} <= set(m) for m in described)
 
 
 def test_in_process_run_from_the_console(harness, logic, t1, demo):

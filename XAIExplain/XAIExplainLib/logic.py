@@ -36,9 +36,14 @@ class ExplainLogicBase:
     # -- models ------------------------------------------------------------------------------------
     @staticmethod
     def demoModelPath(name: str = "synthlesion_classifier") -> str:
-        from xaiexplain.demo_model import demo_bundle
-
-        return str(demo_bundle(name))
+        """A shipped demo bundle (found without importing the engine, so the panel opens without torch)."""
+        engine = job.ENGINE_PARENT / "xaiexplain"
+        # the engine's own lookup (xaiexplain.demo_model.models_dir): installed module, then repository checkout
+        for models in (engine / "Resources" / "Models", engine.parent.parent / "Resources" / "Models",
+                       engine.parent / "Resources" / "Models"):
+            if (models / name).is_dir():
+                return str(models / name)
+        raise FileNotFoundError(f"the demo model '{name}' is not installed next to XAIExplain")
 
     def loadModel(self, model: str, device: str = "auto"):
         """The engine's LoadedModel (cached per path and device): classes, task, channels."""
@@ -66,6 +71,13 @@ class ExplainLogicBase:
         with torch.inference_mode(), evaluation_mode(loaded):
             logits = model_output(loaded.network(x)).float()
         return _prediction(logits, loaded.class_names)
+
+    @staticmethod
+    def methodDescriptions() -> list[dict]:
+        """The registered methods: name, title, family, signed, cost, reference (registry order)."""
+        from xaiexplain.methods import REGISTRY
+
+        return [method.describe() for method in REGISTRY.values()]
 
     # -- cost --------------------------------------------------------------------------------------
     @staticmethod
