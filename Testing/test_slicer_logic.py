@@ -75,6 +75,27 @@ def test_in_process_run_from_the_console(harness, logic, t1, demo):
     assert logic.modelClasses(logic.demoModelPath()) == ["healthy", "lesion"]
 
 
+def test_in_process_cancel_and_failure(logic, t1, demo):
+    logic._models[(logic.demoModelPath(), "cpu")] = demo
+    done = []
+
+    def cancel_at_once(fraction, message):
+        assert logic.isRunning()  # the panel shows Cancel during an in-process run too
+        logic.cancel()
+
+    nodes = logic.process(t1, logic.demoModelPath(), ["smoothgrad"], params={"smoothgrad": {"samples": 4}},
+                          device="cpu", useWorker=False, progressCallback=cancel_at_once,
+                          completionCallback=lambda *a: done.append(a))
+    assert nodes == [] and done == [("cancelled", [], "cancelled")] and logic.resultNodes() == []
+    assert not logic.isRunning()
+    with pytest.raises(Exception, match="no parameter"):  # checked before anything runs
+        logic.process(t1, logic.demoModelPath(), ["gradcam"], params={"gradcam": {"bogus": 1}}, device="cpu")
+    with pytest.raises(Exception, match="tumour"):  # fails during the run: reported, then raised
+        logic.process(t1, logic.demoModelPath(), ["gradcam"], target="tumour", device="cpu",
+                      completionCallback=lambda *a: done.append(a))
+    assert done[-1][0] == "failed" and "tumour" in done[-1][2] and not logic.isRunning()
+
+
 FAKE_ENGINE = textwrap.dedent("""
     # stands in for the engine CLI: progress lines, then the map (the input itself) and a summary
     import json, shutil, sys, time

@@ -295,6 +295,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         if self.logic.isRunning():
             self.logic.cancel()
+            self.updateButtons()
             return
         with slicer.util.tryWithErrorDisplay("Failed to compute the explanation.", waitCursor=True):
             if not self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay):
@@ -313,6 +314,8 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                show3D=p.showIn3D, opacity=p.opacity)
             if self.logic.isRunning():
                 self._timer.start()
+        if not self.logic.isRunning():
+            self.ui.progressBar.hide()
         self.updateButtons()
 
     def onTimer(self) -> None:
@@ -322,7 +325,8 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onProgress(self, fraction: float, message: str) -> None:
         self.ui.progressBar.value = int(1000 * fraction)
         self.ui.statusLabel.text = message
-        if not self.logic.isRunning():  # in-process: keep the panel painted between batches
+        if self.logic.job is None or self.logic.job.status != "running":  # in-process: Cancel stays clickable
+            self.updateButtons()
             slicer.app.processEvents()
 
     def onCompleted(self, status: str, nodes, error: str) -> None:
@@ -336,7 +340,8 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Cancelled: no result was added."
         else:
             self.ui.statusLabel.text = "Failed."
-            slicer.util.errorDisplay(f"The explanation failed: {error}")
+            if self.logic.runInWorker:  # an in-process failure raises, and tryWithErrorDisplay shows it
+                slicer.util.errorDisplay(f"The explanation failed: {error}")
         self.updateButtons()
 
     # -- results -------------------------------------------------------------------------------------

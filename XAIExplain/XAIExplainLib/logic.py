@@ -26,6 +26,8 @@ class ExplainLogicBase:
         self.job: job.ExplainJob | None = None
         self.lastResults: list = []
         self._cancelRequested = False
+        self._inProcess = False  # an in-process run is under way (its progress callback may process GUI events)
+        self.runInWorker = False  # where the last run went
         self._models: dict = {}
         self._callbacks = (None, None)
 
@@ -125,8 +127,21 @@ class ExplainLogicBase:
         self._cancelRequested = False
         self._display = dict(show=show, show3D=show3D, threshold=threshold, opacity=opacity)
         self._callbacks = (progressCallback, completionCallback)
-        if not self.shouldUseWorker(methods, params, useWorker):
-            nodes = self._processInProcess(request, progressCallback)
+        self.runInWorker = self.shouldUseWorker(methods, params, useWorker)
+        if not self.runInWorker:
+            self._inProcess = True
+            try:
+                nodes = self._processInProcess(request, progressCallback)
+            except Exception as err:
+                if type(err).__name__ != "Cancelled":  # the engine's cancel exception: not an error
+                    self._finished("failed", [], str(err))
+                    raise
+                nodes = None
+            finally:
+                self._inProcess = False
+            if nodes is None:
+                self._finished("cancelled", [], "cancelled")
+                return []
             self._finished("done", nodes, "")
             return nodes
         self.job = job.ExplainJob(self.scene, request, python=self.python, onProgress=progressCallback,
@@ -154,12 +169,12 @@ class ExplainLogicBase:
         return self.job.status
 
     def isRunning(self) -> bool:
-        return self.job is not None and self.job.status == "running"
+        return self._inProcess or (self.job is not None and self.job.status == "running")
 
     def cancel(self) -> None:
         """Stop the run: a worker is killed with its children; an in-process run stops at the next batch."""
         self._cancelRequested = True
-        if self.isRunning():
+        if self.job is not None and self.job.status == "running":
             self.job.cancel()
             self._finished("cancelled", [], "cancelled")
 
@@ -215,7 +230,10 @@ class ExplainLogicBase:
         """Regions resolved once (the atlas registration is the slow part) so the label map can be shown too."""
         if source is None:
             return None, None, None
-        from xaiexplain import regions as engineRegions  # the region engine (atlas registration, label maps)
+        try:
+            from xaiexplain import regions as engineRegions  # atlas registration, user label maps
+        except ImportError:
+            raise ValueError("this version of the engine has no region support") from None
 
         if source == "harvard-oxford":
             found = engineRegions.resolve_regions("harvard-oxford", None, volume, seed=seed)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 PROGRESS_PREFIX = "xaiexplain-progress "
 
@@ -35,7 +36,14 @@ def parseProgressLine(line: str):
 
 def pythonSlicerExecutable() -> str:
     """Slicer's ``PythonSlicer`` (same Python and packages as the application), else this interpreter."""
-    return shutil.which("PythonSlicer") or sys.executable
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    for folder in (Path(sys.executable).parent, Path(sys.executable).parent.parent / "bin"):
+        for name in ("PythonSlicer", "PythonSlicer.exe"):
+            if (folder / name).is_file():
+                return str(folder / name)
+    return sys.executable
 
 
 def killProcessTree(process: subprocess.Popen, grace: float = 3.0) -> None:
