@@ -183,6 +183,56 @@ def test_region_results_and_centering(harness, logic):
     assert np.allclose(harness.sliceNode.GetSliceToRAS().MultiplyPoint((0, 0, 0, 1))[:3], expected)
 
 
+def segmentation_of(scene, labels, reference, names):
+    label_node = volumenodes.addVolumeNode(scene, labels, "tmp labels", reference=reference,
+                                           className="vtkMRMLLabelMapVolumeNode")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "organs")
+    segmentation.CreateDefaultDisplayNodes()
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_node, segmentation)
+    scene.RemoveNode(label_node)
+    inner = segmentation.GetSegmentation()
+    for i, name in enumerate(names):
+        inner.GetSegment(inner.GetNthSegmentID(i)).SetName(name)
+    return segmentation
+
+
+def test_regions_from_a_segmentation_go_to_the_worker_with_their_names(logic):
+    reference = volumenodes.addVolumeNode(logic.scene, np.zeros((20, 20, 20), np.float32), "in")
+    labels = np.zeros((20, 20, 20), np.int16)
+    labels[2:6, 2:6, 2:6], labels[10:15, 10:15, 10:15] = 1, 2
+    segmentation = segmentation_of(logic.scene, labels, reference, ["Liver", "Left Kidney"])
+    seen = {}
+
+    def popen(command, **kwargs):
+        seen["command"] = command
+        seen["names"] = Path(command[command.index("--region-names") + 1]).read_text()
+        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(0)"], **kwargs)
+
+    run = job.ExplainJob(logic.scene, job.ExplainRequest([reference], "m", ["occlusion-regions"], regions=segmentation),
+                         python="py", popen=popen).start()
+    run.worker.wait(30)
+    assert seen["names"].splitlines() == ["id,name", "1,Liver", "2,Left Kidney"]
+    exported = run.regionLabels
+    assert exported.IsA("vtkMRMLLabelMapVolumeNode") and volumenodes.sameGrid(exported, reference)
+    assert np.array_equal(volumenodes.arrayFromNode(exported)[0], labels)
+    run.cancel()
+
+
+def test_region_table_goes_to_slicers_table_view(harness, logic):
+    layout = logic.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if layout is None:
+        layout = logic.scene.AddNode(slicer.vtkMRMLLayoutNode())
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+    logic.appLogic = harness.appLogic
+    result = volumenodes.addVolumeNode(logic.scene, np.ones((5, 5, 5), np.float32), "map")
+    display.markResult(result, method="occlusion-regions", signed=True)
+    assert not logic.showRegionTable(result)  # no regions: nothing to show
+    table, _ = job.addRegionResults(logic.scene, result, [(1, "a", 1.0, 0.5, 1)], prefix="map")
+    assert logic.showRegionTable(result)
+    assert harness.appLogic.GetSelectionNode().GetActiveTableID() == table.GetID()
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView
+
+
 def test_sample_data(logic, positive_case):
     brain, lesion = logic.loadSampleData()
     assert brain.GetName() == "SynthLesion" and lesion.IsA("vtkMRMLLabelMapVolumeNode")

@@ -98,7 +98,7 @@ class XAIExplainParameterNode:
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
     execution: Annotated[str, Choice(["auto", "worker", "in-process"])] = "auto"
     regionSource: Annotated[str, Choice(["none", "harvard-oxford", "label map"])] = "none"
-    regionLabelMap: slicer.vtkMRMLLabelMapVolumeNode
+    regionLabelMap: slicer.vtkMRMLNode  # label map with named colours, or segmentation
     resultVolume: slicer.vtkMRMLScalarVolumeNode
     opacity: Annotated[float, WithinRange(0.0, 1.0)] = display.DEFAULT_OPACITY
     threshold: Annotated[float, WithinRange(0.0, 1e30)] = 0.0
@@ -356,6 +356,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode.threshold = display.threshold(node)
         self.ui.recordLabel.text = self.logic.describeResult(node)
         self.ui.regionTableView.setMRMLTableNode(self.logic.regionTable(node))
+        self.logic.showRegionTable(node)
 
     def onDisplayChanged(self, value=None) -> None:
         p = self._parameterNode
@@ -384,7 +385,8 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic, ExplainLogicBase):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        ExplainLogicBase.__init__(self, slicer.mrmlScene, vrLogic=slicer.modules.volumerendering.logic())
+        ExplainLogicBase.__init__(self, slicer.mrmlScene, appLogic=slicer.app.applicationLogic(),
+                                  vrLogic=slicer.modules.volumerendering.logic())
 
     def getParameterNode(self):
         return XAIExplainParameterNode(super().getParameterNode())

@@ -37,7 +37,7 @@ class ExplainRequest:
     params: dict = field(default_factory=dict)  # {method: {name: value}}
     seed: int = 0
     device: str = "auto"
-    regions: object = None  # "harvard-oxford", or a label map node with named colours (region methods)
+    regions: object = None  # "harvard-oxford", or a label map (named colours) or segmentation node
 
     def validate(self) -> None:
         if not self.inputs or any(node is None for node in self.inputs):
@@ -132,7 +132,7 @@ def engineEnvironment(base: dict | None = None) -> dict:
     return env
 
 
-def loadResults(scene, folder, inputNode, *, prefix: str | None = None) -> list:
+def loadResults(scene, folder, inputNode, *, prefix: str | None = None, regionLabels=None) -> list:
     """Result nodes from an engine output folder: one per map, on the input's grid, tagged and displayed.
 
     Region outputs (``regions.csv`` and a label volume), when present, become a table and a label map
@@ -152,8 +152,8 @@ def loadResults(scene, folder, inputNode, *, prefix: str | None = None) -> list:
         display.markResult(node, method=method, signed=bool(item["signed"]), inputNode=inputNode, record=item)
         nodes.append(node)
     tableFile, labelFile = regions.findRegionFiles(folder)
-    labels = None
-    if labelFile is not None:
+    labels = regionLabels
+    if labelFile is not None and labels is None:
         labels = readVolumeFile(scene, labelFile, f"{prefix} regions labels", "vtkMRMLLabelMapVolumeNode")
         copyGeometry(inputNode, labels)
         labels.CreateDefaultDisplayNodes()
@@ -205,6 +205,7 @@ class ExplainJob:
         self.resultNodes: list = []
         self.status = "new"  # new, running, done, failed, cancelled
         self.error = ""
+        self.regionLabels = None  # the label map the regions came from (shown with the region table)
         self._temporaryNodes = []
 
     def start(self) -> "ExplainJob":
@@ -225,8 +226,10 @@ class ExplainJob:
             if self.request.regions == "harvard-oxford":
                 regionFiles = "harvard-oxford"
             elif self.request.regions is not None:
-                regionFiles = (writeVolumeFile(self.request.regions, self.tempDir / "regions-in.nrrd"),
-                               regionNamesCsv(self.request.regions, self.tempDir / "region-names.csv"))
+                labels = regions.regionLabelMap(self.scene, self.request.regions, self.request.inputs[0])
+                self.regionLabels = labels
+                regionFiles = (writeVolumeFile(labels, self.tempDir / "regions-in.nrrd"),
+                               regionNamesCsv(labels, self.tempDir / "region-names.csv"))
             command = engineCommand(self.python, inputFiles, self.request, self.tempDir / "out", roiFile=roiFile,
                                     regionFiles=regionFiles)
             kwargs = {} if self.popen is None else {"popen": self.popen}
@@ -247,7 +250,8 @@ class ExplainJob:
             return self.status
         if code == 0:
             try:
-                self.resultNodes = loadResults(self.scene, self.tempDir / "out", self.request.inputs[0])
+                self.resultNodes = loadResults(self.scene, self.tempDir / "out", self.request.inputs[0],
+                                               regionLabels=self.regionLabels)
             except Exception as err:  # noqa: BLE001 (reported to the user, never half-loaded)
                 self.error = str(err)
                 self._finish("failed")

@@ -18,8 +18,9 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 class ExplainLogicBase:
-    def __init__(self, scene, *, vrLogic=None, python: str | None = None, popen=None):
+    def __init__(self, scene, *, appLogic=None, vrLogic=None, python: str | None = None, popen=None):
         self.scene = scene
+        self.appLogic = appLogic
         self.vrLogic = vrLogic
         self.python = python
         self.popen = popen
@@ -202,7 +203,11 @@ class ExplainLogicBase:
             finally:
                 if temporary:
                     self.scene.RemoveNode(labels)
-        regionSet, labelVolume, regionNames = self._regionSet(request.regions, volumes[0], request.seed)
+        labelNode = None
+        if request.regions not in (None, "harvard-oxford"):
+            labelNode = regions.regionLabelMap(self.scene, request.regions, reference)
+        regionSet, labelVolume, regionNames = self._regionSet(request.regions if labelNode is None else labelNode,
+                                                              volumes[0], request.seed)
         if regionSet is not None:
             kwargs["regions"] = regionSet
         results = explain(self.loadModel(request.model, request.device), volumes, request.methods,
@@ -210,7 +215,6 @@ class ExplainLogicBase:
                           params=request.params, seed=request.seed, device=request.device,
                           progress=progressCallback, cancel=lambda: self._cancelRequested, **kwargs)
         nodes = []
-        labelNode = request.regions if request.regions not in (None, "harvard-oxford") else None
         for attribution in results:
             from .volumenodes import addVolumeNode
 
@@ -266,6 +270,14 @@ class ExplainLogicBase:
 
     def regionTable(self, resultNode):
         return resultNode.GetNodeReference(regions.REGIONS_REFERENCE)
+
+    def showRegionTable(self, resultNode) -> bool:
+        """Show the result's region table in Slicer's table view (False if the result has none)."""
+        table = self.regionTable(resultNode)
+        if table is None or self.appLogic is None:
+            return False
+        regions.showRegionTable(self.appLogic, table)
+        return True
 
     def centerOnRegion(self, resultNode, row: int):
         """Centre the slice views on the region in ``row`` of the result's table (as clicking the row does)."""

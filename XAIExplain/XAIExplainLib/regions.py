@@ -18,6 +18,7 @@ from .volumenodes import addVolumeNode, arrayFromNode, ijkToRas
 REGION_COLUMNS = ("region id", "region", "volume", "score", "rank")
 REGIONS_REFERENCE = "XAIExplainRegions"
 LABELS_REFERENCE = "XAIExplainLabels"
+TABLE_LAYOUTS = (34, 35, 38)  # Slicer's layouts with a table view: four-up + table, 3D + table, four-up + plot + table
 
 
 @dataclass
@@ -180,6 +181,35 @@ def linkRegions(resultNode, table, labelNode=None) -> None:
     resultNode.SetNodeReferenceID(REGIONS_REFERENCE, table.GetID())
     if labelNode is not None:
         table.SetNodeReferenceID(LABELS_REFERENCE, labelNode.GetID())
+
+
+def regionLabelMap(scene, source, reference):
+    """A named label map for region methods: ``source`` itself, or a segmentation exported on ``reference``'s grid.
+
+    An export (segment names become its colour table) is a new node and is kept: it is the region map shown.
+    """
+    if source.IsA("vtkMRMLLabelMapVolumeNode"):
+        return source
+    if not source.IsA("vtkMRMLSegmentationNode"):
+        raise ValueError(f"'{source.GetName()}' is neither a label map nor a segmentation")
+    import slicer
+
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName(f"{source.GetName()} labels"))
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(source, labels, reference):
+        scene.RemoveNode(labels)
+        raise ValueError(f"cannot turn segmentation '{source.GetName()}' into regions on the input grid")
+    return labels
+
+
+def showRegionTable(appLogic, table) -> None:
+    """Make ``table`` the one Slicer's table views show, switching to a layout with a table view if need be."""
+    import slicer
+
+    appLogic.GetSelectionNode().SetActiveTableID(table.GetID())
+    appLogic.PropagateTableSelection()
+    layout = table.GetScene().GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if layout is not None and layout.GetViewArrangement() not in TABLE_LAYOUTS:
+        layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
 
 
 def findRegionFiles(folder) -> tuple[Path | None, Path | None]:
