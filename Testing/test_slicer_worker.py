@@ -54,6 +54,22 @@ def test_cli_prints_progress_lines(capsys):
     assert parseProgressLine(capsys.readouterr().out.strip()) == (0.5, "half way")
 
 
+def test_cli_progress_lines_and_no_previews(tmp_path, positive_case, capsys):
+    """The engine's side of the worker protocol: parseable progress on stdout, no PNG when asked."""
+    from xaiexplain import write_volume
+    from xaiexplain.cli import main
+    from xaiexplain.demo_model import demo_bundle
+
+    image = write_volume(positive_case.volume, tmp_path / "case.nrrd")
+    assert main(["explain", "--model", str(demo_bundle()), "--input", str(image), "--method", "gradcam",
+                 "--out", str(tmp_path / "out"), "--device", "cpu", "--progress-lines", "--no-previews"]) == 0
+    captured = capsys.readouterr()
+    progress = [parseProgressLine(line) for line in captured.out.splitlines() if parseProgressLine(line)]
+    assert progress[0][0] == 0.0 and progress[-1] == (1.0, progress[-1][1]) and "gradcam" in progress[0][1]
+    assert "\r" not in captured.err  # no progress bar drawn
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gradcam.nrrd", "summary.json"]
+
+
 def test_worker_reports_progress_then_log_and_exit_code():
     script = textwrap.dedent("""
         import json, sys
