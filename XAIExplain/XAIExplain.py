@@ -114,6 +114,8 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._shownResult = None  # the result whose display settings the Results section edits
+        self._loadingResult = False
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
         self._timer.connect("timeout()", self.onTimer)
@@ -140,10 +142,6 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.methodsListWidget.connect("itemChanged(QListWidgetItem*)", self.onMethodsChanged)
         self.ui.targetComboBox.connect("currentIndexChanged(int)", self.onTargetChanged)
         self.ui.versusComboBox.connect("currentIndexChanged(int)", self.onTargetChanged)
-        self.ui.opacitySliderWidget.connect("valueChanged(double)", self.onDisplayChanged)
-        self.ui.thresholdSliderWidget.connect("valueChanged(double)", self.onDisplayChanged)
-        self.ui.showIn3DCheckBox.connect("toggled(bool)", self.onDisplayChanged)
-        self.ui.resultSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onResultChanged)
         self.ui.regionTableView.connect("clicked(QModelIndex)", self.onRegionClicked)
 
         self.initializeParameterNode()
@@ -162,7 +160,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic.isRunning():
@@ -183,13 +181,25 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
+        self._shownResult = None
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
             self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
-            self.updateButtons()
+            self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        self.updateButtons()
+        if self._loadingResult:
+            return
+        node = self._parameterNode.resultVolume if self._parameterNode else None
+        if node is not self._shownResult:
+            self._shownResult = node
+            self.showResultSettings(node)
+        elif display.isResult(node):
+            self.applyResultSettings(node)
 
     # -- panel state ---------------------------------------------------------------------------------
     def updateButtons(self, caller=None, event=None) -> None:
@@ -345,7 +355,8 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     # -- results -------------------------------------------------------------------------------------
-    def onResultChanged(self, node) -> None:
+    def showResultSettings(self, node) -> None:
+        """A result was selected: its own threshold, opacity and 3D visibility go to the panel, its record and table."""
         if not display.isResult(node):
             self.ui.recordLabel.text = ""
             self.ui.regionTableView.setMRMLTableNode(None)
@@ -353,19 +364,29 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         top = float(node.GetAttribute(display.PREFIX + "displayMax"))
         self.ui.thresholdSliderWidget.maximum = top
         self.ui.thresholdSliderWidget.singleStep = top / 200.0
-        self._parameterNode.threshold = display.threshold(node)
+        rendering = display.volumeRenderingDisplayNode(node)
+        self._loadingResult = True  # the panel takes the node's settings: nothing to apply back meanwhile
+        try:
+            self._parameterNode.threshold = display.threshold(node)
+            self._parameterNode.opacity = float(node.GetAttribute(display.PREFIX + "opacity") or display.DEFAULT_OPACITY)
+            self._parameterNode.showIn3D = bool(rendering is not None and rendering.GetVisibility())
+        finally:
+            self._loadingResult = False
         self.ui.recordLabel.text = self.logic.describeResult(node)
         self.ui.regionTableView.setMRMLTableNode(self.logic.regionTable(node))
         self.logic.showRegionTable(node)
 
-    def onDisplayChanged(self, value=None) -> None:
+    def applyResultSettings(self, node) -> None:
         p = self._parameterNode
-        node = p.resultVolume if p else None
-        if not display.isResult(node):
-            return
-        self.logic.setOpacity(node, p.opacity)
-        self.logic.setThreshold(node, p.threshold)
-        self.logic.showIn3D(node, p.showIn3D)
+        if self.ui.thresholdSliderWidget.maximum > float(node.GetAttribute(display.PREFIX + "displayMax")) * 1.01:
+            self.ui.thresholdSliderWidget.maximum = float(node.GetAttribute(display.PREFIX + "displayMax"))
+        if abs(display.threshold(node) - p.threshold) > 1e-12:
+            self.logic.setThreshold(node, p.threshold)
+        if node.GetAttribute(display.PREFIX + "opacity") != f"{p.opacity:.6g}":
+            self.logic.setOpacity(node, p.opacity)
+        rendering = display.volumeRenderingDisplayNode(node)
+        if p.showIn3D != bool(rendering is not None and rendering.GetVisibility()):
+            self.logic.showIn3D(node, p.showIn3D)
 
     def onRegionClicked(self, index) -> None:
         node = self._parameterNode.resultVolume
