@@ -428,24 +428,6 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic, ExplainLogicBase):
             logging.info("XAIExplain: installing %s", ", ".join(missing))
         return dependencies.installRequirements(missing, slicer, confirm=confirm)
 
-    @staticmethod
-    def describePrediction(prediction: dict) -> str:
-        if prediction.get("task") != "classification":
-            return "Segmentation model: choose the class to explain (and an ROI)."
-        names = prediction.get("class_names") or [str(i) for i in range(len(prediction["probabilities"]))]
-        parts = [f"{name} {p:.3f}" for name, p in zip(names, prediction["probabilities"])]
-        return f"Prediction: <b>{prediction['predicted_name']}</b> ({', '.join(parts)})"
-
-    @staticmethod
-    def describeResult(node) -> str:
-        record = display.record(node)
-        if not record:
-            return ""
-        target = record.get("target", {})
-        seconds = record.get("timings", {}).get("seconds")
-        return (f"{record.get('method')}: target {target.get('name', target.get('class', '?'))}"
-                + (f", {seconds:.1f} s" if seconds is not None else ""))
-
 
 class XAIExplainTest(ScriptedLoadableModuleTest):
     """Runs in Slicer's test mode on the SynthLesion sample and the demo model (dependencies are installed)."""
