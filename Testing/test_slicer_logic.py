@@ -73,7 +73,7 @@ def test_in_process_run_from_the_console(harness, logic, t1, demo):
     prediction = logic.predict(t1, logic.demoModelPath(), device="cpu")
     assert prediction["predicted_name"] == "lesion" and len(prediction["probabilities"]) == 2
     text = logic.describePrediction(prediction)
-    assert text.startswith("Prediction: <b>lesion</b> (healthy 0.") and "lesion 0.9" in text or "lesion 1.000" in text
+    assert text.startswith("Prediction: <b>lesion</b> (healthy 0.") and ("lesion 0.9" in text or "lesion 1.000" in text)
     assert logic.describeResult(gradcam).startswith("gradcam: target lesion, ")
     assert logic.modelClasses(logic.demoModelPath()) == ["healthy", "lesion"]
 
