@@ -48,6 +48,19 @@ def test_quick_methods_run_in_process_long_ones_in_a_worker(logic):
     assert logic.estimatePasses(["smoothgrad"], {"smoothgrad": {"samples": 50}}) == 100 > QUICK_PASSES
     assert logic.shouldUseWorker(["smoothgrad"]) and logic.shouldUseWorker(["integrated-gradients"])
     assert logic.shouldUseWorker(["gradcam"], useWorker=True) and not logic.shouldUseWorker(["smoothgrad"], useWorker=False)
+    from xaiexplain.methods.base import REGISTRY, Method
+
+    class Occluder(Method):  # a perturbation method costs one pass per region: never in-process
+        name, title, family, defaults = "test-occluder", "test", "perturbation", {}
+
+        def cost(self, params):
+            return {"forward": 1, "backward": 0, "per": "region"}
+
+    REGISTRY["test-occluder"] = Occluder()
+    try:
+        assert logic.estimatePasses(["test-occluder"]) == 1 and logic.shouldUseWorker(["test-occluder"])
+    finally:
+        del REGISTRY["test-occluder"]
     described = logic.methodDescriptions()
     assert {"gradcam", "integrated-gradients"} <= {m["name"] for m in described}
     assert all({"name", "title", "family", "signed", "reference"} <= set(m) for m in described)

@@ -102,20 +102,25 @@ class ExplainLogicBase:
 
     # -- cost --------------------------------------------------------------------------------------
     @staticmethod
-    def estimatePasses(methods, params: dict | None = None) -> int:
-        """Forward + backward passes per volume for ``methods`` (from the method registry)."""
+    def _costs(methods, params):
         from xaiexplain.methods import get_method
 
-        total = 0
         for name in methods:
             method = get_method(name)
-            cost = method.cost(method.params((params or {}).get(method.name)))
-            total += int(cost["forward"]) + int(cost["backward"])
-        return total
+            yield method, method.cost(method.params((params or {}).get(method.name)))
+
+    def estimatePasses(self, methods, params: dict | None = None) -> int:
+        """Forward + backward passes per volume for ``methods`` (from the method registry; for methods
+        that repeat per window or region, the passes of one window or region)."""
+        return sum(int(cost["forward"]) + int(cost["backward"]) for _, cost in self._costs(methods, params))
 
     def shouldUseWorker(self, methods, params=None, useWorker: bool | None = None) -> bool:
+        """Quick methods in-process; perturbation methods, per-window/per-region costs and long runs in a worker."""
         if useWorker is not None:
             return bool(useWorker)
+        for method, cost in self._costs(methods, params):
+            if cost.get("per") or method.family == "perturbation":
+                return True
         return self.estimatePasses(methods, params) > QUICK_PASSES
 
     # -- running -----------------------------------------------------------------------------------
