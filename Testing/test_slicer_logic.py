@@ -249,6 +249,27 @@ def test_region_table_goes_to_slicers_table_view(harness, logic):
     assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView
 
 
+def test_in_process_regions_from_a_label_map(harness, logic, t1, demo, positive_case):
+    """Region tables from the engine's region support (skipped by an engine without it)."""
+    pytest.importorskip("xaiexplain.regions")
+    from xaiexplain.synth import region_names
+
+    labels = volumenodes.addVolumeNode(logic.scene, positive_case.labels.array[0], "atlas", volume=positive_case.labels,
+                                       className="vtkMRMLLabelMapVolumeNode")
+    labels.CreateDefaultDisplayNodes()
+    colours = regions.addRegionColorTable(logic.scene, region_names(), "atlas names")
+    labels.GetDisplayNode().SetAndObserveColorNodeID(colours.GetID())
+    logic._models[(logic.demoModelPath(), "cpu")] = demo
+    (result,) = logic.process(t1, logic.demoModelPath(), ["gradcam"], target="lesion", regions=labels, device="cpu")
+    table = logic.regionTable(result)
+    rows = regions.regionRowsFromTable(table)
+    assert len(rows) > 20 and [r.rank for r in rows[:3]] == [1, 2, 3]
+    assert {r.name for r in rows} <= set(region_names().values())
+    assert table.GetNodeReference(regions.LABELS_REFERENCE) is labels  # the user's map, colours untouched
+    assert labels.GetDisplayNode().GetColorNode() is colours
+    assert np.allclose(logic.centerOnRegion(result, 0), regions.regionCenter(labels, rows[0].id))
+
+
 def test_sample_data(logic, positive_case):
     brain, lesion = logic.loadSampleData()
     assert brain.GetName() == "SynthLesion" and lesion.IsA("vtkMRMLLabelMapVolumeNode")
