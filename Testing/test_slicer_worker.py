@@ -137,7 +137,8 @@ def test_job_failure_leaves_no_folder_and_no_nodes(scene, tmp_path):
     assert run.status == "failed" and not folder.exists()
     assert scene.GetNumberOfNodes() == before
     command = seen["command"]
-    assert command[:4] == ["PythonSlicer", "-m", "xaiexplain.cli", "explain"]
+    assert command[0] == "PythonSlicer" and command[1] == "-c" and command[3] == "explain"
+    assert str(job.ENGINE_PARENT) in command[2] and "xaiexplain.cli import main" in command[2]
     assert command[command.index("--target") + 1] == "lesion"
     assert "smoothgrad.samples=5" in command and "--progress-lines" in command
     assert command[command.index("--out") + 1] == str(folder / "out")

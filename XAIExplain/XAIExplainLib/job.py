@@ -21,6 +21,8 @@ from .volumenodes import copyGeometry, sameGrid
 from .worker import WorkerProcess, pythonSlicerExecutable
 
 ENGINE_PARENT = Path(__file__).resolve().parent.parent  # the folder that holds the xaiexplain package
+LAUNCH_ENGINE = (f"import sys; sys.path.insert(0, {str(ENGINE_PARENT)!r}); "
+                 "from xaiexplain.cli import main; sys.exit(main())")
 
 
 @dataclass
@@ -101,8 +103,11 @@ def regionNamesCsv(labelNode, path) -> Path:
 
 def engineCommand(python: str, inputFiles, request: ExplainRequest, outDir, *, roiFile=None,
                   regionFiles=None) -> list[str]:
-    """``python -m xaiexplain.cli explain ...`` with machine-readable progress and no PNG previews."""
-    command = [python, "-m", "xaiexplain.cli", "explain", "--model", str(request.model)]
+    """The engine's ``explain`` command with machine-readable progress and no PNG previews.
+
+    The engine is put on ``sys.path`` by the command itself: Slicer's launcher may rewrite PYTHONPATH.
+    """
+    command = [python, "-c", LAUNCH_ENGINE, "explain", "--model", str(request.model)]
     for path in inputFiles:
         command += ["--input", str(path)]
     for method in request.methods:
