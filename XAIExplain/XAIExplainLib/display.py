@@ -99,7 +99,8 @@ def setThreshold(scene, node, value: float) -> None:
         display.SetApplyThreshold(0)
     else:
         display.SetApplyThreshold(1)
-        display.SetThreshold(value, max(top, float(arrayFromNode(node).max())) * 2 + 1)
+        highest = node.GetImageData().GetScalarRange()[1]
+        display.SetThreshold(value, max(top, highest) * 2 + 1)  # no upper cut
     vr = volumeRenderingDisplayNode(node)
     if vr is not None:
         updateTransferFunctions(node, vr)
