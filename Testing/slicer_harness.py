@@ -102,6 +102,11 @@ class SlicerHarness:
         self.sliceLogic.SetMRMLApplicationLogic(self.appLogic)
         self.sliceLogic.SetMRMLScene(self.scene)
         self.sliceNode = self.sliceLogic.AddSliceNode("Red")
+        # Registered with the application logic, as the layout manager does: displayable managers (the colour
+        # legend's) find a view's composite node through it. Before the managers are created.
+        self._sliceLogics = vtk.vtkCollection()
+        self._sliceLogics.AddItem(self.sliceLogic)
+        self.appLogic.SetSliceLogics(self._sliceLogics)
         self.sliceNode.SetOrientationToAxial()
         self.sliceNode.SetDimensions(sliceSize[0], sliceSize[1], 1)
         self.sliceWindow, self.sliceRenderer, self._sliceInteractor = _offscreenWindow(sliceSize)

@@ -159,6 +159,19 @@ def test_unsigned_overlay_in_the_red_slice_view(harness, scene, tmp_path):
     assert (chroma(pixels[outside]) <= 3).mean() > 0.999
     assert pixels[outside].mean() > 20  # the background is there, not a black screen
 
+    # the colour legend: a bar at the right edge, Inferno from dark (bottom) to yellow (top), titled
+    legend = display.addLegend(result)
+    assert legend.GetTitleText() == "test" and legend.GetLabelFormat() == "%.3g"
+    with_legend = harness.renderSlice(tmp_path / "legend.png").astype(int)
+    drawn = np.abs(with_legend - pixels.astype(int)).max(-1) > 30
+    rows, cols = np.nonzero(drawn)
+    assert len(rows) > 200 and cols.min() > 0.6 * pixels.shape[1]
+    bar = with_legend[rows, cols]
+    yellow = (bar[:, 0] > 200) & (bar[:, 1] > 200) & (bar[:, 2] < 190)
+    dark = bar.max(-1) < 60
+    assert yellow.any() and dark.any() and rows[yellow].mean() < rows[dark].mean()  # yellow above dark
+    legend.SetVisibility(0)
+
     # raising the threshold above the map's maximum removes the overlay
     display.setThreshold(scene, result, 1.5)
     pixels = harness.renderSlice()

@@ -292,10 +292,15 @@ def test_a_real_case_rendered_by_slicer(harness, logic, demo):
     center = (volumenodes.ijkToRas(brain) @ np.append(np.argwhere(mask).mean(0), 1.0))[:3]
     harness.fitSlice()
     harness.sliceNode.JumpSliceByOffsetting(*center)
-    display.addLegend(result)
     top = float(result.GetAttribute("XAIExplain.displayMax"))
     logic.setThreshold(result, 0.5 * top)  # the upper half of the map: where the evidence is
-    pixels = harness.renderSlice(out / "1.png" if keep else None)
+    legend = display.addLegend(result)
+    with_legend = harness.renderSlice(out / "1.png" if keep else None)
+    legend.SetVisibility(0)  # the legend's yellow end would count as "hot" below
+    pixels = harness.renderSlice()
+    legend.SetVisibility(1)
+    drawn = np.argwhere(np.abs(with_legend.astype(int) - pixels.astype(int)).max(-1) > 30)
+    assert len(drawn) > 200 and drawn[:, 1].min() > 0.6 * pixels.shape[1]  # the legend: at the right edge
     # the overlay's hottest pixels (Inferno's yellow end: the greenest of the coloured ones) are on the lesion
     rgb = pixels.astype(int)
     coloured = (rgb.max(-1) - rgb.min(-1)) > 40

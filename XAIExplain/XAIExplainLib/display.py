@@ -113,7 +113,9 @@ def addLegend(node):
     legend = slicer.vtkSlicerColorLogic.AddDefaultColorLegendDisplayNode(node)
     if legend is not None:
         legend.SetTitleText(node.GetAttribute(PREFIX + "method") or node.GetName())
+        legend.SetLabelFormat("%.3g")  # attribution values are often far below 1
         legend.SetVisibility(1)
+        legend.Modified()  # re-evaluated now that the map is in the views
     return legend
 
 
@@ -199,8 +201,10 @@ def updateTransferFunctions(node, display) -> None:
 def showResult(scene, node, *, background=None, thresholdValue: float | None = None,
                opacity: float = DEFAULT_OPACITY, show3D: bool = False, vrLogic=None, legend: bool = True) -> None:
     """Everything at once: display node, foreground in all slice views, optional volume rendering."""
-    setupDisplay(scene, node, thresholdValue=thresholdValue, legend=legend)
+    setupDisplay(scene, node, thresholdValue=thresholdValue, legend=False)
     showInSliceViews(scene, node, background=background, opacity=opacity)
+    if legend:  # after the layers: the legend shows where its volume is shown
+        addLegend(node)
     if show3D:
         if vrLogic is None:
             raise ValueError("showing a result in 3D needs the volume rendering logic")
