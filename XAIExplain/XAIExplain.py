@@ -1,10 +1,24 @@
 """XAIExplain: explain 3D medical-imaging deep-learning models inside 3D Slicer.
 
-This file only declares the module. The computation lives in the pure-Python ``xaiexplain`` engine
-(shipped beside this file), which never imports Slicer and can also be run from the command line.
+This file is thin on purpose: the module, its parameter node, the panel (which only
+passes values between widgets and the logic), the logic (which adds Slicer's own
+singletons to the Qt-free logic of XAIExplainLib) and the self-test. The computation
+lives in the pure-Python ``xaiexplain`` engine beside this file; it is imported only
+when needed, after its Python dependencies have been checked.
 """
-import slicer  # noqa: F401  (Slicer provides ScriptedLoadableModule below)
-from slicer.ScriptedLoadableModule import ScriptedLoadableModule
+import logging
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from XAIExplainLib import dependencies, display, sampledata
+from XAIExplainLib.logic import ExplainLogicBase
 
 
 class XAIExplain(ScriptedLoadableModule):
@@ -19,16 +33,25 @@ class XAIExplain(ScriptedLoadableModule):
         self.parent.helpText = """
 Explainable AI for 3D medical-imaging models: XAIExplain computes attribution maps that show which voxels
 of the input volume drove a model's output (a class score, a contrast between two classes, or a segmentation
-region), and returns them as volumes on the input volume's own grid, ready to overlay.
+region), and returns them as volumes on the input volume's own grid, overlaid in the slice views and, on
+request, volume rendered in 3D.
 <p>Methods, by family:</p>
 <ul>
-<li><b>Gradients</b>: vanilla gradient (saliency), gradient &times; input, SmoothGrad, Integrated Gradients.</li>
-<li><b>CAM family</b>: CAM, Grad-CAM, Grad-CAM++, Guided Grad-CAM.</li>
-<li><b>Backprop</b> (modified backward rules): guided backpropagation, DeconvNet.</li>
+<li><b>Gradients</b>: vanilla gradient (saliency; Simonyan et al. 2014), gradient &times; input (Shrikumar et al.
+2016), SmoothGrad (Smilkov et al. 2017), Integrated Gradients (Sundararajan et al. 2017).</li>
+<li><b>CAM family</b>: CAM (Zhou et al. 2016), Grad-CAM and Guided Grad-CAM (Selvaraju et al. 2017), Grad-CAM++
+(Chattopadhay et al. 2018).</li>
+<li><b>Backprop</b> (modified backward rules): guided backpropagation (Springenberg et al. 2015), DeconvNet
+(Zeiler &amp; Fergus 2014).</li>
 </ul>
+<p>Unsigned maps use an Inferno colour map; signed maps a diverging blue-red map whose centre is transparent.
+Quick methods run inside Slicer; long ones run in a separate process, so Slicer stays responsive and Cancel
+stops them at once. Everything in the panel is also available from the Python console:
+<code>slicer.util.getModuleLogic("XAIExplain").process(volumeNode, modelPath, ["gradcam"])</code>.</p>
 <p>The computation is done by the <code>xaiexplain</code> engine, a pure-Python package on PyTorch, MONAI and
 SimpleITK that does not depend on Slicer; the same engine runs from the command line as <code>xaiexplain</code>.
-PyTorch is provided by the PyTorch extension.</p>
+PyTorch is provided by the PyTorch extension; the other Python packages are installed on first use, after
+asking.</p>
 """
         self.parent.helpText += self.getDefaultModuleDocumentationLink()
         self.parent.acknowledgementText = """
@@ -37,4 +60,421 @@ The methods implemented follow their original publications: Simonyan et al. 2014
 2016 (gradient &times; input), Smilkov et al. 2017 (SmoothGrad), Sundararajan et al. 2017 (Integrated
 Gradients), Zhou et al. 2016 (CAM), Selvaraju et al. 2017 (Grad-CAM, Guided Grad-CAM), Chattopadhay et al. 2018
 (Grad-CAM++), Springenberg et al. 2015 (guided backpropagation) and Zeiler &amp; Fergus 2014 (DeconvNet).
+The SynthLesion sample is made from the MNI152 template and the Harvard-Oxford atlas (FSL).
 """
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """SynthLesion in the Sample Data module; generated on click (after the dependencies are installed)."""
+    import SampleData
+
+    def load():
+        logic = XAIExplainLogic()
+        if logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay):
+            return logic.loadSampleData()
+        return None
+
+    sampledata.registerSampleData(SampleData.SampleDataLogic, load)
+
+
+@parameterNodeWrapper
+class XAIExplainParameterNode:
+    """The panel's state, saved with the scene."""
+
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    inputVolume2: slicer.vtkMRMLScalarVolumeNode
+    inputVolume3: slicer.vtkMRMLScalarVolumeNode
+    useDemoModel: bool = True
+    modelPath: str = ""
+    target: str = ""
+    versus: str = ""
+    roiNode: slicer.vtkMRMLNode
+    methods: str = "gradcam"  # comma-separated method names
+    smoothgradSamples: Annotated[int, WithinRange(1, 1000)] = 25
+    igSteps: Annotated[int, WithinRange(2, 1000)] = 32
+    layer: str = ""
+    seed: Annotated[int, WithinRange(0, 2147483647)] = 0
+    device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
+    execution: Annotated[str, Choice(["auto", "worker", "in-process"])] = "auto"
+    regionSource: Annotated[str, Choice(["none", "harvard-oxford", "label map"])] = "none"
+    regionLabelMap: slicer.vtkMRMLNode  # label map with named colours, or segmentation
+    resultVolume: slicer.vtkMRMLScalarVolumeNode
+    opacity: Annotated[float, WithinRange(0.0, 1.0)] = display.DEFAULT_OPACITY
+    threshold: Annotated[float, WithinRange(0.0, 1e30)] = 0.0
+    showIn3D: bool = False
+
+
+class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: widgets <-> parameter node <-> logic. No decisions here beyond enabling buttons."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._shownResult = None  # the result whose display settings the Results section edits
+        self._loadingResult = False
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self.onTimer)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/XAIExplain.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = XAIExplainLogic()
+
+        self.ui.resultSelector.addAttribute("vtkMRMLScalarVolumeNode", display.PREFIX + "method")
+        self.ui.progressBar.setRange(0, 1000)
+        self.ui.progressBar.hide()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
+        self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.methodsListWidget.connect("itemChanged(QListWidgetItem*)", self.onMethodsChanged)
+        self.ui.targetComboBox.connect("currentIndexChanged(int)", self.onTargetChanged)
+        self.ui.versusComboBox.connect("currentIndexChanged(int)", self.onTargetChanged)
+        self.ui.regionTableView.connect("clicked(QModelIndex)", self.onRegionClicked)
+
+        self.initializeParameterNode()
+        qt.QTimer.singleShot(0, self.fillMethods)  # after the panel shows: the method list imports the engine
+
+    def cleanup(self) -> None:
+        if self.logic is not None and self.logic.isRunning():
+            self.logic.cancel()
+        self._timer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.logic.isRunning():
+            self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first and not display.isResult(first):
+                self._parameterNode.inputVolume = first
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        self._shownResult = None
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+            self.ui.modelPathLineEdit.currentPath = self._parameterNode.modelPath
+            self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        self.updateButtons()
+        if self._loadingResult:
+            return
+        node = self._parameterNode.resultVolume if self._parameterNode else None
+        if node is not self._shownResult:
+            self._shownResult = node
+            self.showResultSettings(node)
+        elif display.isResult(node):
+            self.applyResultSettings(node)
+
+    # -- panel state ---------------------------------------------------------------------------------
+    def updateButtons(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        running = self.logic.isRunning()
+        ready = bool(p and p.inputVolume and self.modelPath() and p.methods)
+        self.ui.applyButton.enabled = running or ready
+        self.ui.applyButton.text = "Cancel" if running else "Apply"
+        self.ui.applyButton.toolTip = ("Stop the run" if running else
+                                       "Compute the maps" if ready else "Select an input volume, a model and a method")
+        self.ui.modelPathLineEdit.enabled = bool(p and not p.useDemoModel)
+        self.ui.regionLabelMapSelector.enabled = bool(p and p.regionSource == "label map")
+
+    def modelPath(self) -> str:
+        p = self._parameterNode
+        if p is None:
+            return ""
+        return self.logic.demoModelPath() if p.useDemoModel else p.modelPath
+
+    def fillMethods(self) -> None:
+        """Check boxes for the registered methods (the engine is needed: skipped until it is installed)."""
+        if self.logic.missingDependencies() or not self.logic.torchAvailable():
+            self.ui.statusLabel.text = "Python packages are missing: Apply installs them (after asking)."
+            return
+        chosen = set(self._parameterNode.methods.split(",")) if self._parameterNode else set()
+        self.ui.methodsListWidget.blockSignals(True)
+        self.ui.methodsListWidget.clear()
+        for method in self.logic.methodDescriptions():
+            kind = "signed" if method["signed"] else "unsigned"
+            item = qt.QListWidgetItem(f"{method['name']}  ({method['family']}, {kind})")
+            item.setData(qt.Qt.UserRole, method["name"])
+            item.setToolTip(f"{method['title']}. {method['reference']}")
+            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+            item.setCheckState(qt.Qt.Checked if method["name"] in chosen else qt.Qt.Unchecked)
+            self.ui.methodsListWidget.addItem(item)
+        self.ui.methodsListWidget.blockSignals(False)
+        self.onMethodsChanged()
+
+    def onMethodsChanged(self, item=None) -> None:
+        widget = self.ui.methodsListWidget
+        names = [widget.item(i).data(qt.Qt.UserRole) for i in range(widget.count)
+                 if widget.item(i).checkState() == qt.Qt.Checked]
+        if self._parameterNode:
+            self._parameterNode.methods = ",".join(names)
+        if names:
+            passes = self.logic.estimatePasses(names, self.methodParams())
+            where = "a separate process" if self.logic.shouldUseWorker(names, self.methodParams(), self.useWorker()) \
+                else "Slicer"
+            self.ui.costLabel.text = f"About {passes} forward/backward passes, run in {where}."
+        else:
+            self.ui.costLabel.text = "Check at least one method."
+
+    def onModelPathChanged(self, path) -> None:
+        if self._parameterNode:
+            self._parameterNode.modelPath = path
+
+    def onTargetChanged(self, index=None) -> None:
+        if self._parameterNode:
+            self._parameterNode.target = self.ui.targetComboBox.currentData or ""
+            self._parameterNode.versus = self.ui.versusComboBox.currentData or ""
+
+    def methodParams(self) -> dict:
+        p = self._parameterNode
+        return {"smoothgrad": {"samples": p.smoothgradSamples}, "integrated-gradients": {"steps": p.igSteps}}
+
+    def useWorker(self):
+        return {"auto": None, "worker": True, "in-process": False}[self._parameterNode.execution]
+
+    def inputVolumes(self) -> list:
+        p = self._parameterNode
+        return [node for node in (p.inputVolume, p.inputVolume2, p.inputVolume3) if node]
+
+    # -- actions -------------------------------------------------------------------------------------
+    def onLoadSample(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to load the SynthLesion sample.", waitCursor=True):
+            if not self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay):
+                return
+            brain, lesion = self.logic.loadSampleData()
+            self._parameterNode.inputVolume = brain
+            slicer.util.setSliceViewerLayers(background=brain, label=lesion, fit=True)
+            self.fillMethods()
+
+    def onLoadModel(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to load the model.", waitCursor=True):
+            if not self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay):
+                return
+            model, device = self.modelPath(), self._parameterNode.device
+            classes = self.logic.modelClasses(model)
+            for combo, first in ((self.ui.targetComboBox, "predicted class"), (self.ui.versusComboBox, "none")):
+                combo.blockSignals(True)
+                combo.clear()
+                combo.addItem(first, "")
+                for index, name in enumerate(classes):
+                    combo.addItem(f"{index}: {name}", name)
+                combo.blockSignals(False)
+            text = f"Classes: {', '.join(classes)}" if classes else "The model names no classes."
+            if self.inputVolumes():
+                prediction = self.logic.predict(self.inputVolumes(), model, device)
+                text = self.logic.describePrediction(prediction)
+            self.ui.predictionLabel.text = text
+            self.fillMethods()
+
+    def onApplyButton(self) -> None:
+        if self.logic.isRunning():
+            self.logic.cancel()
+            self.updateButtons()
+            return
+        with slicer.util.tryWithErrorDisplay("Failed to compute the explanation.", waitCursor=True):
+            if not self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay):
+                return
+            p = self._parameterNode
+            regionSource = {"none": None, "harvard-oxford": "harvard-oxford", "label map": p.regionLabelMap}[
+                p.regionSource]
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            self.ui.statusLabel.text = "Starting..."
+            self.logic.process(self.inputVolumes(), self.modelPath(), [m for m in p.methods.split(",") if m],
+                               target=p.target or None, versus=p.versus or None, roi=p.roiNode,
+                               layer=p.layer or None, params=self.methodParams(), seed=p.seed, device=p.device,
+                               regions=regionSource, useWorker=self.useWorker(), waitForCompletion=False,
+                               progressCallback=self.onProgress, completionCallback=self.onCompleted,
+                               show3D=p.showIn3D, opacity=p.opacity)
+            if self.logic.isRunning():
+                self._timer.start()
+        if not self.logic.isRunning():
+            self.ui.progressBar.hide()
+        self.updateButtons()
+
+    def onTimer(self) -> None:
+        if self.logic.poll() != "running":
+            self._timer.stop()
+
+    def onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(1000 * fraction)
+        self.ui.statusLabel.text = message
+        if self.logic.job is None or self.logic.job.status != "running":  # in-process: Cancel stays clickable
+            self.updateButtons()
+            slicer.app.processEvents()
+
+    def onCompleted(self, status: str, nodes, error: str) -> None:
+        self._timer.stop()
+        self.ui.progressBar.hide()
+        if status == "done":
+            self.ui.statusLabel.text = f"Done: {', '.join(n.GetName() for n in nodes)}"
+            if nodes:
+                self._parameterNode.resultVolume = nodes[-1]
+        elif status == "cancelled":
+            self.ui.statusLabel.text = "Cancelled: no result was added."
+        else:
+            self.ui.statusLabel.text = "Failed."
+            if self.logic.runInWorker:  # an in-process failure raises, and tryWithErrorDisplay shows it
+                slicer.util.errorDisplay(f"The explanation failed: {error}")
+        self.updateButtons()
+
+    # -- results -------------------------------------------------------------------------------------
+    def showResultSettings(self, node) -> None:
+        """A result was selected: its own threshold, opacity and 3D visibility go to the panel, its record and table."""
+        if not display.isResult(node):
+            self.ui.recordLabel.text = ""
+            self.ui.regionTableView.setMRMLTableNode(None)
+            return
+        top = float(node.GetAttribute(display.PREFIX + "displayMax"))
+        self.ui.thresholdSliderWidget.maximum = top
+        self.ui.thresholdSliderWidget.singleStep = top / 200.0
+        rendering = display.volumeRenderingDisplayNode(node)
+        self._loadingResult = True  # the panel takes the node's settings: nothing to apply back meanwhile
+        try:
+            self._parameterNode.threshold = display.threshold(node)
+            self._parameterNode.opacity = float(node.GetAttribute(display.PREFIX + "opacity") or display.DEFAULT_OPACITY)
+            self._parameterNode.showIn3D = bool(rendering is not None and rendering.GetVisibility())
+        finally:
+            self._loadingResult = False
+        self.ui.recordLabel.text = self.logic.describeResult(node)
+        self.ui.regionTableView.setMRMLTableNode(self.logic.regionTable(node))
+        self.logic.showRegionTable(node)
+
+    def applyResultSettings(self, node) -> None:
+        p = self._parameterNode
+        if self.ui.thresholdSliderWidget.maximum > float(node.GetAttribute(display.PREFIX + "displayMax")) * 1.01:
+            self.ui.thresholdSliderWidget.maximum = float(node.GetAttribute(display.PREFIX + "displayMax"))
+        if abs(display.threshold(node) - p.threshold) > 1e-12:
+            self.logic.setThreshold(node, p.threshold)
+        if node.GetAttribute(display.PREFIX + "opacity") != f"{p.opacity:.6g}":
+            self.logic.setOpacity(node, p.opacity)
+        rendering = display.volumeRenderingDisplayNode(node)
+        if p.showIn3D != bool(rendering is not None and rendering.GetVisibility()):
+            self.logic.showIn3D(node, p.showIn3D)
+
+    def onRegionClicked(self, index) -> None:
+        node = self._parameterNode.resultVolume
+        if display.isResult(node):
+            self.logic.centerOnRegion(node, index.row())
+
+
+class XAIExplainLogic(ScriptedLoadableModuleLogic, ExplainLogicBase):
+    """Everything the panel does, callable from the Python console (see XAIExplainLib.logic for the methods).
+
+    Example::
+
+        logic = slicer.util.getModuleLogic("XAIExplain")
+        brain, lesion = logic.loadSampleData()
+        nodes = logic.process(brain, logic.demoModelPath(), ["gradcam", "integrated-gradients"], target="lesion")
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        ExplainLogicBase.__init__(self, slicer.mrmlScene, appLogic=slicer.app.applicationLogic(),
+                                  vrLogic=slicer.modules.volumerendering.logic())
+
+    def getParameterNode(self):
+        return XAIExplainParameterNode(super().getParameterNode())
+
+    @staticmethod
+    def torchAvailable() -> bool:
+        return dependencies.isSatisfied("torch")
+
+    def ensureDependencies(self, confirm=None) -> bool:
+        """PyTorch (through the PyTorch extension) and the packages of Resources/requirements.txt.
+
+        ``confirm(message) -> bool`` is asked before installing on Slicer < 5.12 (5.12's pip_ensure asks itself).
+        """
+        if not self.torchAvailable() and not dependencies.ensureTorch(askConfirmation=True):
+            return False
+        missing = self.missingDependencies()
+        if missing:
+            logging.info("XAIExplain: installing %s", ", ".join(missing))
+        return dependencies.installRequirements(missing, slicer, confirm=confirm)
+
+
+class XAIExplainTest(ScriptedLoadableModuleTest):
+    """Runs in Slicer's test mode on the SynthLesion sample and the demo model (dependencies are installed)."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_XAIExplainInProcess()
+        self.setUp()
+        self.test_XAIExplainWorkerProcess()
+
+    def test_XAIExplainInProcess(self):
+        self.delayDisplay("Grad-CAM of the demo classifier on the SynthLesion sample")
+        logic = XAIExplainLogic()
+        self.assertTrue(logic.ensureDependencies(confirm=lambda message: True))
+        brain, lesion = logic.loadSampleData()
+        (result,) = logic.process(brain, logic.demoModelPath(), ["gradcam"], target="lesion", device="cpu",
+                                  show3D=True)
+        self.assertTrue(display.isResult(result))
+        self.assertEqual(result.GetImageData().GetDimensions(), brain.GetImageData().GetDimensions())
+        brainMatrix, resultMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        brain.GetIJKToRASMatrix(brainMatrix)
+        result.GetIJKToRASMatrix(resultMatrix)
+        for r in range(4):
+            for c in range(4):
+                self.assertAlmostEqual(brainMatrix.GetElement(r, c), resultMatrix.GetElement(r, c), places=6)
+        composite = slicer.app.layoutManager().sliceWidget("Red").sliceLogic().GetSliceCompositeNode()
+        self.assertEqual(composite.GetForegroundVolumeID(), result.GetID())
+        self.assertEqual(display.record(result)["prediction"]["predicted_name"], "lesion")
+        logic.setThreshold(result, 0.5 * float(result.GetAttribute(display.PREFIX + "displayMax")))
+        self.assertIsNotNone(display.volumeRenderingDisplayNode(result))
+        slicer.util.forceRenderAllViews()
+        self.delayDisplay("In-process run passed")
+
+    def test_XAIExplainWorkerProcess(self):
+        self.delayDisplay("SmoothGrad in a worker process (PythonSlicer running the engine's command line)")
+        logic = XAIExplainLogic()
+        brain, lesion = logic.loadSampleData()
+        progress = []
+        (result,) = logic.process(brain, logic.demoModelPath(), ["smoothgrad"], target="lesion", device="cpu",
+                                  params={"smoothgrad": {"samples": 4}}, useWorker=True,
+                                  progressCallback=lambda fraction, message: progress.append(fraction))
+        self.assertTrue(display.isSigned(result))
+        self.assertEqual(progress[-1], 1.0)
+        self.assertEqual(result.GetNodeReference(display.INPUT_REFERENCE), brain)
+        self.assertIsNone(logic.regionTable(result))
+        self.assertFalse(logic.isRunning())
+        self.delayDisplay("Worker run passed")

@@ -33,6 +33,19 @@ class ProgressBar:
             self.bar.close()
 
 
+class ProgressLines:
+    """Machine-readable progress for a parent process: one JSON object per line on stdout, flushed."""
+
+    PREFIX = "xaiexplain-progress "
+
+    def __call__(self, fraction: float, message: str) -> None:
+        line = json.dumps({"fraction": round(min(max(fraction, 0.0), 1.0), 4), "message": message})
+        print(self.PREFIX + line, flush=True)
+
+    def close(self):
+        pass
+
+
 def _parse_params(items: list[str]) -> dict:
     """``--param smoothgrad.samples=50`` -> {'smoothgrad': {'samples': 50}} (values read as JSON if they parse)."""
     params: dict = {}
@@ -78,7 +91,7 @@ def cmd_explain(args) -> int:
     from .volume import read_volume
 
     volumes = [read_volume(path) for path in args.input]
-    bar = ProgressBar(not args.quiet)
+    bar = ProgressLines() if args.progress_lines else ProgressBar(not args.quiet)
     try:
         results = explain(args.model, volumes, args.method, target=args.target, versus=args.versus,
                           roi=args.roi, references=args.reference, layer=args.layer,
@@ -87,7 +100,8 @@ def cmd_explain(args) -> int:
     finally:
         bar.close()
     written = write_results(args.out, volumes[0], results, {"inputs": [str(p) for p in args.input],
-                                                        "command": " ".join(sys.argv)})
+                                                        "command": " ".join(sys.argv)},
+                            previews=not args.no_previews)
     pred = results[0].prediction
     if pred["task"] == "classification":
         print(f"prediction: {pred['predicted_name']} (p={max(pred['probabilities']):.3f})")
@@ -142,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     ex.add_argument("--out", required=True, help="output folder")
     ex.add_argument("--quiet", action="store_true", help="no progress bar")
+    ex.add_argument("--progress-lines", action="store_true",
+                    help="report progress as 'xaiexplain-progress {\"fraction\": F, \"message\": M}' lines on stdout")
+    ex.add_argument("--no-previews", action="store_true", help="do not write the PNG previews")
     ex.set_defaults(func=cmd_explain)
 
     me = sub.add_parser("methods", help="list the registered methods")
