@@ -1,8 +1,9 @@
 """DeepLIFT with the rescale rule (Shrikumar et al. 2017) and DeepSHAP (Lundberg and Lee 2017).
 
-The input and its reference run through the network together, as the two halves
-of one batch. Linear operations keep their gradient (for them the multiplier is
-the weight). Nonlinear ones get DeepLIFT multipliers in their backward:
+Two forward passes and one backward: the input's pass builds the autograd graph
+(its nonlinearities' backward apply DeepLIFT multipliers), then the reference's
+pass records what each nonlinearity saw; the backward runs over the input only.
+Linear operations keep their gradient: for them the multiplier is the weight.
 
 * activations (modules or functional, PReLU and LeakyReLU included):
   ``m = (f(x) - f(x0)) / (x - x0)``, the gradient where ``|x - x0|`` is tiny;
@@ -12,11 +13,13 @@ the weight). Nonlinear ones get DeepLIFT multipliers in their backward:
 * a product of two feature maps (squeeze-excitation gates):
   ``d(ab) = mean(b) da + mean(a) db`` exactly, with means over input and reference;
 * InstanceNorm / GroupNorm / LayerNorm normalise the reference with the input's
-  statistics, so the layer is one linear map for both halves. Summation to delta
-  holds exactly against that pass; ``info`` also records how far the
-  reference's score under its own statistics differs.
+  statistics, so the layer is one linear map for both. Summation to delta holds
+  against that pass; ``info`` also records the reference's score under its own
+  statistics.
 
-DeepSHAP averages DeepLIFT over a set of references, a few at a time.
+The calls of the two passes are matched by their order (a network's forward is
+deterministic in its calls); a mismatch raises an error. DeepSHAP averages
+DeepLIFT over a set of references, a few at a time (batched on both passes).
 """
 from __future__ import annotations
 
@@ -33,68 +36,62 @@ from .propagation import PropagationMode, bind, in_graph, norm_affine, reduce_to
 TINY = 1e-6
 
 
-def _halves(t):
-    return t.chunk(2)
-
-
 class _Rescale(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, fn):
-        ctx.fn = fn
+    def forward(ctx, x, fn, record):
+        y = fn(x)
+        ctx.fn, ctx.record = fn, record
         ctx.save_for_backward(x, y)
-        return y.clone()
+        return y
 
     @staticmethod
     def backward(ctx, grad):
         x, y = ctx.saved_tensors
-        (x1, x2), (y1, y2), (g1, _) = _halves(x), _halves(y), _halves(grad)
-        dx = x1 - x2
+        x0, y0 = ctx.record["in"], ctx.record["out"]
+        dx = x - x0
         small = dx.abs() <= TINY
-        m = (y1 - y2) / torch.where(small, torch.ones_like(dx), dx)
+        m = (y - y0) / torch.where(small, torch.ones_like(dx), dx)
         if bool(small.any()):
-            m = torch.where(small, vjp(ctx.fn, x1, torch.ones_like(x1)), m)
-        return torch.cat([g1 * m, torch.zeros_like(g1)]), None, None
+            m = torch.where(small, vjp(ctx.fn, x, torch.ones_like(x)), m)
+        return grad * m, None, None
 
 
 class _Product(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b):
+    def forward(ctx, a, b, record):
+        ctx.record = record
         ctx.save_for_backward(a, b)
         return a * b
 
     @staticmethod
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
-
-        def mean_of_halves(t):
-            h1, h2 = _halves(t)
-            return torch.cat([(h1 + h2) / 2] * 2)
-
-        return reduce_to(grad * mean_of_halves(b), a.shape), reduce_to(grad * mean_of_halves(a), b.shape)
+        a0, b0 = ctx.record["in"]
+        return (reduce_to(grad * (b + b0) / 2, a.shape), reduce_to(grad * (a + a0) / 2, b.shape), None)
 
 
 class _MaxPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, pool):
+    def forward(ctx, x, pool, record):
         y, index = pool(x)
+        ctx.record = record
         ctx.save_for_backward(x, y, index)
-        return y.clone()
+        return y
 
     @staticmethod
     def backward(ctx, grad):
         x, y, index = ctx.saved_tensors
-        (x1, x2), (y1, y2), (i1, i2), (g1, _) = _halves(x), _halves(y), _halves(index), _halves(grad)
-        top = torch.maximum(y1, y2)
+        x0, (y0, index0) = ctx.record["in"], ctx.record["out"]
+        top = torch.maximum(y, y0)
 
-        def route(values, index_):
-            out = torch.zeros_like(x1).flatten(2)
-            return out.scatter_add_(2, index_.flatten(2), values.flatten(2)).view_as(x1)
+        def route(values, where):
+            out = torch.zeros_like(x).flatten(2)
+            return out.scatter_add_(2, where.flatten(2), values.flatten(2)).view_as(x)
 
-        delta = route(g1 * (top - y2), i1) + route(g1 * (y1 - top), i2)
-        dx = x1 - x2
+        delta = route(grad * (top - y0), index) + route(grad * (y - top), index0)
+        dx = x - x0
         small = dx.abs() <= TINY
-        m = torch.where(small, route(g1, i1), delta / torch.where(small, torch.ones_like(dx), dx))
-        return torch.cat([m, torch.zeros_like(m)]), None
+        return torch.where(small, route(grad, index), delta / torch.where(small, torch.ones_like(dx), dx)), None, None
 
 
 def _pool_with_indices(func, args, kwargs):
@@ -112,16 +109,34 @@ def _pool_with_indices(func, args, kwargs):
 
 
 class DeepLiftMode(PropagationMode):
+    """The input's pass (``records`` None) creates one record per nonlinearity, in call order;
+    the reference's pass (given those records) fills them in."""
+
     method = "DeepLIFT"
-    shared_statistics = False  # set when a normalisation used the input's statistics for the reference
+
+    def __init__(self, network, x, records: list | None = None):
+        super().__init__(network, x)
+        self.reference_pass = records is not None
+        self.records = [] if records is None else records
+        self.position = 0
+        self.shared_statistics = False  # a normalisation gave the reference the input's statistics
+
+    def _record(self, kind, shape, **values):
+        if not self.reference_pass:
+            self.records.append({"kind": kind, "shape": tuple(shape), **values})
+            return self.records[-1]
+        if self.position >= len(self.records) or self.records[self.position]["kind"] != kind \
+                or self.records[self.position]["shape"] != tuple(shape):
+            raise XAIError(f"the network made different calls for the input and the reference at {self.where()}",
+                           "DeepLIFT needs a forward pass whose calls do not depend on the data")
+        self.position += 1
+        self.records[self.position - 1].update(values)
+        return self.records[self.position - 1]
 
     def linear(self, func, args, kwargs):
         return func(*args, **kwargs)
 
-    average = linear
-
-    def add(self, func, args, kwargs):
-        return func(*args, **kwargs)
+    average = add = linear
 
     def mul(self, func, args, kwargs):
         a = args[0]
@@ -130,10 +145,11 @@ class DeepLiftMode(PropagationMode):
             return func(*args, **kwargs)  # scaling by a constant: linear
         if "div" in getattr(func, "__name__", ""):
             raise self.unsupported("a division by a feature map")
-        out = _Product.apply(a, b)
-        if getattr(func, "__name__", "").startswith(("__i", "mul_")):
-            return a.copy_(out)
-        return out
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+        if self.reference_pass:
+            self._record("product", shape, **{"in": (a.detach(), b.detach())})
+            return a * b  # in-place calls too are computed out of place, as in LRP
+        return _Product.apply(a, b, self._record("product", shape))
 
     def norm(self, func, args, kwargs):
         if func is F.batch_norm:
@@ -141,29 +157,51 @@ class DeepLiftMode(PropagationMode):
             return func(*args, **kwargs)  # running statistics: linear
         self.shared_statistics = True
         x = args[0]
-        first, _ = _halves(x)
-        _, scale, shift, _, _ = norm_affine(func, args, kwargs, stats_from=torch.cat([first, first]))
-        return scale * x + shift
+        if self.reference_pass:
+            record = self._record("norm", x.shape)
+        else:
+            _, scale, shift, _, _ = norm_affine(func, args, kwargs)
+            record = self._record("norm", x.shape, scale=scale.detach(), shift=shift.detach())
+        return record["scale"] * x + record["shift"]
 
     def activation(self, func, args, kwargs):
         pure = _out_of_place(func)
         kw = {k: v for k, v in kwargs.items() if k != "inplace"}
         rest = args[1:]
-        out = _Rescale.apply(args[0], pure(*args, **kw).detach(), lambda t: pure(t, *rest, **kw))
-        name = getattr(func, "__name__", "")
-        if kwargs.get("inplace") or (name.endswith("_") and not name.endswith("__")):
-            return args[0].copy_(out)
-        return out
+        return self._rescale(args[0], lambda t: pure(t, *rest, **kw))
 
     def activation_module(self, module, x, output):
-        # forward() skips the hooks; the clone keeps an inplace module off the leaf in the fallback
-        return _Rescale.apply(x, output.detach(), lambda t: module.forward(t.clone()))
+        # forward() skips the hooks; the clone keeps an inplace module off its input
+        return self._rescale(x, lambda t: module.forward(t.clone()), output)
+
+    def _rescale(self, x, fn, output=None):
+        if self.reference_pass:
+            y = fn(x) if output is None else output
+            self._record("activation", x.shape, **{"in": x.detach(), "out": y.detach()})
+            return y
+        return _Rescale.apply(x, fn, self._record("activation", x.shape))
 
     def maxpool(self, func, args, kwargs):
         b, pool = _pool_with_indices(func, args, kwargs)
         if b.get("return_indices"):
             raise self.unsupported("max pooling that returns its indices")
-        return _MaxPool.apply(b["input"], pool)
+        x = b["input"]
+        if self.reference_pass:
+            y, index = pool(x)
+            self._record("maxpool", x.shape, **{"in": x.detach(), "out": (y.detach(), index)})
+            return y
+        return _MaxPool.apply(x, pool, self._record("maxpool", x.shape))
+
+
+def _pass(ctx, x, rows, records=None):
+    """One forward pass under a DeepLiftMode; returns (scores, mode)."""
+    mode = DeepLiftMode(ctx.model.network, x, records)
+    with mode.active():
+        out = ctx.forward(x)
+    if records is not None and mode.position != len(records):
+        raise XAIError("the network made fewer calls for the reference than for the input",
+                       "DeepLIFT needs a forward pass whose calls do not depend on the data")
+    return ctx.score(out, rows), mode
 
 
 def deeplift(ctx, references: torch.Tensor, batch_size: int, label: str):
@@ -179,22 +217,22 @@ def deeplift(ctx, references: torch.Tensor, batch_size: int, label: str):
             refs = references[part].to(ctx.x)
             k = refs.shape[0]
             xs = ctx.x[i:i + 1].expand(k, *ctx.x.shape[1:])
-            rows = torch.full((2 * k,), i, dtype=torch.long, device=ctx.x.device)
+            rows = torch.full((k,), i, dtype=torch.long, device=ctx.x.device)
             with torch.enable_grad():
-                both = torch.cat([xs, refs]).detach().requires_grad_(True)
-                mode = DeepLiftMode(ctx.model.network, both)
-                with mode.active():
-                    out = ctx.forward(both)
-                scores = ctx.score(out, rows)
-                (grad,) = torch.autograd.grad(scores[:k].sum(), both)
-            ctx.passes["backward"] += 2 * k
-            maps[i] += (grad[:k] * (xs - refs)).sum(0)
-            deltas[i] += float((scores[:k] - scores[k:]).detach().sum())
+                x_in = xs.detach().clone().requires_grad_(True)
+                scores, mode = _pass(ctx, x_in, rows)
+                # the reference's pass needs autograd only to tell its path from constants
+                ref_scores, _ = _pass(ctx, refs.detach().clone().requires_grad_(True), rows, mode.records)
+                ref_scores = ref_scores.detach()
+                (grad,) = torch.autograd.grad(scores.sum(), x_in)
+            ctx.passes["backward"] += k
+            maps[i] += (grad * (xs - refs)).sum(0)
+            deltas[i] += float((scores.detach() - ref_scores).sum())
             if mode.shared_statistics:  # the references' scores under their own normalisation statistics
                 with torch.no_grad():
-                    own[i] += float(ctx.score(model_output(ctx.model.network(refs)), rows[:k]).sum())
+                    own[i] += float(ctx.score(model_output(ctx.model.network(refs)), rows).sum())
             else:
-                own[i] += float(scores[k:].detach().sum())
+                own[i] += float(ref_scores.sum())
             done += 1
             ctx.report(done / steps, f"{label} {done}/{steps}")
     maps /= n_refs
@@ -224,7 +262,7 @@ class DeepLift(Method):
     completeness = True  # summation to delta
 
     def cost(self, params):
-        return {"forward": 3, "backward": 2}
+        return {"forward": 2, "backward": 1}
 
     def run(self, ctx, baseline):
         refs = _reference_set(ctx, baseline)
@@ -241,7 +279,7 @@ class DeepShap(Method):
     completeness = True
 
     def cost(self, params):
-        return {"forward": 12, "backward": 8}  # for 4 references; scales with their number
+        return {"forward": 8, "backward": 4}  # for 4 references; scales with their number
 
     def run(self, ctx, baseline, batch_size):
         return deeplift(ctx, _reference_set(ctx, baseline), batch_size, "DeepSHAP")

@@ -195,11 +195,10 @@ class _Share(torch.autograd.Function):
     """A sum of terms: each operand gets relevance in proportion to its signed contribution."""
 
     @staticmethod
-    def forward(ctx, make, coefficients, eps, copy, *operands):
+    def forward(ctx, make, coefficients, eps, *operands):
         out = make()
         ctx.coefficients, ctx.eps = coefficients, eps
-        # an in-place call overwrites its first operand: keep a copy of what it was
-        ctx.save_for_backward(out, *[t.detach().clone() if copy else t for t in operands])
+        ctx.save_for_backward(out, *operands)
         return out
 
     @staticmethod
@@ -207,7 +206,7 @@ class _Share(torch.autograd.Function):
         out, *operands = ctx.saved_tensors
         share = relevance / stabilize(out, ctx.eps)
         grads = [reduce_to(c * t * share, t.shape) for c, t in zip(ctx.coefficients, operands)]
-        return (None, None, None, None, *grads)
+        return (None, None, None, *grads)
 
 
 class _Pass(torch.autograd.Function):
@@ -232,11 +231,6 @@ def _operands(func, args, kwargs):
         return [(a, -1.0), (b, 1.0)]
     sign = -1.0 if "sub" in name else 1.0
     return [(a, 1.0), (b, sign * float(alpha))]
-
-
-def _inplace(func, kwargs) -> bool:
-    name = getattr(func, "__name__", "")
-    return bool(kwargs.get("inplace")) or (name.endswith("_") and not name.endswith("__")) or name.startswith("__i")
 
 
 class LRPMode(PropagationMode):
@@ -305,9 +299,8 @@ class LRPMode(PropagationMode):
         def make():  # out of place, whatever the call
             return sum(c * (t.detach() if isinstance(t, torch.Tensor) else t) for t, c in terms)
 
-        out = _Share.apply(make, tuple(c for _, c in graph), self.eps, _inplace(func, kwargs),
-                           *[t for t, _ in graph])
-        return self._finish(func, args, kwargs, out)
+        out = _Share.apply(make, tuple(c for _, c in graph), self.eps, *[t for t, _ in graph])
+        return out
 
     def mul(self, func, args, kwargs):
         a = args[0]
@@ -324,14 +317,13 @@ class LRPMode(PropagationMode):
         if not signal:
             raise self.unsupported("a broadcasting product")
         self._count("pass-gate" if len(graph) == 2 else "pass-scale")
-        return self._finish(func, args, kwargs,
-                            _Pass.apply(signal[0], lambda: a_ / b_ if "div" in name else a_ * b_))
+        return _Pass.apply(signal[0], lambda: a_ / b_ if "div" in name else a_ * b_)
 
     def activation(self, func, args, kwargs):
         pure = _out_of_place(func)
         kw = {k: v for k, v in kwargs.items() if k != "inplace"}
         out = _Pass.apply(args[0], lambda: pure(*args, **kw))
-        return self._finish(func, args, kwargs, self._gate(func, out))
+        return self._gate(func, out)
 
     def activation_module(self, module, x, output):
         self._count("pass-activation")
@@ -345,12 +337,6 @@ class LRPMode(PropagationMode):
     def _gate(self, what, out):
         if isinstance(what, (torch.nn.Sigmoid, torch.nn.Hardsigmoid)) or "sigmoid" in getattr(what, "__name__", ""):
             self.gates[id(out)] = out
-        return out
-
-    def _finish(self, func, args, kwargs, out):
-        """In-place calls: write the result into the first operand so callers that ignore the return see it."""
-        if _inplace(func, kwargs) and isinstance(args[0], torch.Tensor):
-            return args[0].copy_(out)
         return out
 
 

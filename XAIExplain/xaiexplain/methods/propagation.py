@@ -11,7 +11,10 @@ layer, so a network the rules do not cover never yields a silently wrong map.
 
 Activation modules (``nn.PReLU``, MONAI's ``Swish`` ...) are handled as a whole
 through forward hooks, whatever they compute inside. ``inplace`` flags are
-switched off for the duration, so a module's input is still intact after it ran.
+switched off for the duration, so a module's input is still intact after it ran,
+and in-place calls (``x += y``, ``F.relu(x, inplace=True)``) are computed out of
+place: their result is returned and the operand, perhaps saved for the
+backward, is left as it was (networks use the returned value).
 """
 from __future__ import annotations
 
