@@ -64,9 +64,12 @@ def test_methods_lists_the_registry():
                          text=True, check=True)
     listed = {m["name"]: m for m in json.loads(run.stdout)}
     assert set(listed) == {"gradient", "gradient-x-input", "smoothgrad", "integrated-gradients", "guided-backprop",
-                           "deconvnet", "cam", "gradcam", "gradcampp", "guided-gradcam"}
+                           "deconvnet", "cam", "gradcam", "gradcampp", "guided-gradcam", "lrp", "deeplift",
+                           "deepshap"}
     assert listed["gradcam"]["needs_layers"] and not listed["gradcam"]["signed"]
     assert listed["integrated-gradients"]["cost"] == {"forward": 34, "backward": 32}
+    assert listed["lrp"]["family"] == "propagation" and listed["lrp"]["completeness"]
+    assert listed["lrp"]["defaults"]["composite"] == "epsilon-plus-flat"
 
 
 def test_demo_command(tmp_path):
