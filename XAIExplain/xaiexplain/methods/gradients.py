@@ -92,6 +92,10 @@ class IntegratedGradients(Method):
     name, title, family = "integrated-gradients", "Integrated Gradients", "gradient"
     defaults = {"steps": 32, "baseline": "zeros", "batch_size": 8}
     reference = "Sundararajan et al. 2017"
+    completeness = True
+
+    def completeness_baseline(self, x, params):
+        return baseline_for(x, params["baseline"])
 
     def cost(self, params):
         return {"forward": params["steps"] + 2, "backward": params["steps"]}
