@@ -214,3 +214,35 @@ def summary_row(record: dict) -> dict:
     row["passes_forward"] = sum(v["passes"]["forward"] for v in m.values())
     row["passes_backward"] = sum(v["passes"]["backward"] for v in m.values())
     return row
+
+
+def evaluate_volumes(model, inputs, methods, *, target=None, mask=None, substrate=None, metrics=None,
+                     params: dict | None = None, settings: dict | None = None, seed: int = 0, device="auto",
+                     progress=None) -> list[dict]:
+    """``evaluate`` from files or Volumes: the inputs, ground-truth mask and substrate volume are moved
+    into the model's space with its preprocessing (the mask by nearest neighbour)."""
+    from ..explain import check_volume, load_inputs
+    from ..models import load_model
+    from ..preprocess import Preprocessor
+    from ..volume import Volume, read_volume
+
+    model = load_model(model, device=device)
+    volume, _ = load_inputs(inputs)
+    check_volume(volume, model)
+    pre = Preprocessor(model.preprocessing)
+    x = pre.forward(volume)[None].to(model.device)
+    spacing = np.linalg.norm(pre.model_affine()[:3, :3], axis=0)
+    as_volume = lambda v: v if isinstance(v, Volume) else read_volume(v)
+    mask_model = None if mask is None else pre.forward_mask(as_volume(mask))[0]
+    settings = {k: dict(v) for k, v in (settings or {}).items()}
+    if substrate is not None:
+        if not (isinstance(substrate, str) and substrate in ("blur", "constant")):
+            substrate = Preprocessor(model.preprocessing).forward(as_volume(substrate))[None].to(model.device)
+        for curve in ("deletion", "insertion"):
+            settings[curve] = {**settings.get(curve, {}), "substrate": substrate}
+    params = {get_method(k).name: v for k, v in (params or {}).items()}
+    records = []
+    for name in ([methods] if isinstance(methods, str) else methods):
+        records.append(evaluate(model, x, name, target=target, params=params.get(get_method(name).name), seed=seed,
+                                metrics=metrics, settings=settings, mask=mask_model, spacing=spacing, progress=progress))
+    return records
