@@ -66,9 +66,10 @@ def _probability(model, x) -> float:
         return float(torch.softmax(model.network(x).float(), 1)[0, 1])
 
 
-def run_benchmark(n_cases: int = 4, methods=None, models=tuple(MODELS), marked_cases: int | None = None,
-                  full: bool = False, device="cpu", progress=None) -> dict:
-    """Run the benchmark; returns rows (one per model, case and method), the shortcut test and aggregates."""
+def run_benchmark(n_cases: int = 2, methods=None, models=tuple(MODELS), marked_cases: int | None = None,
+                  full: bool = False, metrics=None, device="cpu", progress=None) -> dict:
+    """Run the benchmark; returns rows (one per model, case and method), the shortcut test and aggregates.
+    ``metrics``: a subset of ``metrics.METRICS`` (default all)."""
     methods = [get_method(m).name for m in (methods or REGISTRY)]
     settings = {} if full else QUICK_SETTINGS
     params = {} if full else QUICK_PARAMS
@@ -91,7 +92,8 @@ def run_benchmark(n_cases: int = 4, methods=None, models=tuple(MODELS), marked_c
                 method = get_method(name)
                 if method.needs_layers and not model.has_layers:
                     continue
-                record = evaluate(model, x, method, target=1, params=params.get(name), seed=0, settings=case_settings,
+                record = evaluate(model, x, method, target=1, params=params.get(name), seed=0, metrics=metrics,
+                                  settings=case_settings,
                                   mask=mask, spacing=spacing, pair=pair, regions=None, truth_region=case.region_id)
                 row = {"model": kind, "case_seed": case.params["seed"], "region": case.region_name,
                        "lesion_voxels": int(mask.sum()), "p_lesion": probability, "correct": probability > 0.5,
