@@ -37,8 +37,8 @@ TOLERANCE_MM = 6.0  # two voxels, as the demo's peak-in-lesion check
 TOP_FRACTION = 0.1
 # Cheaper settings for the default (CI-sized) run; --full uses the metrics' own defaults.
 QUICK_SETTINGS = {"deletion": {"steps": 20}, "insertion": {"steps": 20},
-                  "faithfulness_correlation": {"samples": 32}, "continuity": {"samples": 4}}
-QUICK_PARAMS = {"integrated-gradients": {"steps": 16}, "smoothgrad": {"samples": 10}}
+                  "faithfulness_correlation": {"samples": 32}, "continuity": {"samples": 3}}
+QUICK_PARAMS = {"integrated-gradients": {"steps": 8}, "smoothgrad": {"samples": 5}}
 
 
 def bootstrap_ci(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float, int]:
