@@ -89,7 +89,10 @@ def plot_curves(result: dict, path: Path) -> Path:
             ax.set_xlabel("fraction of voxels replaced" if curve == "deletion" else "fraction of voxels inserted")
             ax.set_ylabel("p(lesion)")
             ax.set_ylim(-0.02, 1.02)
-    axes[0][1].legend(fontsize=7, loc="lower right")
+    for ax in axes[0]:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
+            break
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
