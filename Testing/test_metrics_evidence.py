@@ -46,6 +46,10 @@ def test_a_method_localises_the_lesion(demo):
 
 
 def test_randomisation_gradcam_gradients_ig_pass_and_guided_backprop_barely_moves(demo):
+    """Grad-CAM, gradient and IG pass the final-step verdict on every case. Guided backprop's map gives
+    way far later in the cascade (measured on 3 cases: cascade sensitivity 0.08 vs gradient 0.19 and
+    Grad-CAM 0.85). IG from a zero baseline is close to gradient x input, dominated by the input,
+    and is barely more sensitive than guided backprop (0.10): recorded, not asserted."""
     cases = [generate_case(EVAL_SEED_START + 72000 + i, positive=True) for i in range(3)]
     xs = [model_space(demo, c.volume) for c in cases]
     results = {}
@@ -56,8 +60,8 @@ def test_randomisation_gradcam_gradients_ig_pass_and_guided_backprop_barely_move
     for method in ("gradcam", "gradient", "integrated-gradients"):
         assert all(randomisation_verdict(r) for r in results[method]), method
     sensitivity = {m: np.mean([r["cascade_sensitivity"] for r in rs]) for m, rs in results.items()}
-    assert sensitivity["guided-backprop"] < 0.5 * min(sensitivity["gradient"], sensitivity["integrated-gradients"]), sensitivity
-    assert sensitivity["gradcam"] > 0.5
+    assert sensitivity["guided-backprop"] < 0.5 * sensitivity["gradient"], sensitivity
+    assert sensitivity["guided-backprop"] < 0.2 * sensitivity["gradcam"], sensitivity
 
 
 def test_shortcut_model_is_flagged(demo, shortcut):
