@@ -142,6 +142,9 @@ def test_deletion_and_insertion_rank_the_exact_map_first(linear, lx):
     assert insertion["scores"][0] == pytest.approx(0, abs=1e-4) and insertion["auc"] > good["auc"]
     blurred = perturbation_curve(scorer, -exact, "deletion", steps=4)
     assert blurred["substrate"] == "blur" and len(blurred["scores"]) == 5
+    early = perturbation_curve(scorer, -exact, "deletion", steps=4, substrate_kind="constant", until=0.1)
+    assert early["fractions"][-1] == pytest.approx(0.1, abs=1 / lx.numel()) and early["scores"][-1] < early["scores"][0]
+    assert early["auc"] == pytest.approx(np.mean(early["scores"]), rel=0.3)  # normalised by the range
     assert torch.equal(lx, before)  # the caller's input is untouched
 
 

@@ -87,6 +87,8 @@ def plot_curves(result: dict, path: Path) -> Path:
                     ax.plot(runs[0]["fractions"], np.mean([e["scores"] for e in runs], 0), label=method)
             ax.set_title(f"{model} model: {curve} (mean over cases)")
             ax.set_xlabel("fraction of voxels replaced" if curve == "deletion" else "fraction of voxels inserted")
+            ends = [e["fractions"][-1] for e in result["curves"] if e["model"] == model and e["curve"] == curve]
+            ax.set_xlim(0, max(ends) if ends else 1)
             ax.set_ylabel("p(lesion)")
             ax.set_ylim(-0.02, 1.02)
     for ax in axes[0]:

@@ -21,12 +21,13 @@ def _auc(fractions: np.ndarray, scores: np.ndarray) -> float:
 
 
 def perturbation_curve(scorer: Scorer, attribution, mode: str = "deletion", steps: int = 50, substrate_kind="blur",
-                       value: float = 0.0) -> dict:
-    """Deletion (x -> substrate) or insertion (substrate -> x) curve, ``steps`` equal voxel fractions.
+                       value: float = 0.0, until: float = 1.0) -> dict:
+    """Deletion (x -> substrate) or insertion (substrate -> x) curve, ``steps`` equal voxel fractions
+    up to ``until`` (a fraction of the voxels; below 1 for small targets, e.g. a lesion of 0.05%).
 
     Voxels go in descending order of the map (most positive first). Costs ``steps + 1`` forward
     passes. Returns the fractions, the target score at each, and the area under the curve
-    (trapezoid over the fraction of voxels, [0, 1]).
+    (trapezoid over the fraction of voxels, divided by ``until``: the mean score over the curve).
     """
     if mode not in ("deletion", "insertion"):
         raise XAIError(f"unknown curve '{mode}'", "use deletion or insertion")
@@ -41,7 +42,9 @@ def perturbation_curve(scorer: Scorer, attribution, mode: str = "deletion", step
     rank = torch.empty(n, dtype=torch.long)
     rank[torch.as_tensor(descending_order(a))] = torch.arange(n)
     rank = rank.view(a.shape).to(x.device)
-    counts = np.round(np.linspace(0, n, steps + 1)).astype(np.int64)
+    if not 0 < until <= 1:
+        raise XAIError(f"a curve cannot stop at {until} of the voxels", "choose until in (0, 1]")
+    counts = np.round(np.linspace(0, until * n, steps + 1)).astype(np.int64)
     scores = []
     for part in batched(len(counts), scorer.batch_size):
         k = torch.as_tensor(counts[part], device=x.device).view(-1, 1, 1, 1, 1)
@@ -49,9 +52,9 @@ def perturbation_curve(scorer: Scorer, attribution, mode: str = "deletion", step
         scores.append(scorer(torch.where(changed, end, start)))
     scores = np.concatenate(scores)
     fractions = counts / n
-    return {"auc": _auc(fractions, scores), "fractions": fractions.tolist(), "scores": scores.tolist(),
+    return {"auc": _auc(fractions, scores) / until, "fractions": fractions.tolist(), "scores": scores.tolist(),
             "substrate": substrate_kind if isinstance(substrate_kind, str) else "reference volume",
-            "steps": steps, "output": scorer.output}
+            "steps": steps, "until": until, "output": scorer.output}
 
 
 def faithfulness_correlation(scorer: Scorer, attribution, samples: int = 64, subset=0.01, substrate_kind="constant",

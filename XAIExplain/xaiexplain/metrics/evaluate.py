@@ -32,8 +32,8 @@ PROPERTIES = {
 }
 METRICS = tuple(PROPERTIES)
 DEFAULTS = {
-    "deletion": {"steps": 50, "substrate": "blur", "value": 0.0, "output": "probability"},
-    "insertion": {"steps": 50, "substrate": "blur", "value": 0.0, "output": "probability"},
+    "deletion": {"steps": 50, "substrate": "blur", "value": 0.0, "output": "probability", "until": 1.0},
+    "insertion": {"steps": 50, "substrate": "blur", "value": 0.0, "output": "probability", "until": 1.0},
     "faithfulness_correlation": {"samples": 64, "subset": 0.01, "substrate": "constant", "value": 0.0,
                                  "output": "logit"},
     "randomisation": {"depth": 2},
@@ -146,7 +146,8 @@ def evaluate(model, x: torch.Tensor, method, *, target=None, attribution=None, p
         start = time.perf_counter()
         passes = None
         if name in ("deletion", "insertion"):
-            value = perturbation_curve(scorer(s["output"]), attribution, name, s["steps"], s["substrate"], s["value"])
+            value = perturbation_curve(scorer(s["output"]), attribution, name, s["steps"], s["substrate"], s["value"],
+                                       s["until"])
         elif name == "faithfulness_correlation":
             value = faithfulness_correlation(scorer(s["output"]), attribution, s["samples"], s["subset"],
                                              s["substrate"], s["value"], seed)
