@@ -54,11 +54,12 @@ def main(argv=None):
     pre = Preprocessor(model.preprocessing)
     x = pre.forward(case.volume)[None].to(device)
     mask = pre.forward_mask(case.lesion_mask)[0]
-    settings = {**QUICK_SETTINGS, "coherence": {"tolerance_mm": 6.0}} if args.quick else {"coherence": {"tolerance_mm": 6.0}}
+    settings = {**(QUICK_SETTINGS if args.quick else {}), "coherence": {"tolerance_mm": 6.0}}
     params = QUICK_PARAMS.get(args.method) if args.quick else None
     one = forward_seconds(model, x)
     start = time.perf_counter()
-    record = evaluate(model, x, args.method, target=1, params=params, settings=settings, mask=mask, spacing=(3.0, 3.0, 3.0))
+    record = evaluate(model, x, args.method, target=1, params=params, settings=settings, mask=mask,
+                      spacing=(3.0, 3.0, 3.0))
     total = time.perf_counter() - start
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads; "

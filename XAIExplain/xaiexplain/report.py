@@ -82,7 +82,8 @@ def plot_curves(result: dict, path: Path) -> Path:
         for c, curve in enumerate(("deletion", "insertion")):
             ax = axes[r][c]
             for method in result["methods"]:
-                runs = [e for e in result["curves"] if e["model"] == model and e["method"] == method and e["curve"] == curve]
+                runs = [e for e in result["curves"]
+                        if e["model"] == model and e["method"] == method and e["curve"] == curve]
                 if runs:
                     ax.plot(runs[0]["fractions"], np.mean([e["scores"] for e in runs], 0), label=method)
             ax.set_title(f"{model} model: {curve} (mean over cases)")
@@ -105,7 +106,8 @@ def _intro(result: dict) -> str:
     v = result["versions"]
     return (f"{result['n_cases']} SynthLesion positives (seeds {result['case_seeds'][0]}…), "
             f"{result['shortcut']['n_cases']} marked positives for the shortcut test; "
-            f"{'full' if result['full'] else 'quick'} metric settings; {result['seconds']:.0f} s on {result['device']}; "
+            f"{'full' if result['full'] else 'quick'} metric settings; "
+            f"{result['seconds']:.0f} s on {result['device']}; "
             f"torch {v.get('torch')}, monai {v.get('monai')}. Mean [bootstrap 95% CI]; coherence on correctly "
             "classified positives only; deletion/insertion from/into the exact counterfactual.")
 

@@ -3,7 +3,8 @@
 One module per property group; ``evaluate`` runs them all on one map and
 states each metric's cost in forward/backward passes.
 """
-from .coherence import average_precision, coherence, hit_at_k, pointing_game, relevance_mass, relevance_rank, top_mass_share
+from .coherence import (average_precision, coherence, hit_at_k, pointing_game, relevance_mass, relevance_rank,
+                        top_mass_share)
 from .common import Scorer, map_similarity, spearman, ssim, voxel_map
 from .compactness import compactness, entropy, gini, mass_shares
 from .correctness import completeness_error, faithfulness_correlation, perturbation_curve

@@ -24,7 +24,10 @@ def loaded(model) -> LoadedModel:
 
 def voxel_map(attribution) -> np.ndarray:
     """A float64 copy (X, Y, Z) of a map given as (X, Y, Z), (C, X, Y, Z) or (1, C, X, Y, Z)."""
-    a = attribution.detach().cpu().double().numpy() if torch.is_tensor(attribution) else np.array(attribution, np.float64)
+    if torch.is_tensor(attribution):
+        a = attribution.detach().cpu().double().numpy()
+    else:
+        a = np.array(attribution, np.float64)
     if a.ndim == 5:
         a = a[0]
     if a.ndim == 4:
@@ -95,7 +98,9 @@ def ssim(a: np.ndarray, b: np.ndarray, win_size: int = 7, data_range: float = 1.
     cov_norm = n / (n - 1)
     mean = lambda v: ndimage.uniform_filter(v, size=win_size)
     ua, ub = mean(a), mean(b)
-    vaa, vbb, vab = cov_norm * (mean(a * a) - ua * ua), cov_norm * (mean(b * b) - ub * ub), cov_norm * (mean(a * b) - ua * ub)
+    vaa = cov_norm * (mean(a * a) - ua * ua)
+    vbb = cov_norm * (mean(b * b) - ub * ub)
+    vab = cov_norm * (mean(a * b) - ua * ub)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     s = ((2 * ua * ub + c1) * (2 * vab + c2)) / ((ua ** 2 + ub ** 2 + c1) * (vaa + vbb + c2))
     pad = (win_size - 1) // 2

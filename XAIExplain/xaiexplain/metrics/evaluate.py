@@ -187,7 +187,8 @@ def _coherence(attribution, mask, setting, spacing, regions, truth_region) -> di
     if mask is not None:
         out.update(coherence(attribution, mask, setting["tolerance_mm"], tuple(float(s) for s in spacing)))
     if regions is not None and truth_region is not None:
-        out.update(hit_at_1=float(hit_at_k(regions, truth_region, 1)), hit_at_3=float(hit_at_k(regions, truth_region, 3)))
+        out.update(hit_at_1=float(hit_at_k(regions, truth_region, 1)),
+                   hit_at_3=float(hit_at_k(regions, truth_region, 3)))
     return out
 
 
@@ -245,5 +246,6 @@ def evaluate_volumes(model, inputs, methods, *, target=None, mask=None, substrat
     records = []
     for name in ([methods] if isinstance(methods, str) else methods):
         records.append(evaluate(model, x, name, target=target, params=params.get(get_method(name).name), seed=seed,
-                                metrics=metrics, settings=settings, mask=mask_model, spacing=spacing, progress=progress))
+                                metrics=metrics, settings=settings, mask=mask_model, spacing=spacing,
+                                progress=progress))
     return records

@@ -93,7 +93,8 @@ def target_sensitivity(model, x, method, *, target=None, attribution=None, param
     for k in range(reference.shape[1]):
         if k != target.index:
             other = voxel_map(_maps(model, x, method, ClassTarget(k), reference, params, seed, passes))
-            pear = float(np.corrcoef(original.ravel(), other.ravel())[0, 1]) if other.std() and original.std() else float("nan")
+            varies = other.std() > 0 and original.std() > 0
+            pear = float(np.corrcoef(original.ravel(), other.ravel())[0, 1]) if varies else float("nan")
             others[k] = {"pearson": pear, "spearman_abs": spearman(np.abs(original), np.abs(other))}
     closest = max(others, key=lambda k: others[k]["spearman_abs"])
     return {"applies": True, "classes": others, "closest_class": closest, "pearson": others[closest]["pearson"],
