@@ -28,7 +28,7 @@ def test_a_method_localises_the_lesion(demo):
 
     IG from the case's healthy counterfactual (a reference volume as baseline) reaches both; with
     the usual baselines every method points at the lesion but spreads most of its positive mass
-    outside a lesion that is ~0.04% of the volume (guided Grad-CAM, the most compact, about 0.3).
+    outside a lesion that is ~0.04% of the volume (guided Grad-CAM, the most compact, about 0.4).
     """
     scores = []
     for i in range(10):
