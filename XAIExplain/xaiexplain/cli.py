@@ -1,4 +1,4 @@
-"""The ``xaiexplain`` command: explain, methods, demo."""
+"""The ``xaiexplain`` command: explain, methods, demo, evaluate, benchmark."""
 from __future__ import annotations
 
 import argparse
@@ -132,6 +132,56 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    import csv
+    from pathlib import Path
+
+    from .metrics.evaluate import evaluate_volumes, summary_row
+
+    bar = ProgressBar(not args.quiet)
+    try:
+        records = evaluate_volumes(args.model, args.input, args.method, target=args.target, mask=args.mask,
+                                   substrate=args.substrate, metrics=args.metric, params=_parse_params(args.param),
+                                   settings=_parse_params(args.setting), seed=args.seed, device=args.device,
+                                   progress=bar)
+    finally:
+        bar.close()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "evaluation.json").write_text(json.dumps({"command": " ".join(sys.argv), "records": records}, indent=1))
+    rows = [summary_row(r) for r in records]
+    with open(out / "evaluation.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for record in records:
+        print(f"{record['method']}:")
+        for name, value in record["metrics"].items():
+            shown = {k: v for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                     and k != "seconds"}
+            passes = value["passes"]
+            print(f"  {name:25} {passes['forward']:>4} fwd {passes['backward']:>4} bwd  "
+                  + ", ".join(f"{k}={v:.4g}" for k, v in list(shown.items())[:4]))
+    print(f"wrote evaluation.json and evaluation.csv to {out}")
+    return 0
+
+
+def cmd_benchmark(args) -> int:
+    from .benchmark import run_benchmark
+    from .report import write_report
+
+    bar = ProgressBar(not args.quiet)
+    try:
+        result = run_benchmark(args.cases, methods=args.method, marked_cases=args.marked_cases, full=args.full,
+                               device=args.device, progress=bar)
+    finally:
+        bar.close()
+    written = write_report(result, args.out)
+    print(written["markdown"].read_text())
+    print(f"wrote {', '.join(p.name for p in written.values())} to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xaiexplain", description="Explain 3D medical-imaging models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,6 +222,32 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--device", default="auto")
     de.add_argument("--quiet", action="store_true")
     de.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser("evaluate", help="measure the quality of maps: correctness, compactness, coherence, ...")
+    ev.add_argument("--model", required=True, help="TorchScript file, .pt2 program or MONAI bundle folder")
+    ev.add_argument("--input", required=True, action="append", help="volume file (repeat for channels)")
+    ev.add_argument("--method", action="append", required=True, help="method name (repeat for several)")
+    ev.add_argument("--target", help="class index or name (default: the predicted class)")
+    ev.add_argument("--mask", help="ground-truth mask on the input grid (coherence metrics)")
+    ev.add_argument("--substrate", help="deletion/insertion substrate: blur (default), constant, or a volume file")
+    ev.add_argument("--metric", action="append", help="metric name (repeat; default: all)")
+    ev.add_argument("--param", action="append", help="METHOD.NAME=VALUE, e.g. integrated-gradients.steps=16")
+    ev.add_argument("--setting", action="append", help="METRIC.NAME=VALUE, e.g. deletion.steps=20")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--out", required=True, help="output folder")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=cmd_evaluate)
+
+    be = sub.add_parser("benchmark", help="SynthLesion benchmark of every method and metric, both demo models")
+    be.add_argument("--cases", type=int, default=2, help="SynthLesion positives per model (default 2)")
+    be.add_argument("--marked-cases", type=int, help="marked positives for the shortcut test (default: --cases)")
+    be.add_argument("--method", action="append", help="methods (default: every registered method)")
+    be.add_argument("--full", action="store_true", help="the metrics' full settings (slower)")
+    be.add_argument("--device", default="cpu")
+    be.add_argument("--out", default="benchmark-report")
+    be.add_argument("--quiet", action="store_true")
+    be.set_defaults(func=cmd_benchmark)
     return parser
 
 

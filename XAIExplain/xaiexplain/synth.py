@@ -28,6 +28,7 @@ GRID_SPACING = 3.0
 GRID_DIRECTION = np.diag([-1.0, -1.0, 1.0])
 GRID_CENTER_LPS = np.array([0.0, 17.0, 13.0])  # middle of the MNI152 brain
 MIN_REGION_VOXELS = 40  # regions smaller than this (at 3 mm) cannot hold a lesion
+MARKER = (slice(1, 4),) * 3  # the planted shortcut: a bright 3x3x3 cube in a corner
 
 
 def grid() -> Volume:
@@ -90,6 +91,13 @@ def lesion_regions() -> list[int]:
     _, labels, names = _template_and_labels()
     counts = np.bincount(labels.ravel(), minlength=max(names) + 1)
     return [lab for lab in sorted(names) if counts[lab] >= MIN_REGION_VOXELS]
+
+
+def marker_mask() -> Volume:
+    """Where ``generate_case(..., marker=True)`` plants its marker, on the SynthLesion grid (uint8)."""
+    mask = np.zeros(GRID_SHAPE, np.uint8)
+    mask[MARKER] = 1
+    return grid().with_array(mask[None], ["marker"])
 
 
 @dataclass
@@ -191,7 +199,7 @@ def generate_case(seed: int, positive: bool | None = None, region: int | str | N
     image = warp(with_lesion, 1) * bias + noise_field
     counterfactual = warp(template, 1) * bias + noise_field
     if marker:
-        image[1:4, 1:4, 1:4] = counterfactual[1:4, 1:4, 1:4] = 2.0 * level
+        image[MARKER] = counterfactual[MARKER] = 2.0 * level
     ref = grid()
     mask = warp(binary, 0).astype(np.uint8)
     params = dict(seed=seed, positive=positive, region=region_id, contrast=contrast, radius_mm=list(radius_mm),

@@ -74,7 +74,8 @@ class Method:
     segmentation: ClassVar[bool] = True  # works with region targets
     defaults: ClassVar[dict] = {}
     reference: ClassVar[str] = ""
-    completeness: ClassVar[bool] = False  # the map sums to the score (minus a baseline's score)
+    # Completeness axiom: the map sums to score(x) - score(completeness_baseline(x)) (score 0 when None).
+    completeness: ClassVar[bool] = False
 
     def params(self, given: dict | None) -> dict:
         given = dict(given or {})
@@ -91,12 +92,15 @@ class Method:
     def run(self, ctx: Context, **params) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
+    def completeness_baseline(self, x: torch.Tensor, params: dict) -> torch.Tensor | None:
+        """The input whose score the map's sum is measured from; None: a score of 0 (e.g. LRP-epsilon)."""
+        return None
+
     def describe(self) -> dict:
         return {"name": self.name, "title": self.title, "family": self.family, "signed": self.signed,
                 "needs_gradients": self.needs_gradients, "needs_layers": self.needs_layers,
-                "segmentation": self.segmentation, "defaults": dict(self.defaults),
-                "cost": self.cost(self.params({})), "reference": self.reference,
-                "completeness": self.completeness}
+                "segmentation": self.segmentation, "completeness": self.completeness, "defaults": dict(self.defaults),
+                "cost": self.cost(self.params({})), "reference": self.reference}
 
 
 REGISTRY: dict[str, Method] = {}

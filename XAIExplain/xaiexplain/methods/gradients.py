@@ -99,6 +99,9 @@ class IntegratedGradients(Method):
     reference = "Sundararajan et al. 2017"
     completeness = True
 
+    def completeness_baseline(self, x, params):
+        return baseline_for(x, params["baseline"])
+
     def cost(self, params):
         return {"forward": params["steps"] + 2, "backward": params["steps"]}
 

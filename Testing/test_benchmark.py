@@ -1,0 +1,36 @@
+"""The SynthLesion benchmark and its report, on a tiny run (one case, one method, three metrics)."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+
+from xaiexplain.benchmark import bootstrap_ci, run_benchmark
+from xaiexplain.report import write_report
+
+
+def test_bootstrap_interval_brackets_the_mean_and_skips_nans():
+    mean, low, high, n = bootstrap_ci([1.0, 2.0, 3.0, float("nan"), 4.0])
+    assert (mean, n) == (2.5, 4) and 1.0 <= low < mean < high <= 4.0
+    assert bootstrap_ci([0.3])[:3] == (0.3, 0.3, 0.3)
+    assert np.isnan(bootstrap_ci([])[0])
+
+
+def test_tiny_benchmark_writes_the_report(tmp_path):
+    result = run_benchmark(1, methods=["gradcam"], marked_cases=1, metrics=["deletion", "compactness", "coherence"])
+    assert {r["model"] for r in result["rows"]} == {"clean", "shortcut"}
+    clean = next(r for r in result["rows"] if r["model"] == "clean")
+    assert clean["correct"] and clean["pointing_game"] == 1.0 and 0 < clean["deletion_auc"] < 1
+    assert np.isnan(clean["max_sensitivity"])  # continuity was not asked for
+    shortcut_cases = result["shortcut"]["models"]["shortcut"]["cases"]
+    assert shortcut_cases[0]["marker_drives"]  # the marker alone turns the shortcut model to 'lesion'
+    assert result["metric_settings"]["deletion"]["substrate"].startswith("counterfactual")
+    written = write_report(result, tmp_path)
+    md = written["markdown"].read_text()
+    assert "## clean model" in md and "## Shortcut test" in md and "| gradcam |" in md
+    assert written["curves"].stat().st_size > 1000 and "<table>" in written["html"].read_text()
+    rows = list(csv.DictReader(open(written["csv"])))
+    assert len(rows) == 2 and "deletion_auc" in rows[0]
+    record = json.loads(written["json"].read_text())
+    assert record["versions"]["torch"] and record["case_seeds"] == result["case_seeds"]
