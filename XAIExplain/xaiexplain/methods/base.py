@@ -34,6 +34,7 @@ class Context:
     seed: int = 0
     progress: ProgressFn | None = None
     cancel: Callable[[], bool] | None = None
+    regions: torch.Tensor | None = None  # (X, Y, Z) integer labels in model space, 0 = background
     passes: dict = field(default_factory=lambda: {"forward": 0, "backward": 0})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -71,6 +72,7 @@ class Method:
     needs_gradients: ClassVar[bool] = True
     needs_layers: ClassVar[bool] = False
     segmentation: ClassVar[bool] = True  # works with region targets
+    needs_regions: ClassVar[bool] = False  # scores anatomical regions (ctx.regions)
     defaults: ClassVar[dict] = {}
     reference: ClassVar[str] = ""
 
@@ -86,13 +88,17 @@ class Method:
         """Passes per input volume: {'forward': n, 'backward': m}."""
         return {"forward": 1, "backward": 1}
 
+    def estimate(self, params: dict, shape: tuple[int, ...], n_regions: int = 0) -> dict:
+        """Passes per input volume of this ``shape`` (X, Y, Z) with ``n_regions`` regions."""
+        return self.cost(params)
+
     def run(self, ctx: Context, **params) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
     def describe(self) -> dict:
         return {"name": self.name, "title": self.title, "family": self.family, "signed": self.signed,
                 "needs_gradients": self.needs_gradients, "needs_layers": self.needs_layers,
-                "segmentation": self.segmentation, "defaults": dict(self.defaults),
+                "segmentation": self.segmentation, "needs_regions": self.needs_regions, "defaults": dict(self.defaults),
                 "cost": self.cost(self.params({})), "reference": self.reference}
 
 

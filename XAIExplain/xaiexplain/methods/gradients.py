@@ -61,10 +61,12 @@ class SmoothGrad(Method):
 
 
 def baseline_for(x: torch.Tensor, baseline) -> torch.Tensor:
-    """'zeros', 'blur' (Gaussian, sigma 5 voxels) or a tensor/array in model space."""
+    """'zeros', 'mean' (each channel's mean), 'blur' (Gaussian, sigma 5 voxels) or a tensor/array in model space."""
     if isinstance(baseline, str):
         if baseline == "zeros":
             return torch.zeros_like(x)
+        if baseline == "mean":
+            return x.flatten(2).mean(2).view(*x.shape[:2], *([1] * (x.ndim - 2))).expand_as(x).clone()
         if baseline == "blur":
             sigma, radius = 5.0, 15
             t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
@@ -78,7 +80,7 @@ def baseline_for(x: torch.Tensor, baseline) -> torch.Tensor:
                 pad[4 - 2 * axis:6 - 2 * axis] = [radius, radius]
                 out = F.conv3d(F.pad(out, pad, mode="replicate"), k.view(shape))
             return out.view_as(x)
-        raise XAIError(f"unknown baseline '{baseline}'", "use zeros, blur, or pass a reference volume")
+        raise XAIError(f"unknown baseline '{baseline}'", "use zeros, mean, blur, or pass a reference volume")
     base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
     if base.shape != x.shape:
         base = base.expand_as(x) if base.ndim == x.ndim - 1 else base
