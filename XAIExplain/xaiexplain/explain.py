@@ -109,11 +109,16 @@ def evaluation_mode(model: LoadedModel):
             module.training = training
 
 
+BASELINES = ("zeros", "mean", "blur")
+
+
 def _model_space_baselines(params: dict, volume: Volume, spec, device, notes: list) -> tuple[dict, dict]:
     """Parameters to run with (a reference-volume baseline moved into model space) and to record (its name)."""
     run, record = {}, {}
     for name, given in params.items():
         base = given.get("baseline")
+        if isinstance(base, str) and base not in BASELINES and not base.lower().endswith(VOLUME_SUFFIXES):
+            raise XAIError(f"unknown baseline '{base}'", f"use {', '.join(BASELINES)} or a reference volume file")
         if isinstance(base, Volume) or (isinstance(base, str) and base.lower().endswith(VOLUME_SUFFIXES)):
             reference = base if isinstance(base, Volume) else read_volume(base)
             if reference.n_channels != volume.n_channels:

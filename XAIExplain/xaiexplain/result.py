@@ -33,7 +33,14 @@ class Attribution:
         return self.map.array[0]
 
     def peak_index(self) -> tuple[int, int, int]:
-        return tuple(int(i) for i in np.unravel_index(int(np.argmax(self.array)), self.array.shape))
+        """The maximum's voxel; for a plateau (occlusion windows, painted regions) the one nearest its centroid."""
+        a = self.array
+        first = np.unravel_index(int(np.argmax(a)), a.shape)
+        top = np.argwhere(a == a[first])
+        if len(top) == 1:
+            return tuple(int(i) for i in first)
+        nearest = top[int(np.argmin(((top - top.mean(0)) ** 2).sum(1)))]
+        return tuple(int(i) for i in nearest)
 
     def to_dict(self) -> dict:
         a = self.array
