@@ -134,6 +134,19 @@ def test_patch_occlusion_equals_captum_occlusion(x):
     assert torch.allclose(ours, theirs, atol=1e-4)
 
 
+def test_patch_occlusion_equals_monai_occlusion_sensitivity(x):
+    from monai.visualize import OcclusionSensitivity
+
+    net = small_cnn()
+    ours, _, _ = attribute(net, x, "occlusion", target=1,
+                           params={"window": 8, "stride": 4, "baseline": "zeros", "score": "logit"})
+    occluded = OcclusionSensitivity(net, mask_size=8, n_batch=16, verbose=False, mode=0.0, overlap=0.5,
+                                    activate=False)(x)[0][:, 1:2]  # the occluded logit, averaged over windows
+    with torch.no_grad():
+        unoccluded = net(x)[0, 1]
+    assert torch.allclose(ours, unoccluded - occluded.as_tensor(), atol=1e-4)
+
+
 def test_region_occlusion_equals_captum_feature_ablation(x, labels):
     captum = pytest.importorskip("captum.attr")
     net = small_cnn()

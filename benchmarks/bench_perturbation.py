@@ -108,7 +108,7 @@ def main(argv=None):
         "patch": {"ours": ours_patch, "passes": ctx.passes["forward"], "peers": {
             f"MONAI OcclusionSensitivity n_batch={batch}": lambda: OcclusionSensitivity(
                 net, mask_size=WINDOW, n_batch=batch, verbose=False, mode=0.0, overlap=1 - STRIDE / WINDOW,
-                activate=False)(x)[0][..., target],
+                activate=False)(x)[0][:, target:target + 1],
             f"Captum Occlusion perturbations_per_eval={batch}": lambda: Occlusion(net).attribute(
                 x, sliding_window_shapes=(1,) + (WINDOW,) * 3, strides=(1,) + (STRIDE,) * 3, baselines=0.0,
                 target=target, perturbations_per_eval=batch)}},
@@ -119,7 +119,7 @@ def main(argv=None):
     if not args.quick:  # the peers' default batching: MONAI 16 volumes per call, Captum one
         jobs["patch"]["peers"]["MONAI OcclusionSensitivity n_batch=16 (default)"] = lambda: OcclusionSensitivity(
             net, mask_size=WINDOW, n_batch=16, verbose=False, mode=0.0, overlap=1 - STRIDE / WINDOW,
-            activate=False)(x)[0][..., target]
+            activate=False)(x)[0][:, target:target + 1]
         jobs["patch"]["peers"]["Captum Occlusion perturbations_per_eval=1 (default)"] = lambda: Occlusion(
             net).attribute(x, sliding_window_shapes=(1,) + (WINDOW,) * 3, strides=(1,) + (STRIDE,) * 3,
                            baselines=0.0, target=target)
