@@ -38,7 +38,8 @@ def region_ranking(model, n_positive: int, start: int, registration: str) -> dic
             continue  # only correctly classified positives
         top = result.regions[0]["id"]
         share = lesion_share(regions.labels.array[0], case.lesion_mask.array[0], top)
-        print(f"case {start + i}: top {regions.names[top]} holds {share:.0%} of the lesion, placed in {case.region_name}")
+        print(f"case {start + i}: top {regions.names[top]} holds {share:.0%} of the lesion, "
+              f"placed in {case.region_name}")
         firsts.append(share >= LESION_SHARE)
         placed.append(regions.names[top] == case.region_name)
     return {"first": float(np.mean(firsts)), "placed_region_first": float(np.mean(placed)), "n": len(firsts)}

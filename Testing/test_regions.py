@@ -40,8 +40,8 @@ def test_user_labels_on_the_grid_and_resampled_from_another_grid(tmp_path):
     regions = label_regions(labels, {3: "a", 7: "b", 9: "unused"}, ref)
     assert regions.ids() == [3, 7] and regions.names == {3: "a", 7: "b"} and not regions.info["notes"]
     # the same labels written on a finer grid covering the same space come back (nearest neighbour) close to the truth
-    fine = Volume(np.zeros((1, 40, 48, 32), np.float32), ref.spacing / 2, ref.origin - ref.direction @ (ref.spacing / 4),
-                  ref.direction)
+    fine = Volume(np.zeros((1, 40, 48, 32), np.float32), ref.spacing / 2,
+                  ref.origin - ref.direction @ (ref.spacing / 4), ref.direction)
     fine_labels = np.repeat(np.repeat(np.repeat(boxes(ref), 2, 0), 2, 1), 2, 2)
     write_volume(fine.with_array(fine_labels[None].astype(np.int16)), tmp_path / "labels.nrrd")
     moved = label_regions(tmp_path / "labels.nrrd", {3: "a", 7: "b"}, ref)

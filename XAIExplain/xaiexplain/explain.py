@@ -13,7 +13,7 @@ from .methods import Context, get_method
 from .models import LoadedModel, load_model, model_output
 from .preprocess import Preprocessor
 from .provenance import versions
-from .regions import Regions, paint, region_table, resolve_regions, supervoxel_regions
+from .regions import paint, region_table, resolve_regions, supervoxel_regions
 from .result import Attribution
 from .targets import ClassTarget, ContrastTarget, SegmentationTarget
 from .volume import VOLUME_SUFFIXES, Volume, read_volume, resample_to, stack_channels
@@ -237,7 +237,8 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
                 info["regions"] = region_set.describe()
             results.append(Attribution(
                 map=volume.with_array(total, [method.name]), method=method.name,
-                signed=method.signed, params={**chosen_params, **recorded_params.get(method.name, {})}, target=target_info, prediction=prediction,
+                signed=method.signed, params={**chosen_params, **recorded_params.get(method.name, {})},
+                target=target_info, prediction=prediction,
                 timings={"seconds": round(seconds, 4), "estimated_seconds": round(estimate, 4),
                          "forward_seconds": round(forward_seconds, 4), **ctx.passes},
                 versions=versions(), seed=seed, model={**loaded.describe(), "device": str(device_)},

@@ -87,7 +87,8 @@ def register_template(subject: sitk.Image, template: sitk.Image, deformable: boo
     rigid = _method(seed, 200)
     rigid.SetInitialTransform(initial, inPlace=False)
     rigid_tx = rigid.Execute(fixed, moving)
-    rigid_tx = sitk.CompositeTransform(rigid_tx).GetNthTransform(0) if rigid_tx.GetName() == "CompositeTransform" else rigid_tx
+    if rigid_tx.GetName() == "CompositeTransform":  # SimpleITK wraps the result of a not-in-place run
+        rigid_tx = sitk.CompositeTransform(rigid_tx).GetNthTransform(0)
     euler = sitk.Euler3DTransform(rigid_tx)
     affine = sitk.AffineTransform(3)
     affine.SetCenter(euler.GetCenter())
@@ -167,7 +168,8 @@ def atlas_into_subject(volume: Volume, threshold: float = 25.0, deformable: bool
     before, after = quality(subject, template, transform)
     scales = np.array(facts["affine_scales"])
     if np.any(scales > MAX_SCALE_CHANGE) or np.any(scales < 1 / MAX_SCALE_CHANGE):
-        raise XAIError(f"registering the MNI152 template to the volume failed (scale factors {scales.round(2).tolist()})",
+        raise XAIError(f"registering the MNI152 template to the volume failed "
+                       f"(scale factors {scales.round(2).tolist()})",
                        "check the volume is a head MR/CT, or give your own --regions")
     labels = sitk.Resample(harvard_oxford_mni(float(threshold)), subject, transform, sitk.sitkNearestNeighbor, 0)
     array = sitk.GetArrayFromImage(labels).transpose(2, 1, 0).astype(np.int32)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import itertools
 
-import numpy as np
 import torch
 
 from .base import Method, register
@@ -51,7 +50,8 @@ class PatchOcclusion(Method):
         for n in range(ctx.x.shape[0]):
             x, base = ctx.x[n:n + 1], base_all[n:n + 1]
             # A window where the baseline equals the input changes nothing: its drop is exactly 0, no pass needed.
-            todo = [i for i, w in enumerate(spots) if not torch.equal(x[(0, slice(None)) + w], base[(0, slice(None)) + w])]
+            todo = [i for i, w in enumerate(spots)
+                    if not torch.equal(x[(0, slice(None)) + w], base[(0, slice(None)) + w])]
             scorer = Scorer(ctx, n, len(todo), batch_size, "occlusion")
             drops = torch.zeros(len(spots), dtype=torch.float64)
             for part in scorer.slices():
@@ -117,8 +117,9 @@ class RegionOcclusion(Method):
                 table["kept_alone_logit_gain"] = {ids[i]: float(alone_l[i]) for i in range(k)}
             columns.append(table)
             info = {**scorer.facts, "regions_scored": k, "baseline": describe_baseline(baseline), "score": score,
-                    "keep_only": bool(keep_only), "unperturbed": {"probability": scorer.probability, "logit": scorer.logit},
-                    "map": f"each region painted with the drop of the target {score} when it is replaced by the baseline"}
+                    "keep_only": bool(keep_only),
+                    "unperturbed": {"probability": scorer.probability, "logit": scorer.logit},
+                    "map": f"each region painted with the drop of the target {score} when replaced by the baseline"}
         return torch.cat(maps), {**info, "region_scores": scores, "region_columns": columns}
 
 
