@@ -63,8 +63,10 @@ def test_methods_lists_the_registry():
     run = subprocess.run([sys.executable, "-m", "xaiexplain.cli", "methods", "--json"], capture_output=True,
                          text=True, check=True)
     listed = {m["name"]: m for m in json.loads(run.stdout)}
-    assert set(listed) == {"gradient", "gradient-x-input", "smoothgrad", "integrated-gradients", "guided-backprop",
-                           "deconvnet", "cam", "gradcam", "gradcampp", "guided-gradcam"}
+    assert set(listed) >= {"gradient", "gradient-x-input", "smoothgrad", "integrated-gradients", "guided-backprop",
+                           "deconvnet", "cam", "gradcam", "gradcampp", "guided-gradcam",
+                           "occlusion", "occlusion-regions", "rise", "lime", "kernel-shap"}
+    assert listed["occlusion-regions"]["needs_regions"] and listed["occlusion-regions"]["cost"]["per"] == "region"
     assert listed["gradcam"]["needs_layers"] and not listed["gradcam"]["signed"]
     assert listed["integrated-gradients"]["cost"] == {"forward": 34, "backward": 32}
 
