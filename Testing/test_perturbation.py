@@ -238,3 +238,29 @@ def test_region_methods_without_regions_and_bad_parameters_say_what_to_do(x):
         attribute(net, x, "occlusion", target=1, params={"score": "odds"})
     with pytest.raises(XAIError, match="unknown baseline"):
         attribute(net, x, "rise", target=1, params={"baseline": "noise", "masks": 4})
+
+
+def test_explain_maps_regions_into_model_space_and_paints_scores_on_an_oblique_input_grid():
+    from xaiexplain import Volume, explain
+    from xaiexplain.regions import Regions
+
+    angle = np.deg2rad(20)
+    direction = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    rng = np.random.default_rng(0)
+    volume = Volume(rng.random((1, 30, 26, 20), dtype=np.float32), (2.0, 2.5, 3.0), (5.0, -3.0, 8.0), direction)
+    labels = np.zeros(volume.shape, np.int32)
+    labels[2:14, 2:24, 2:18], labels[15:28, 2:12, 2:18], labels[15:28, 13:24, 2:18] = 5, 6, 8
+    regions = Regions(volume.with_array(labels[None]), {5: "five", 6: "six", 8: "eight"}, "test")
+    net = small_cnn()
+    results = explain(net, volume, ["occlusion-regions", "gradient"], target=1, regions=regions,
+                      preprocessing={"spacing": [3.0, 3.0, 3.0], "spatial_size": [24, 24, 24]})
+    occlusion, gradient = results
+    assert occlusion.map.same_grid(volume) and gradient.map.same_grid(volume)
+    for row in occlusion.regions:  # each region painted with its own score, exactly, on the input grid
+        inside = occlusion.array[labels == row["id"]]
+        assert np.all(inside == np.float32(row["score"]))
+    assert np.all(occlusion.array[labels == 0] == 0)
+    assert {r["name"] for r in gradient.regions} == {"five", "six", "eight"}
+    for row in gradient.regions:
+        assert row["sum"] == pytest.approx(float(gradient.array[labels == row["id"]].sum(dtype=np.float64)), rel=1e-5)
+    assert occlusion.info["regions"]["source"] == "test" and occlusion.to_dict()["regions"][0]["rank"] == 1
