@@ -103,7 +103,10 @@ class Scorer:
         ctx.passes["forward"] += 1
         limit = MAX_BATCH.get(self.x.device.type, 32)
         auto = int(MEMORY_SHARE * free_memory(self.x.device) // max(footprint, 1))
-        self.batch_size = max(1, min(int(batch_size) if batch_size else min(auto, limit), max(self.total, 1)))
+        size = max(1, min(int(batch_size) if batch_size else min(auto, limit), max(self.total, 1)))
+        if not batch_size:  # equal batches: 113 as 8 x 15 rather than 7 x 16 + 1 (a lone volume runs slowly)
+            size = -(-self.total // -(-self.total // size)) if self.total else size
+        self.batch_size = size
         self.facts = {"batch_size": self.batch_size, "batch_size_chosen": "given" if batch_size else "auto",
                       "footprint_mb_per_volume": round(footprint / 2**20, 2), "probe_seconds": round(seconds, 4),
                       "perturbations": self.total}
