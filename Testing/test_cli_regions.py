@@ -55,9 +55,12 @@ def test_region_occlusion_with_the_atlas_writes_map_regions_csv_and_summary(tmp_
 def test_user_regions_with_a_names_csv_give_a_table_for_every_method(tmp_path, positive_case):
     image, labels, names = tmp_path / "case.nii.gz", tmp_path / "labels.nrrd", tmp_path / "names.csv"
     write_volume(positive_case.volume, image)
-    write_volume(positive_case.labels, labels)
     known = region_names()
-    present = [int(v) for v in np.unique(positive_case.labels.array) if v]
+    present = [int(v) for v in np.unique(positive_case.labels.array) if v][:12]  # a dozen regions: a quick run
+    if positive_case.region_id not in present:
+        present.append(positive_case.region_id)
+    kept = np.where(np.isin(positive_case.labels.array, present), positive_case.labels.array, 0)
+    write_volume(positive_case.labels.with_array(kept), labels)
     names.write_text("id,name\n" + "".join(f"{k},{known[k]}\n" for k in present))
     out = tmp_path / "out"
     code = main(["explain", "--model", str(demo_bundle()), "--input", str(image), "--method", "occlusion-regions",
@@ -100,7 +103,7 @@ def test_ctrl_c_leaves_no_partial_files(tmp_path, positive_case):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "XAIExplain")}
     process = subprocess.Popen([sys.executable, "-m", "xaiexplain.cli", "explain", "--model", str(demo_bundle()),
-                                "--input", str(image), "--method", "gradient", "--method", "occlusion",
+                                "--input", str(image), "--method", "occlusion",
                                 "--param", "occlusion.stride=2", "--out", str(out)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     seen = ""

@@ -46,8 +46,8 @@ def region_ranking(model, n_positive: int, start: int, registration: str) -> dic
 
 
 def test_region_occlusion_ranks_the_lesion_region_first(demo):
-    found = region_ranking(demo, 3, EVAL_SEED_START + 4000, registration="exact")
-    assert found["n"] >= 2 and found["first"] == 1.0, found
+    found = region_ranking(demo, 2, EVAL_SEED_START + 4000, registration="exact")
+    assert found["n"] == 2 and found["first"] == 1.0, found
 
 
 @pytest.mark.slow
