@@ -81,7 +81,7 @@ def register_template(subject: sitk.Image, template: sitk.Image, deformable: boo
                       seed: int = 0) -> tuple[sitk.Transform, dict]:
     """Transform mapping subject points to template points, and the registration facts."""
     fixed, moving = _coarse(subject, WORK_SPACING_MM), _coarse(template, WORK_SPACING_MM)
-    # The template is a skull-stripped brain: match the subject's histogram scale roughly by its foreground.
+    # Mutual information needs no intensity matching: a skull-stripped template fits a head with skull.
     initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
                                                 sitk.CenteredTransformInitializerFilter.MOMENTS)
     rigid = _method(seed, 200)
