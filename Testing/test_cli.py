@@ -65,7 +65,8 @@ def test_methods_lists_the_registry():
     listed = {m["name"]: m for m in json.loads(run.stdout)}
     assert set(listed) == {"gradient", "gradient-x-input", "smoothgrad", "integrated-gradients", "guided-backprop",
                            "deconvnet", "cam", "gradcam", "gradcampp", "guided-gradcam", "lrp", "deeplift",
-                           "deepshap"}
+                           "deepshap", "occlusion", "occlusion-regions", "rise", "lime", "kernel-shap"}
+    assert listed["occlusion-regions"]["needs_regions"] and listed["occlusion-regions"]["cost"]["per"] == "region"
     assert listed["gradcam"]["needs_layers"] and not listed["gradcam"]["signed"]
     assert listed["integrated-gradients"]["cost"] == {"forward": 34, "backward": 32}
     assert listed["lrp"]["family"] == "propagation" and listed["lrp"]["completeness"]
@@ -106,7 +107,8 @@ def test_preprocessing_flags_and_contrast_reach_the_result(tmp_path, positive_ca
 
 
 def test_lrp_and_deepshap_with_reference_volumes(tmp_path, positive_case, capsys):
-    """LRP with a composite chosen by --param; DeepSHAP over --reference volumes (the counterfactual and a blur)."""
+    """LRP with a composite chosen by --param; DeepLIFT from the counterfactual (--baseline); DeepSHAP over
+    --reference volumes (the counterfactual and a blur)."""
     from scipy.ndimage import gaussian_filter
 
     from xaiexplain.volume import Volume
@@ -119,7 +121,7 @@ def test_lrp_and_deepshap_with_reference_volumes(tmp_path, positive_case, capsys
     out = tmp_path / "out"
     code = main(["explain", "--model", str(demo_bundle()), "--input", str(image), "--method", "lrp",
                  "--param", "lrp.composite=alpha2-beta1", "--method", "deepshap", "--method", "deeplift",
-                 "--param", "deeplift.baseline=reference", "--reference", str(healthy), "--reference", str(blurred),
+                 "--baseline", str(healthy), "--reference", str(healthy), "--reference", str(blurred),
                  "--out", str(out), "--quiet"])
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -127,6 +129,7 @@ def test_lrp_and_deepshap_with_reference_volumes(tmp_path, positive_case, capsys
     assert lrp["params"]["composite"] == "alpha2-beta1" and lrp["info"]["rules_applied"]["alpha2-beta1"] > 0
     assert shap["info"]["references"] == 2 and shap["info"]["summation_relative_error"] < 0.01
     assert lift["info"]["references"] == 1 and lift["info"]["summation_relative_error"] < 0.01
+    assert lift["params"]["baseline"] == str(healthy)
     # against the counterfactual, the change lies in the lesion: the peak is there
     lesion = positive_case.lesion_mask.array[0] > 0
     peak = np.unravel_index(np.argmax(read_volume(out / "deeplift.nrrd").array[0]), lesion.shape)

@@ -66,7 +66,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 96])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--methods", nargs="+",  # perturbation methods: benchmarks/bench_perturbation.py
+                        default=[name for name, m in METHODS.items() if m.family != "perturbation"])
     parser.add_argument("--quick", action="store_true", help="1 repeat, 64^3 only")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args(argv)

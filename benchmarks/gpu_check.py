@@ -21,10 +21,14 @@ def main() -> int:
     gpu = load_model(demo_bundle(), device="cuda")
     x = torch.rand(2, 1, 64, 64, 64, generator=torch.Generator().manual_seed(0))
     failures = 0
+    regions = torch.zeros(64, 64, 64, dtype=torch.long)  # four blocks for the region methods
+    regions[:32, :32], regions[:32, 32:], regions[32:, :32], regions[32:, 32:] = 1, 2, 3, 4
+    cheap = {"integrated-gradients": {"steps": 16}, "rise": {"masks": 64}, "lime": {"samples": 64},
+             "kernel-shap": {"samples": 16}}
     for name in METHODS:
-        params = {"steps": 16} if name == "integrated-gradients" else None
-        a, _, _ = attribute(cpu, x, name, target=1, params=params)
-        b, _, _ = attribute(gpu, x.cuda(), name, target=1, params=params)
+        params, labels = cheap.get(name), regions if METHODS[name].needs_regions else None
+        a, _, _ = attribute(cpu, x, name, target=1, params=params, regions=labels)
+        b, _, _ = attribute(gpu, x.cuda(), name, target=1, params=params, regions=labels)
         a, b = a.double().flatten(), b.double().cpu().flatten()
         r = float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
         ok = r > 0.999

@@ -85,6 +85,41 @@ def _preprocessing_overrides(args) -> dict:
     return out
 
 
+def _regions(args, volume):
+    """The region source named by --atlas / --regions / --supervoxels (None: none given)."""
+    from .regions import harvard_oxford_regions, label_regions, supervoxel_regions
+
+    given = [flag for flag, value in (("--atlas", args.atlas), ("--regions", args.regions),
+                                      ("--supervoxels", args.supervoxels)) if value]
+    if len(given) > 1:
+        raise XAIError(f"{' and '.join(given)} both name regions", "give only one region source")
+    if args.region_names and not args.regions:
+        raise XAIError("--region-names needs --regions", "give the label volume with --regions LABELS")
+    if args.atlas:
+        return harvard_oxford_regions(volume, registration=args.registration, threshold=args.atlas_threshold,
+                                      seed=args.seed)
+    if args.regions:
+        return label_regions(args.regions, args.region_names, volume)
+    if args.supervoxels:
+        return supervoxel_regions(volume, n_segments=args.supervoxels)
+    return None
+
+
+def _with_baseline(params: dict, methods: list[str], baseline: str | None) -> dict:
+    """--baseline sets the ``baseline`` parameter of every chosen method that has one (--param wins)."""
+    from .methods import get_method
+
+    if baseline is None:
+        return params
+    takers = [get_method(m) for m in methods if "baseline" in get_method(m).defaults]
+    if not takers:
+        raise XAIError("--baseline was given but no chosen method uses a baseline",
+                       "drop --baseline, or choose occlusion, RISE, LIME, KernelSHAP or integrated-gradients")
+    for method in takers:
+        params.setdefault(method.name, {}).setdefault("baseline", baseline)
+    return params
+
+
 def cmd_explain(args) -> int:
     from .explain import explain
     from .outputs import write_results
@@ -93,10 +128,12 @@ def cmd_explain(args) -> int:
     volumes = [read_volume(path) for path in args.input]
     bar = ProgressLines() if args.progress_lines else ProgressBar(not args.quiet)
     try:
+        regions = _regions(args, volumes[0])
+        params = _with_baseline(_parse_params(args.param), args.method, args.baseline)
         results = explain(args.model, volumes, args.method, target=args.target, versus=args.versus,
-                          roi=args.roi, references=args.reference, layer=args.layer,
-                          params=_parse_params(args.param), seed=args.seed, device=args.device,
-                          preprocessing=_preprocessing_overrides(args), progress=bar)
+                          roi=args.roi, references=args.reference, layer=args.layer, params=params,
+                          seed=args.seed, device=args.device, preprocessing=_preprocessing_overrides(args),
+                          progress=bar, regions=regions)
     finally:
         bar.close()
     written = write_results(args.out, volumes[0], results, {"inputs": [str(p) for p in args.input],
@@ -107,6 +144,8 @@ def cmd_explain(args) -> int:
         print(f"prediction: {pred['predicted_name']} (p={max(pred['probabilities']):.3f})")
     for r in results:
         print(f"{r.method}: {r.timings['seconds']:.2f} s, peak at voxel {list(r.peak_index())}")
+        if r.regions:
+            print(f"  top region: {r.regions[0]['name']} (score {r.regions[0]['score']:.4g})")
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -117,11 +156,12 @@ def cmd_methods(args) -> int:
     if args.json:
         print(json.dumps([m.describe() for m in REGISTRY.values()], indent=2))
         return 0
-    print(f"{'name':22} {'family':9} {'signed':6} {'layers':6} {'passes (fwd/bwd)':16} title")
+    print(f"{'name':22} {'family':12} {'signed':6} {'layers':6} {'passes (fwd/bwd)':18} title")
     for m in REGISTRY.values():
         cost = m.cost(m.params({}))
-        print(f"{m.name:22} {m.family:9} {str(m.signed):6} {str(m.needs_layers):6} "
-              f"{cost['forward']:>3} / {cost['backward']:<10} {m.title}")
+        per = f" per {cost['per']}" if "per" in cost else ""
+        print(f"{m.name:22} {m.family:12} {str(m.signed):6} {str(m.needs_layers):6} "
+              f"{cost['forward']:>4} / {cost['backward']:<4}{per:11} {m.title}")
     return 0
 
 
@@ -194,14 +234,21 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--versus", help="second class: explain target minus versus")
     ex.add_argument("--roi", help="mask on the input grid (segmentation models), or 'predicted'")
     ex.add_argument("--reference", action="append", default=[], metavar="FILE",
-                    help="reference volume (e.g. a healthy template or the counterfactual), repeatable: "
-                         "baseline 'reference' uses the first, deepshap all of them")
+                    help="a reference volume for deepshap (e.g. healthy templates or a counterfactual), repeatable")
     ex.add_argument("--layer", help="module name for CAM methods (default: last spatial feature map)")
     ex.add_argument("--param", action="append", help="METHOD.NAME=VALUE, e.g. smoothgrad.samples=50")
     ex.add_argument("--orientation", help="reorient to these axis codes before the model, e.g. RAS")
     ex.add_argument("--spacing", type=float, nargs=3, help="resample to this spacing (mm)")
     ex.add_argument("--size", type=int, nargs=3, help="crop/pad to this size (voxels)")
     ex.add_argument("--intensity", help="range:AMIN,AMAX,BMIN,BMAX | percentiles:LOW,HIGH | zscore")
+    ex.add_argument("--atlas", choices=["harvard-oxford"], help="score anatomical regions of this atlas")
+    ex.add_argument("--registration", choices=["none", "affine", "deformable"], default="affine",
+                    help="how the atlas gets into the volume: none (already MNI), affine (default), deformable")
+    ex.add_argument("--atlas-threshold", type=float, default=25.0, help="atlas probability threshold, %% (25)")
+    ex.add_argument("--regions", help="label volume (NIfTI/NRRD) on the input's space: regions to score")
+    ex.add_argument("--region-names", help="names of the --regions labels: CSV (id,name) or Slicer colour table")
+    ex.add_argument("--supervoxels", type=int, help="use this many 3D SLIC supervoxels as regions")
+    ex.add_argument("--baseline", help="what perturbations put in: zeros, mean, blur, or a reference volume file")
     ex.add_argument("--seed", type=int, default=0)
     ex.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     ex.add_argument("--out", required=True, help="output folder")

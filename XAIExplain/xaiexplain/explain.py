@@ -14,9 +14,10 @@ from .methods import Context, get_method
 from .models import LoadedModel, load_model, model_output
 from .preprocess import Preprocessor
 from .provenance import versions
+from .regions import paint, region_table, resolve_regions, supervoxel_regions
 from .result import Attribution
 from .targets import ClassTarget, ContrastTarget, SegmentationTarget
-from .volume import Volume, read_volume, resample_to, stack_channels
+from .volume import VOLUME_SUFFIXES, Volume, read_volume, resample_to, stack_channels
 
 
 def load_inputs(inputs) -> tuple[Volume, list[str]]:
@@ -70,14 +71,14 @@ def _target(target, versus, roi_model_space, logits, class_names):
 
 def attribute(model, x: torch.Tensor, method, *, target=None, layer: str | None = None, params: dict | None = None,
               seed: int = 0, reference: torch.Tensor | None = None, references: torch.Tensor | None = None,
-              progress=None, cancel=None):
+              progress=None, cancel=None, regions: torch.Tensor | None = None):
     """Model-space attributions for a batch ``x`` (N, C, X, Y, Z) already in model space.
 
-    ``references``: reference volumes (R, C, X, Y, Z) in model space, for the
-    baseline ``reference`` (first one) and DeepSHAP (all of them).
+    ``references``: reference volumes (R, C, X, Y, Z) in model space, for DeepSHAP.
 
     ``target``: a target object (ClassTarget, ContrastTarget, SegmentationTarget) or a class
-    index/name (None: each sample's predicted class). Returns ``(maps, info, context)``;
+    index/name (None: each sample's predicted class). ``regions``: integer labels (X, Y, Z)
+    in model space for the region methods (0 = background). Returns ``(maps, info, context)``;
     ``context.passes`` counts forward and backward passes in volumes.
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=None)
@@ -89,8 +90,10 @@ def attribute(model, x: torch.Tensor, method, *, target=None, layer: str | None 
     if not hasattr(target, "score"):
         target = ClassTarget(target)
     resolved = target.resolve(reference, loaded.class_names)
+    if regions is not None:
+        regions = torch.as_tensor(regions, device=x.device)
     ctx = Context(loaded, x, resolved, reference, layer=layer, seed=seed, progress=progress, cancel=cancel,
-                  references=None if references is None else references.to(x))
+                  references=None if references is None else references.to(x), regions=regions)
     torch.manual_seed(seed)
     with evaluation_mode(loaded):
         maps, info = method.run(ctx, **chosen)
@@ -98,11 +101,11 @@ def attribute(model, x: torch.Tensor, method, *, target=None, layer: str | None 
 
 
 def _on_grid(item, volume: Volume, notes: list) -> Volume:
-    """A reference volume (path or Volume) on the input's grid, with the input's channel count."""
+    """A reference volume (a baseline or one of DeepSHAP's references: path or Volume) on the input's grid."""
     ref, _ = load_inputs(item)
     if ref.n_channels != volume.n_channels:
         raise XAIError(f"a reference volume has {ref.n_channels} channel(s), the input {volume.n_channels}",
-                       "give references with the same channels as the input")
+                       "give reference volumes with the input's channels")
     if not ref.same_grid(volume):
         ref = resample_to(ref, volume)
         notes.append("a reference volume was resampled (linear) onto the input grid")
@@ -123,9 +126,28 @@ def evaluation_mode(model: LoadedModel):
             module.training = training
 
 
+BASELINES = ("zeros", "mean", "blur")
+
+
+def _model_space_baselines(params: dict, volume: Volume, spec, device, notes: list) -> tuple[dict, dict]:
+    """Parameters to run with (a reference-volume baseline moved into model space) and to record (its name)."""
+    run, record = {}, {}
+    for name, given in params.items():
+        base = given.get("baseline")
+        if isinstance(base, str) and base not in BASELINES and not base.lower().endswith(VOLUME_SUFFIXES):
+            raise XAIError(f"unknown baseline '{base}'", f"use {', '.join(BASELINES)} or a reference volume file")
+        if isinstance(base, Volume) or (isinstance(base, str) and base.lower().endswith(VOLUME_SUFFIXES)):
+            moved = Preprocessor(spec).forward(_on_grid(base, volume, notes))[None].to(device)
+            run[name] = {**given, "baseline": moved}
+            record[name] = {**given, "baseline": base if isinstance(base, str) else "reference volume"}
+        else:
+            run[name] = record[name] = given
+    return run, record
+
+
 def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, roi=None, layer: str | None = None,
             params: dict | None = None, seed: int = 0, device="auto", preprocessing: dict | None = None,
-            references=None, progress=None, cancel=None) -> list[Attribution]:
+            references=None, progress=None, cancel=None, regions=None, region_names=None) -> list[Attribution]:
     """Explain ``model``'s decision on ``inputs`` with each of ``methods``.
 
     ``model``: a path (TorchScript, .pt2, MONAI bundle folder), an ``nn.Module`` or a
@@ -134,9 +156,13 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     ``versus``: a second class for a contrast; ``roi``: a mask (path or Volume on
     the input grid) for segmentation models, or ``"predicted"``. ``params``:
     ``{method: {parameter: value}}``. ``preprocessing``: overrides of the model's
-    orientation / spacing / spatial_size / intensity. ``references``: reference
-    volumes (paths or Volumes, e.g. a healthy template or the counterfactual) for
-    the baseline ``reference`` and for DeepSHAP. Nothing given is modified.
+    orientation / spacing / spatial_size / intensity. ``regions``: "harvard-oxford" (registered
+    into the volume), "supervoxels", a label volume (path or Volume, with ``region_names``: a
+    names file or {label: name}) or a :class:`Regions`; every result then carries a region
+    table, and region methods (occlusion-regions, LIME, KernelSHAP) score these regions
+    (SLIC supervoxels when none are given). A method parameter ``baseline`` may be a
+    reference volume (path or Volume on the input grid); ``references``: a set of them
+    for DeepSHAP. Nothing given is modified.
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
     if isinstance(model, LoadedModel) and device not in (None, "auto"):
@@ -153,6 +179,17 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     pre = Preprocessor(spec)
     device_ = loaded.device
     x = pre.forward(volume)[None].to(device_)
+    params, recorded_params = _model_space_baselines(params, volume, spec, device_, notes)
+    region_set = None
+    if regions is not None:
+        region_set = resolve_regions(regions, region_names, volume, seed=seed)
+    elif any(m.needs_regions for m in chosen):
+        region_set = supervoxel_regions(volume)
+        notes.append("no regions were given: the region methods scored SLIC supervoxels of the volume")
+    regions_model, n_regions = None, 0
+    if region_set is not None:
+        regions_model = torch.round(pre.forward_mask(region_set.labels)[0]).long().to(device_)
+        n_regions = int((torch.unique(regions_model) != 0).sum())
     roi_model = None
     if roi is not None and not (isinstance(roi, str) and roi == "predicted"):
         roi_volume = roi if isinstance(roi, Volume) else read_volume(roi)
@@ -187,7 +224,7 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
                 raise XAIError(f"method '{method.name}' does not apply to segmentation targets",
                                "choose gradcam or a gradient method")
             chosen_params = method.params(params.get(method.name))
-            cost = method.cost(chosen_params)
+            cost = method.estimate(chosen_params, tuple(x.shape[2:]), n_regions)
             estimate = forward_seconds * (cost["forward"] + 2 * cost["backward"])
 
             def report(fraction, message, number=number):
@@ -198,18 +235,31 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
             start = time.perf_counter()
             maps, info, ctx = attribute(loaded, x, method, target=resolved, layer=layer, params=chosen_params,
                                         seed=seed, reference=logits, references=refs_model, progress=report,
-                                        cancel=cancel)
+                                        cancel=cancel, regions=regions_model)
             seconds = time.perf_counter() - start
-            back = pre.inverse(maps[0].float())
+            region_scores = info.pop("region_scores", None)
+            region_columns = info.pop("region_columns", None)
+            if region_scores is not None:  # region scores are painted on the input grid's own labels, exactly
+                back = paint(region_set.labels.array[0], region_scores[0], fill=0.0)[None]
+            else:
+                back = pre.inverse(maps[0].float())
             total = back.sum(0, keepdims=True)
+            table = None
+            if region_set is not None:
+                table = region_table(total[0], region_set, region_scores[0] if region_scores else None)
+                for column, values in (region_columns[0] if region_columns else {}).items():
+                    for row in table:
+                        row[column] = values.get(row["id"], float("nan"))
+                info["regions"] = region_set.describe()
             results.append(Attribution(
                 map=volume.with_array(total, [method.name]), method=method.name,
-                signed=method.signed, params=chosen_params, target=target_info, prediction=prediction,
+                signed=method.signed, params={**chosen_params, **recorded_params.get(method.name, {})},
+                target=target_info, prediction=prediction,
                 timings={"seconds": round(seconds, 4), "estimated_seconds": round(estimate, 4),
                          "forward_seconds": round(forward_seconds, 4), **ctx.passes},
                 versions=versions(), seed=seed, model={**loaded.describe(), "device": str(device_)},
                 channel_maps=volume.with_array(back, list(volume.channel_names)) if back.shape[0] > 1 else None,
                 info={**info, "preprocessing": spec.to_dict(), "channels": list(volume.channel_names)},
-                notes=list(notes)))
+                notes=list(notes), regions=table))
             report(1.0, f"{method.name}: done in {seconds:.2f} s")
     return results

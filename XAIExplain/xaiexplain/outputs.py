@@ -1,10 +1,14 @@
-"""Write results: <method>.nrrd, <method>.png and summary.json, all or nothing."""
+"""Write results: <method>.nrrd, <method>.png, regions.csv and summary.json, all or nothing."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 from .preview import render_preview
@@ -31,14 +35,54 @@ def write_results(out_dir, volume: Volume, attributions: list[Attribution], summ
                 render_preview(volume, att, staging / f"{att.method}.png",
                                f"{att.method} - target {att.target.get('name')}")
                 names.append(f"{att.method}.png")
+        if any(att.regions is not None for att in attributions):
+            write_region_table(staging / "regions.csv", attributions)
+            names.append("regions.csv")
         summary = {**(summary_extra or {}), "results": [a.to_dict() for a in attributions]}
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         names.append("summary.json")
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
-        for name in names:
-            os.replace(staging / name, out_dir / name)
-            written.append(out_dir / name)
+        with _uninterrupted():
+            for name in names:
+                os.replace(staging / name, out_dir / name)
+                written.append(out_dir / name)
         return written
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+REGION_COLUMNS = ["method", "id", "name", "volume_ml", "score", "rank", "sum", "mean", "positive_share"]
+
+
+def write_region_table(path: Path, attributions: list[Attribution]) -> None:
+    """One row per method and region, in rank order; method-specific columns (e.g. logit_drop) follow."""
+    extra = []
+    for att in attributions:
+        for row in att.regions or []:
+            extra += [key for key in row if key not in REGION_COLUMNS and key not in extra]
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, REGION_COLUMNS + extra, restval="")
+        writer.writeheader()
+        for att in attributions:
+            for row in att.regions or []:
+                writer.writerow({"method": att.method, **{k: _cell(v) for k, v in row.items()}})
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.6g}"
+    return value
+
+
+@contextmanager
+def _uninterrupted():
+    """Ctrl-C waits until every file is moved in: the folder gets all the results or none."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

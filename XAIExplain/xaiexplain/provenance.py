@@ -10,7 +10,7 @@ from importlib import metadata
 @lru_cache(maxsize=1)
 def versions() -> dict:
     found = {"python": sys.version.split()[0], "platform": platform.platform()}
-    for package in ("xaiexplain", "torch", "monai", "numpy", "SimpleITK", "scipy", "captum"):
+    for package in ("xaiexplain", "torch", "monai", "numpy", "SimpleITK", "scipy", "captum", "scikit-image"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

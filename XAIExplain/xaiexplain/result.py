@@ -25,6 +25,7 @@ class Attribution:
     channel_maps: Volume | None = None  # per input channel, for multi-channel inputs
     info: dict = field(default_factory=dict)  # method facts: layer, completeness error, ...
     notes: list[str] = field(default_factory=list)
+    regions: list[dict] | None = None  # region table (regions.region_table), rank order, when regions were given
 
     @property
     def array(self) -> np.ndarray:
@@ -32,11 +33,18 @@ class Attribution:
         return self.map.array[0]
 
     def peak_index(self) -> tuple[int, int, int]:
-        return tuple(int(i) for i in np.unravel_index(int(np.argmax(self.array)), self.array.shape))
+        """The maximum's voxel; for a plateau (occlusion windows, painted regions) the one nearest its centroid."""
+        a = self.array
+        first = np.unravel_index(int(np.argmax(a)), a.shape)
+        top = np.argwhere(a == a[first])
+        if len(top) == 1:
+            return tuple(int(i) for i in first)
+        nearest = top[int(np.argmin(((top - top.mean(0)) ** 2).sum(1)))]
+        return tuple(int(i) for i in nearest)
 
     def to_dict(self) -> dict:
         a = self.array
-        return {
+        out = {
             "method": self.method, "signed": self.signed, "params": _jsonable(self.params), "target": self.target,
             "prediction": self.prediction, "timings": self.timings, "seed": self.seed, "model": self.model,
             "versions": self.versions, "info": _jsonable(self.info), "notes": self.notes,
@@ -44,6 +52,10 @@ class Attribution:
                     "direction": self.map.direction.flatten().tolist(), "min": float(a.min()), "max": float(a.max()),
                     "sum": float(a.sum(dtype=np.float64)), "peak_index": list(self.peak_index())},
         }
+        if self.regions is not None:
+            out["regions"] = [{k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
+                              for row in _jsonable(self.regions)]  # NaN (a region not scored) is not JSON
+        return out
 
 
 def _jsonable(value):

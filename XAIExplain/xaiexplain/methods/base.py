@@ -34,6 +34,7 @@ class Context:
     seed: int = 0
     progress: ProgressFn | None = None
     cancel: Callable[[], bool] | None = None
+    regions: torch.Tensor | None = None  # (X, Y, Z) integer labels in model space, 0 = background
     passes: dict = field(default_factory=lambda: {"forward": 0, "backward": 0})
     references: torch.Tensor | None = None  # (R, C, X, Y, Z) reference volumes in model space, if given
 
@@ -72,6 +73,7 @@ class Method:
     needs_gradients: ClassVar[bool] = True
     needs_layers: ClassVar[bool] = False
     segmentation: ClassVar[bool] = True  # works with region targets
+    needs_regions: ClassVar[bool] = False  # scores anatomical regions (ctx.regions)
     defaults: ClassVar[dict] = {}
     reference: ClassVar[str] = ""
     # Completeness axiom: the map sums to score(x) - score(completeness_baseline(x)) (score 0 when None).
@@ -89,6 +91,10 @@ class Method:
         """Passes per input volume: {'forward': n, 'backward': m}."""
         return {"forward": 1, "backward": 1}
 
+    def estimate(self, params: dict, shape: tuple[int, ...], n_regions: int = 0) -> dict:
+        """Passes per input volume of this ``shape`` (X, Y, Z) with ``n_regions`` regions."""
+        return self.cost(params)
+
     def run(self, ctx: Context, **params) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
@@ -99,7 +105,8 @@ class Method:
     def describe(self) -> dict:
         return {"name": self.name, "title": self.title, "family": self.family, "signed": self.signed,
                 "needs_gradients": self.needs_gradients, "needs_layers": self.needs_layers,
-                "segmentation": self.segmentation, "completeness": self.completeness, "defaults": dict(self.defaults),
+                "segmentation": self.segmentation, "completeness": self.completeness,
+                "needs_regions": self.needs_regions, "defaults": dict(self.defaults),
                 "cost": self.cost(self.params({})), "reference": self.reference}
 
 

@@ -204,17 +204,20 @@ def _pass(ctx, x, rows, records=None):
     return ctx.score(out, rows), mode
 
 
-def deeplift(ctx, references: torch.Tensor, batch_size: int, label: str):
-    """Mean DeepLIFT attribution of ``ctx.x`` over ``references`` (R, C, X, Y, Z); returns (maps, info)."""
+def deeplift(ctx, references: torch.Tensor, batch_size: int, label: str, paired: bool = False):
+    """Mean DeepLIFT attribution of ``ctx.x`` over ``references`` (R, C, X, Y, Z); returns (maps, info).
+
+    ``paired``: reference i belongs to sample i alone (a baseline made from each input).
+    """
     ctx.model.named_layers()  # refuses TorchScript with a clear message
-    n_refs = references.shape[0]
+    n_refs = 1 if paired else references.shape[0]
     maps = torch.zeros_like(ctx.x)
     deltas, own = torch.zeros(ctx.x.shape[0]), torch.zeros(ctx.x.shape[0])
     steps = ctx.x.shape[0] * len(range(0, n_refs, max(1, batch_size)))
     done = 0
     for i in range(ctx.x.shape[0]):
         for part in batched(n_refs, batch_size):
-            refs = references[part].to(ctx.x)
+            refs = (references[i:i + 1] if paired else references[part]).to(ctx.x)
             k = refs.shape[0]
             xs = ctx.x[i:i + 1].expand(k, *ctx.x.shape[1:])
             rows = torch.full((k,), i, dtype=torch.long, device=ctx.x.device)
@@ -245,15 +248,6 @@ def deeplift(ctx, references: torch.Tensor, batch_size: int, label: str):
                   "reference_score_own_statistics": [float(s) for s in own]}
 
 
-def _reference_set(ctx, baseline):
-    if isinstance(baseline, str) and baseline == "references":
-        if ctx.references is None:
-            raise XAIError("no reference volumes were given", "pass reference volumes (--reference FILE, repeatable)")
-        return ctx.references
-    base = baseline_for(ctx.x[:1], baseline, ctx.references)
-    return base
-
-
 class DeepLift(Method):
     name, title, family = "deeplift", "DeepLIFT (rescale rule)", "propagation"
     needs_layers = True
@@ -268,16 +262,13 @@ class DeepLift(Method):
         return {"forward": 2, "backward": 1}
 
     def run(self, ctx, baseline):
-        refs = _reference_set(ctx, baseline)
-        if refs.shape[0] != 1:
-            raise XAIError(f"DeepLIFT takes one baseline, {refs.shape[0]} were given", "use deepshap for several")
-        return deeplift(ctx, refs, 1, "DeepLIFT")
+        return deeplift(ctx, baseline_for(ctx.x, baseline), 1, "DeepLIFT", paired=True)
 
 
 class DeepShap(Method):
     name, title, family = "deepshap", "DeepSHAP (DeepLIFT averaged over references)", "propagation"
     needs_layers = True
-    defaults = {"baseline": "references", "batch_size": 4}
+    defaults = {"batch_size": 4}
     reference = "Lundberg and Lee 2017"
     # sums to score(x) minus the *mean* reference score, which no single baseline input gives;
     # its summation error is recorded in info instead
@@ -286,8 +277,10 @@ class DeepShap(Method):
     def cost(self, params):
         return {"forward": 8, "backward": 4}  # for 4 references; scales with their number
 
-    def run(self, ctx, baseline, batch_size):
-        return deeplift(ctx, _reference_set(ctx, baseline), batch_size, "DeepSHAP")
+    def run(self, ctx, batch_size):
+        if ctx.references is None:
+            raise XAIError("DeepSHAP needs reference volumes", "pass them with --reference FILE (repeatable)")
+        return deeplift(ctx, ctx.references, batch_size, "DeepSHAP")
 
 
 register(DeepLift, ("deep-lift",))

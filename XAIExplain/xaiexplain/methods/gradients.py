@@ -60,16 +60,13 @@ class SmoothGrad(Method):
         return total / samples, {"seed": ctx.seed}
 
 
-def baseline_for(x: torch.Tensor, baseline, references: torch.Tensor | None = None) -> torch.Tensor:
-    """'zeros', 'blur' (Gaussian, sigma 5 voxels), 'reference' (the first reference volume given
-    to explain()) or a tensor/array in model space."""
-    if isinstance(baseline, str) and baseline == "reference":
-        if references is None:
-            raise XAIError("baseline 'reference' needs a reference volume", "pass one with --reference FILE")
-        return references[:1].to(x).expand_as(x)
+def baseline_for(x: torch.Tensor, baseline) -> torch.Tensor:
+    """'zeros', 'mean' (each channel's mean), 'blur' (Gaussian, sigma 5 voxels) or a tensor/array in model space."""
     if isinstance(baseline, str):
         if baseline == "zeros":
             return torch.zeros_like(x)
+        if baseline == "mean":
+            return x.flatten(2).mean(2).view(*x.shape[:2], *([1] * (x.ndim - 2))).expand_as(x).clone()
         if baseline == "blur":
             sigma, radius = 5.0, 15
             t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
@@ -83,7 +80,7 @@ def baseline_for(x: torch.Tensor, baseline, references: torch.Tensor | None = No
                 pad[4 - 2 * axis:6 - 2 * axis] = [radius, radius]
                 out = F.conv3d(F.pad(out, pad, mode="replicate"), k.view(shape))
             return out.view_as(x)
-        raise XAIError(f"unknown baseline '{baseline}'", "use zeros, blur or reference (with --reference FILE)")
+        raise XAIError(f"unknown baseline '{baseline}'", "use zeros, mean, blur, or pass a reference volume")
     base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
     if base.shape != x.shape:
         base = base.expand_as(x) if base.ndim == x.ndim - 1 else base
@@ -106,7 +103,7 @@ class IntegratedGradients(Method):
         return {"forward": params["steps"] + 2, "backward": params["steps"]}
 
     def run(self, ctx, steps, baseline, batch_size):
-        base = baseline_for(ctx.x, baseline, ctx.references)
+        base = baseline_for(ctx.x, baseline)
         nodes, weights = np.polynomial.legendre.leggauss(int(steps))  # Gauss-Legendre on [0, 1]
         alphas = torch.as_tensor((nodes + 1) / 2, dtype=ctx.x.dtype, device=ctx.x.device)
         weights = torch.as_tensor(weights / 2, dtype=ctx.x.dtype, device=ctx.x.device)

@@ -1,0 +1,172 @@
+"""Shared machinery of the perturbation methods: baselines, batch sizing, batched scoring.
+
+Every perturbed input is built on the model's device from the one resident
+volume ``ctx.x``, its baseline and a mask, a batch at a time, and scored under
+``torch.inference_mode()``. The batch size comes from the free memory and the
+model's footprint measured on one probe pass; progress and the cancel flag
+are checked between batches.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import torch
+
+from ..errors import XAIError
+from .base import Context
+from .gradients import baseline_for
+
+SCORES = ("probability", "logit")
+MEMORY_SHARE = 0.4  # of the free memory, for the perturbed batch and its activations
+MAX_BATCH = {"cpu": 16, "cuda": 128}  # more brings nothing on a CPU (measured) and little on a GPU
+
+
+def probabilities(output: torch.Tensor) -> torch.Tensor:
+    """Class probabilities: softmax over classes (sigmoid for a single-logit output)."""
+    output = output.float()
+    return torch.sigmoid(output) if output.shape[1] == 1 else torch.softmax(output, 1)
+
+
+def check_score(score: str) -> str:
+    if score not in SCORES:
+        raise XAIError(f"unknown score '{score}'", f"use one of: {', '.join(SCORES)}")
+    return score
+
+
+def baseline_of(ctx: Context, kind) -> torch.Tensor:
+    """The replacement values (N, C, X, Y, Z) on the model's device: zeros, mean, blur or a reference volume."""
+    return baseline_for(ctx.x, kind)
+
+
+def describe_baseline(kind) -> str:
+    return kind if isinstance(kind, str) else f"reference volume {tuple(torch.as_tensor(kind).shape)}"
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device``."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            info = dict(line.split(":", 1) for line in fh)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def measure_footprint(ctx: Context, x: torch.Tensor) -> tuple[int, float]:
+    """(bytes, seconds) of one forward pass on one volume: peak allocation on a GPU, every layer's output elsewhere."""
+    device = x.device
+    sizes: list[int] = []
+    hooks = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start_bytes = torch.cuda.memory_allocated(device)
+    elif ctx.model.has_layers:
+        def hook(_module, _inputs, output):
+            if torch.is_tensor(output):
+                sizes.append(output.numel() * output.element_size())
+        hooks = [m.register_forward_hook(hook) for m in ctx.model.network.modules()]
+    try:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            ctx.model.network(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    finally:
+        for h in hooks:
+            h.remove()
+    if device.type == "cuda":
+        used = torch.cuda.max_memory_allocated(device) - start_bytes
+    elif sizes:
+        used = sum(sizes)  # an upper bound: inference frees most outputs once the next layer has run
+    else:
+        used = 40 * x.numel() * x.element_size()  # TorchScript hides its layers: a cautious guess
+    return int(used + 2 * x.numel() * x.element_size()), seconds
+
+
+class Scorer:
+    """Scores batches of perturbed copies of sample ``n`` of ``ctx.x`` (probability and logit of the target)."""
+
+    def __init__(self, ctx: Context, n: int, total: int, batch_size=None, label: str = "perturbations"):
+        self.ctx, self.n, self.total, self.label = ctx, n, int(total), label
+        self.x = ctx.x[n:n + 1]
+        self.rows = torch.full((1,), n, dtype=torch.long, device=ctx.x.device)
+        self.done = 0
+        self.started = None
+        footprint, seconds = measure_footprint(ctx, self.x)
+        ctx.passes["forward"] += 1
+        limit = MAX_BATCH.get(self.x.device.type, 32)
+        auto = int(MEMORY_SHARE * free_memory(self.x.device) // max(footprint, 1))
+        size = max(1, min(int(batch_size) if batch_size else min(auto, limit), max(self.total, 1)))
+        if not batch_size:  # equal batches: 113 as 8 x 15 rather than 7 x 16 + 1 (a lone volume runs slowly)
+            size = -(-self.total // -(-self.total // size)) if self.total else size
+        self.batch_size = size
+        self.facts = {"batch_size": self.batch_size, "batch_size_chosen": "given" if batch_size else "auto",
+                      "footprint_mb_per_volume": round(footprint / 2**20, 2), "probe_seconds": round(seconds, 4),
+                      "perturbations": self.total}
+        reference = ctx.reference[n:n + 1]  # the unperturbed output, computed once by the caller
+        self.logit = float(ctx.score(reference, self.rows)[0])
+        self.probability = float(ctx.score(probabilities(reference), self.rows)[0])
+        ctx.report(0.0, f"{label}: {self.total} forward passes, about {seconds * self.total:.0f} s "
+                        f"at batch size {self.batch_size}")
+
+    def slices(self):
+        """Slices over the perturbations, one batch each."""
+        for start in range(0, self.total, self.batch_size):
+            yield slice(start, min(self.total, start + self.batch_size))
+
+    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logit scores, probability scores) of a perturbed batch, as float64 on the CPU."""
+        if self.started is None:
+            self.started = time.perf_counter()
+        with torch.inference_mode():
+            output = self.ctx.forward(batch)
+            rows = self.rows.expand(batch.shape[0])
+            logits = self.ctx.score(output, rows).double().cpu()
+            probs = self.ctx.score(probabilities(output), rows).double().cpu()
+        self.done += batch.shape[0]
+        elapsed = time.perf_counter() - self.started
+        eta = elapsed / self.done * (self.total - self.done)
+        self.ctx.report(self.done / max(self.total, 1), f"{self.label} {self.done}/{self.total}, {eta:.0f} s left")
+        return logits, probs
+
+    def pick(self, logits, probs, score: str):
+        return logits if check_score(score) == "logit" else probs
+
+    def reference(self, score: str) -> float:
+        return self.logit if check_score(score) == "logit" else self.probability
+
+
+def region_index(ctx: Context) -> tuple[torch.Tensor, list[int]]:
+    """Compact labels (X, Y, Z) on the device (0 = background, 1..K) and the label id of each index 1..K."""
+    if ctx.regions is None:
+        raise XAIError("this method needs regions",
+                       "give --atlas harvard-oxford, --regions LABELS --region-names NAMES, or --supervoxels N")
+    labels = torch.as_tensor(ctx.regions, device=ctx.x.device).long()
+    if tuple(labels.shape) != tuple(ctx.x.shape[2:]):
+        raise XAIError(f"the regions ({tuple(labels.shape)}) do not lie on the model's input grid "
+                       f"({tuple(ctx.x.shape[2:])})", "map the labels into model space first")
+    ids, compact = torch.unique(labels, return_inverse=True)
+    ids = [int(i) for i in ids.cpu()]
+    if ids and ids[0] == 0:
+        return compact, ids[1:]
+    return compact + 1, ids  # no background voxel: shift so that index 0 stays "background"
+
+
+def compose(x: torch.Tensor, base: torch.Tensor, compact: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Batch of inputs keeping region ``k`` of ``x`` where ``keep[b, k-1]`` (background always kept), else baseline."""
+    table = torch.cat([torch.ones(keep.shape[0], 1, dtype=torch.bool, device=keep.device), keep.bool()], 1)
+    mask = table[:, compact][:, None]  # (B, 1, X, Y, Z)
+    return torch.where(mask, x, base)
+
+
+def region_scores_map(compact: torch.Tensor, values: np.ndarray) -> torch.Tensor:
+    """(1, 1, X, Y, Z) map painting region index k (1..K) with ``values[k-1]`` (background 0)."""
+    table = torch.cat([torch.zeros(1, dtype=torch.float32), torch.as_tensor(values, dtype=torch.float32)])
+    return table.to(compact.device)[compact][None, None]
