@@ -4,8 +4,9 @@
     python benchmarks/bench_propagation.py --quick    # 64^3 only, fewer repeats
     python benchmarks/bench_propagation.py --device cuda
 
-One pass = forward + backward to the input for the target logit. Time: median of
---repeats runs after a warm-up. Peak memory: on CUDA, ``max_memory_allocated``
+One pass = forward + backward to the input for the target logit. Time: each method
+run alternates with a pass (--repeats pairs after a warm-up) and the median of the
+pairwise ratios is reported, so load that comes and goes hits both sides alike. Peak memory: on CUDA, ``max_memory_allocated``
 above the resident model and input; on the CPU, the growth of the process's peak
 resident set size while that run alone executes in a fresh child process.
 Targets: LRP <= 2x, DeepLIFT <= 2.5x.
@@ -82,18 +83,22 @@ def peak_mb(name, size, run, device):
     return queue.get()
 
 
-def seconds(fn, device, repeats):
+def _timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def paired(fn, base, device, repeats):
+    """(median seconds of fn, median seconds of base, median of the pairwise ratios)."""
+    fn(), base()
+    pairs = [(_timed(fn, device), _timed(base, device)) for _ in range(repeats)]
+    return (statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs),
+            statistics.median(p[0] / p[1] for p in pairs))
 
 
 def main(argv=None):
@@ -110,17 +115,17 @@ def main(argv=None):
         model = _model(name, device)
         for size in sizes:
             x = torch.rand(1, 1, size, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-            base_t = seconds(_runner(model, x, "pass"), device, 1 if args.quick else args.repeats)
+            base = _runner(model, x, "pass")
             base_m = peak_mb(name, size, "pass", device)
             for run in RUNS:
                 if run == "pass":
                     continue
-                t = seconds(_runner(model, x, run), device, 1 if args.quick else args.repeats)
+                t, base_t, ratio = paired(_runner(model, x, run), base, device, 1 if args.quick else args.repeats)
                 m = peak_mb(name, size, run, device)
                 rows.append({"model": name, "size": size, "run": run, "seconds": t, "pass_seconds": base_t,
-                             "time_ratio": t / base_t, "peak_mb": m, "pass_peak_mb": base_m,
+                             "time_ratio": ratio, "peak_mb": m, "pass_peak_mb": base_m,
                              "memory_ratio": m / max(base_m, 1e-6)})
-                print(f"{name:12} {size:4}^3 {run:24} {t:8.3f} s {t / base_t:6.2f} x pass | "
+                print(f"{name:12} {size:4}^3 {run:24} {t:8.3f} s {ratio:6.2f} x pass | "
                       f"peak {m:8.1f} MB {m / max(base_m, 1e-6):6.2f} x pass (pass {base_t:.3f} s, {base_m:.1f} MB)",
                       flush=True)
     if args.json:
