@@ -50,3 +50,18 @@ def positive_case():
 def demo_x(demo, positive_case):
     """The positive case in the demo model's input space, batch of one."""
     return Preprocessor(demo.preprocessing).forward(positive_case.volume)[None]
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """Headless Slicer (slicer-core): scene, logics, one slice view and one 3D view."""
+    pytest.importorskip("slicer")
+    from slicer_harness import SlicerHarness
+    return SlicerHarness.shared()
+
+
+@pytest.fixture()
+def scene(harness):
+    harness.clear()
+    yield harness.scene
+    harness.clear()

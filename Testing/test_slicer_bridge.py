@@ -11,21 +11,8 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from slicer_harness import SlicerHarness  # noqa: E402
 from XAIExplainLib import colormaps, display, regions, volumenodes  # noqa: E402
 from XAIExplainLib.job import readVolumeFile, writeVolumeFile  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def harness():
-    return SlicerHarness.shared()
-
-
-@pytest.fixture()
-def scene(harness):
-    harness.clear()
-    yield harness.scene
-    harness.clear()
 
 
 def rotation(ax, ay, az):

@@ -20,14 +20,8 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from slicer_harness import SlicerHarness  # noqa: E402
 from XAIExplainLib import colormaps, dependencies, display, job, regions, volumenodes  # noqa: E402
 from XAIExplainLib.logic import QUICK_PASSES, ExplainLogicBase  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def harness():
-    return SlicerHarness.shared()
 
 
 @pytest.fixture()

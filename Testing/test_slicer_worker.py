@@ -12,21 +12,8 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from slicer_harness import SlicerHarness  # noqa: E402
 from XAIExplainLib import display, job, volumenodes  # noqa: E402
 from XAIExplainLib.worker import WorkerProcess, parseProgressLine  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def harness():
-    return SlicerHarness.shared()
-
-
-@pytest.fixture()
-def scene(harness):
-    harness.clear()
-    yield harness.scene
-    harness.clear()
 
 
 def alive(pid: int) -> bool:
