@@ -34,7 +34,7 @@ def test_region_occlusion_with_the_atlas_writes_map_regions_csv_and_summary(tmp_
                  "--quiet"])
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["occlusion-regions.nrrd", "occlusion-regions.png",
-                                                     "regions.csv", "summary.json"]
+                                                     "regions.csv", "regions.nrrd", "summary.json"]
     rows = read_csv(out / "regions.csv")
     assert list(rows[0])[:6] == ["method", "id", "name", "volume_ml", "score", "rank"]
     assert {"probability_drop", "logit_drop"} <= set(rows[0])
@@ -47,8 +47,12 @@ def test_region_occlusion_with_the_atlas_writes_map_regions_csv_and_summary(tmp_
     result = summary["results"][0]
     assert result["regions"][0]["id"] == top and result["info"]["regions"]["source"] == "harvard-oxford"
     assert result["params"]["baseline"] == "blur" and result["info"]["batch_size"] >= 1
-    # the map paints each region with its score: its maximum is the top region's
+    # the map paints each region with its score: its maximum is the top region's, over that region's labels
     assert np.isclose(written.array[0].max(), float(rows[0]["score"]), rtol=1e-4)
+    labels = read_volume(out / "regions.nrrd")
+    assert labels.same_grid(read_volume(image))
+    assert set(np.unique(labels.array[0])) - {0} == {int(r["id"]) for r in rows}
+    assert np.allclose(written.array[0][labels.array[0] == top], float(rows[0]["score"]), rtol=1e-4)
     assert "top region:" in capsys.readouterr().out
 
 

@@ -12,7 +12,7 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from XAIExplainLib import display, job, volumenodes  # noqa: E402
+from XAIExplainLib import display, job, regions, volumenodes  # noqa: E402
 from XAIExplainLib.worker import WorkerProcess, parseProgressLine  # noqa: E402
 
 
@@ -163,6 +163,30 @@ def test_engine_cli_in_a_worker_process(scene, positive_case, demo, tmp_path):
     assert record["target"]["name"] == "lesion" and record["prediction"]["predicted_name"] == "lesion"
     expected = explain(demo, volume, ["gradcam"], target="lesion", device="cpu")[0].array
     assert np.allclose(volumenodes.arrayFromNode(result)[0], expected, atol=1e-5 * float(np.abs(expected).max()))
+
+
+def test_loaded_results_bring_the_engine_region_labels(scene, positive_case, demo, tmp_path):
+    """An output folder with regions.csv and regions.nrrd (as the CLI writes them for --atlas or --regions)
+    becomes a result with its region table and a label map of the regions in the subject."""
+    from xaiexplain import explain
+    from xaiexplain.outputs import write_results
+    from xaiexplain.synth import region_names
+
+    volume = positive_case.volume
+    names = {k: v for k, v in region_names().items() if k in set(np.unique(positive_case.labels.array))}
+    results = explain(demo, volume, ["gradient"], target="lesion", device="cpu", regions=positive_case.labels,
+                      region_names=names)
+    write_results(tmp_path / "out", volume, results, previews=False)
+    node = volumenodes.addVolumeNode(scene, volume.array[0], "T1", volume=volume)
+    (result,) = job.loadResults(scene, tmp_path / "out", node)
+    table = result.GetNodeReference(regions.REGIONS_REFERENCE)
+    labels = table.GetNodeReference(regions.LABELS_REFERENCE)
+    assert labels is not None and labels.IsA("vtkMRMLLabelMapVolumeNode")
+    assert volumenodes.sameGrid(labels, node, tolerance=1e-6)
+    assert np.array_equal(volumenodes.arrayFromNode(labels)[0], positive_case.labels.array[0])
+    colours = labels.GetDisplayNode().GetColorNode()
+    top = results[0].regions[0]
+    assert colours.GetColorName(int(top["id"])) == top["name"]
 
 
 @pytest.mark.slow

@@ -162,7 +162,7 @@ def loadResults(scene, folder, inputNode, *, prefix: str | None = None, regionLa
         labels = readVolumeFile(scene, labelFile, f"{prefix} regions labels", "vtkMRMLLabelMapVolumeNode")
         copyGeometry(inputNode, labels)
         labels.CreateDefaultDisplayNodes()
-        labels.GetDisplayNode().SetAndObserveColorNodeID(None)  # named by the region table below
+        labels.GetDisplayNode().SetAndObserveColorNodeID("")  # named by the region table below
     for node, item in zip(nodes, summary["results"]):
         rows = item.get("regions")
         if rows is None and tableFile is not None:

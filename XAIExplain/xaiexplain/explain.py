@@ -260,6 +260,7 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
                 versions=versions(), seed=seed, model={**loaded.describe(), "device": str(device_)},
                 channel_maps=volume.with_array(back, list(volume.channel_names)) if back.shape[0] > 1 else None,
                 info={**info, "preprocessing": spec.to_dict(), "channels": list(volume.channel_names)},
-                notes=list(notes), regions=table))
+                notes=list(notes), regions=table,
+                region_labels=region_set.labels if region_set is not None else None))
             report(1.0, f"{method.name}: done in {seconds:.2f} s")
     return results

@@ -1,4 +1,4 @@
-"""Write results: <method>.nrrd, <method>.png, regions.csv and summary.json, all or nothing."""
+"""Write results: <method>.nrrd, <method>.png, regions.csv, regions.nrrd and summary.json, all or nothing."""
 from __future__ import annotations
 
 import csv
@@ -38,6 +38,10 @@ def write_results(out_dir, volume: Volume, attributions: list[Attribution], summ
         if any(att.regions is not None for att in attributions):
             write_region_table(staging / "regions.csv", attributions)
             names.append("regions.csv")
+        labels = next((att.region_labels for att in attributions if att.region_labels is not None), None)
+        if labels is not None:  # the regions in the subject (e.g. the registered atlas), for viewers
+            write_volume(labels, staging / "regions.nrrd")
+            names.append("regions.nrrd")
         summary = {**(summary_extra or {}), "results": [a.to_dict() for a in attributions]}
         (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         names.append("summary.json")

@@ -26,6 +26,7 @@ class Attribution:
     info: dict = field(default_factory=dict)  # method facts: layer, completeness error, ...
     notes: list[str] = field(default_factory=list)
     regions: list[dict] | None = None  # region table (regions.region_table), rank order, when regions were given
+    region_labels: Volume | None = None  # the regions' integer labels on the input grid (written as regions.nrrd)
 
     @property
     def array(self) -> np.ndarray:
