@@ -34,3 +34,13 @@ def test_tiny_benchmark_writes_the_report(tmp_path):
     assert len(rows) == 2 and "deletion_auc" in rows[0]
     record = json.loads(written["json"].read_text())
     assert record["versions"]["torch"] and record["case_seeds"] == result["case_seeds"]
+
+
+def test_benchmark_gives_region_methods_the_atlas_and_deepshap_the_counterfactual():
+    """Region methods score the case's atlas regions (hit@1 against the lesion's region); DeepSHAP
+    explains against the counterfactual, so its relevance lies in the lesion."""
+    result = run_benchmark(1, methods=["occlusion-regions", "deepshap"], models=("clean",), marked_cases=1,
+                           metrics=["coherence"])
+    rows = {r["method"]: r for r in result["rows"]}
+    assert rows["occlusion-regions"]["hit_at_1"] == 1.0
+    assert rows["deepshap"]["pointing_game"] == 1.0 and rows["deepshap"]["relevance_mass"] > 0.5

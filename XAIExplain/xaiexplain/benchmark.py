@@ -40,7 +40,8 @@ TOP_FRACTION = 0.1
 CURVE_UNTIL = 0.01
 QUICK_SETTINGS = {"deletion": {"steps": 20}, "insertion": {"steps": 20},
                   "faithfulness_correlation": {"samples": 32}, "continuity": {"samples": 3}}
-QUICK_PARAMS = {"integrated-gradients": {"steps": 8}, "smoothgrad": {"samples": 5}}
+QUICK_PARAMS = {"integrated-gradients": {"steps": 8}, "smoothgrad": {"samples": 5}, "occlusion": {"stride": 16},
+                "rise": {"masks": 200}, "lime": {"samples": 200}, "kernel-shap": {"samples": 256}}
 
 
 def bootstrap_ci(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float, int]:
@@ -63,6 +64,12 @@ def _prepare(model, case):
     return x, counterfactual, mask, spacing, pre
 
 
+def _context(model, case, pre, counterfactual) -> dict:
+    """What region methods and DeepSHAP need: the case's atlas labels and its counterfactual, in model space."""
+    return {"regions": torch.round(pre.forward_mask(case.labels)[0]).long().to(model.device),
+            "references": counterfactual}
+
+
 def _probability(model, x) -> float:
     with torch.inference_mode(), evaluation_mode(model):
         return float(torch.softmax(model.network(x).float(), 1)[0, 1])
@@ -83,7 +90,7 @@ def run_benchmark(n_cases: int = 2, methods=None, models=tuple(MODELS), marked_c
     done = 0
     for kind, model in loaded.items():
         prepared = [_prepare(model, case) for case in cases]
-        for i, (case, (x, counterfactual, mask, spacing, _)) in enumerate(zip(cases, prepared)):
+        for i, (case, (x, counterfactual, mask, spacing, pre)) in enumerate(zip(cases, prepared)):
             pair = prepared[(i + 1) % n_cases][0] if n_cases > 1 else None
             probability = _probability(model, x)
             case_settings = {**{k: dict(v) for k, v in settings.items()}}
@@ -97,7 +104,8 @@ def run_benchmark(n_cases: int = 2, methods=None, models=tuple(MODELS), marked_c
                     continue
                 record = evaluate(model, x, method, target=1, params=params.get(name), seed=0, metrics=metrics,
                                   settings=case_settings,
-                                  mask=mask, spacing=spacing, pair=pair, regions=None, truth_region=case.region_id)
+                                  mask=mask, spacing=spacing, pair=pair, regions=None, truth_region=case.region_id,
+                                  context=_context(model, case, pre, counterfactual))
                 row = {"model": kind, "case_seed": case.params["seed"], "region": case.region_name,
                        "lesion_voxels": int(mask.sum()), "p_lesion": probability, "correct": probability > 0.5,
                        **summary_row(record)}
@@ -152,6 +160,7 @@ def shortcut_test(loaded: dict, methods, n_cases: int, params: dict) -> dict:
                 marker = pre.forward_mask(marker_mask())[0].numpy() > 0.5
                 spacing = np.linalg.norm(pre.model_affine()[:3, :3], axis=0)
             x_clean = Preprocessor(model.preprocessing).forward(unmarked.volume)[None].to(model.device)
+            context = _context(model, marked, pre, x_clean)  # the unmarked twin is the reference
             p_marked, p_clean = _probability(model, x), _probability(model, x_clean)
             drives = p_marked > 0.5 and p_clean < 0.5
             driven.append({"case_seed": marked.params["seed"], "p_marked": p_marked, "p_unmarked": p_clean,
@@ -162,7 +171,7 @@ def shortcut_test(loaded: dict, methods, n_cases: int, params: dict) -> dict:
                 method = get_method(name)
                 if method.needs_layers and not model.has_layers:
                     continue
-                maps, _, _ = attribute(model, x, method, target=1, params=params.get(name), seed=0)
+                maps, _, _ = attribute(model, x, method, target=1, params=params.get(name), seed=0, **context)
                 per_method[name]["on_marker"].append(top_mass_share(maps, marker, TOP_FRACTION))
                 per_method[name]["within_tolerance"].append(
                     top_mass_share(maps, marker, TOP_FRACTION, TOLERANCE_MM, spacing))

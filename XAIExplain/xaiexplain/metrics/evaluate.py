@@ -98,7 +98,8 @@ def _substrate_name(value):
 
 def evaluate(model, x: torch.Tensor, method, *, target=None, attribution=None, params: dict | None = None,
              seed: int = 0, metrics=None, settings: dict | None = None, mask=None, spacing=(1.0, 1.0, 1.0),
-             pair: torch.Tensor | None = None, regions=None, truth_region=None, progress=None) -> dict:
+             pair: torch.Tensor | None = None, regions=None, truth_region=None, context: dict | None = None,
+             progress=None) -> dict:
     """Evaluate one map of ``method`` for ``model`` on the model-space input ``x`` (1, C, X, Y, Z).
 
     ``attribution``: the map in model space (computed here when None). ``metrics``: names from
@@ -106,7 +107,9 @@ def evaluate(model, x: torch.Tensor, method, *, target=None, attribution=None, p
     substrate may be a model-space volume (e.g. a counterfactual). ``mask``: ground truth on the
     model grid, ``spacing`` its voxel size in mm (coherence). ``pair``: an unrelated input for the
     randomisation baseline. ``regions`` (rows id/name/score) and ``truth_region``: hit@1/hit@3; a
-    method that returns a region table in its info is scored from it.
+    method that returns a region table in its info is scored from it. ``context``: what
+    ``attribute()`` needs beyond the input, for every map computed here: ``regions`` (model-space
+    labels, for region methods) and ``references`` (for DeepSHAP).
     """
     model = loaded(model)
     if x.ndim != 5 or x.shape[0] != 1:
@@ -125,7 +128,8 @@ def evaluate(model, x: torch.Tensor, method, *, target=None, attribution=None, p
     info = {}
     if attribution is None:
         start = time.perf_counter()
-        maps, info, ctx = attribute(model, x, method, target=fixed, params=chosen, seed=seed, reference=reference)
+        maps, info, ctx = attribute(model, x, method, target=fixed, params=chosen, seed=seed, reference=reference,
+                                    **(context or {}))
         attribution = maps
         record["map"] = {"passes": dict(ctx.passes), "seconds": time.perf_counter() - start}
     attribution = attribution.detach().clone() if torch.is_tensor(attribution) else np.array(attribution)
@@ -136,7 +140,7 @@ def evaluate(model, x: torch.Tensor, method, *, target=None, attribution=None, p
             scorers[output] = Scorer(model, x, fixed, output=output)
         return scorers[output]
 
-    common = dict(target=fixed, attribution=attribution, params=chosen, seed=seed)
+    common = dict(target=fixed, attribution=attribution, params=chosen, seed=seed, context=context)
     for number, name in enumerate(names):
         if progress is not None:
             progress(number / len(names), f"{method.name}: {name}")
@@ -170,7 +174,8 @@ def evaluate(model, x: torch.Tensor, method, *, target=None, attribution=None, p
         elif name == "compactness":
             value = compactness(attribution)
         else:
-            value = _coherence(attribution, mask, s, spacing, regions or info.get("regions"), truth_region)
+            value = _coherence(attribution, mask, s, spacing, regions or info.get("regions") or _score_rows(info),
+                               truth_region)
         if passes is None:
             passes = {"forward": sum(v.passes - before.get(k, 0) for k, v in scorers.items()), "backward": 0}
         value.update(property=PROPERTIES[name], passes=passes, stated_passes=stated,
@@ -180,6 +185,14 @@ def evaluate(model, x: torch.Tensor, method, *, target=None, attribution=None, p
     if progress is not None:
         progress(1.0, f"{method.name}: done")
     return _jsonable(record)
+
+
+def _score_rows(info: dict):
+    """Region methods' own scores ({id: score} for the first sample) as region-table rows, for hit@k."""
+    scores = info.get("region_scores")
+    if not scores:
+        return None
+    return [{"id": int(i), "name": str(i), "score": float(v)} for i, v in scores[0].items()]
 
 
 def _coherence(attribution, mask, setting, spacing, regions, truth_region) -> dict:

@@ -46,7 +46,7 @@ def randomise(network: torch.nn.Module, names: list[str], seed: int) -> None:
 
 
 def model_randomisation(model, x: torch.Tensor, method, *, target=None, attribution=None, params: dict | None = None,
-                        seed: int = 0, depth: int | None = 2, pair: torch.Tensor | None = None) -> dict:
+                        seed: int = 0, depth: int | None = 2, pair: torch.Tensor | None = None, context=None) -> dict:
     """Cascading randomisation; costs (groups + 1) x the method's passes (+1 map if none is given)."""
     model = loaded(model)
     method = get_method(method) if isinstance(method, str) else method
@@ -54,7 +54,8 @@ def model_randomisation(model, x: torch.Tensor, method, *, target=None, attribut
     passes = {"forward": 0, "backward": 0}
 
     def explain_with(m, inputs):
-        maps, _, ctx = attribute(m, inputs, method, target=target, params=params, seed=seed, reference=reference)
+        maps, _, ctx = attribute(m, inputs, method, target=target, params=params, seed=seed, reference=reference,
+                                 **(context or {}))
         for key in passes:
             passes[key] += ctx.passes[key]
         return voxel_map(maps)

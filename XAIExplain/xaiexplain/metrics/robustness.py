@@ -35,35 +35,35 @@ def fixed_target(model, x: torch.Tensor, target=None):
     return target, reference
 
 
-def _maps(model, x, method, target, reference, params, seed, passes) -> torch.Tensor:
+def _maps(model, x, method, target, reference, params, seed, passes, context=None) -> torch.Tensor:
     maps, _, ctx = attribute(model, x, method, target=target, params=params, seed=seed,
-                             reference=reference.expand((x.shape[0],) + tuple(reference.shape[1:])))
+                             reference=reference.expand((x.shape[0],) + tuple(reference.shape[1:])), **(context or {}))
     for key in passes:
         passes[key] += ctx.passes[key]
     return maps
 
 
-def consistency(model, x, method, *, target=None, attribution=None, params=None, seed: int = 0) -> dict:
+def consistency(model, x, method, *, target=None, attribution=None, params=None, seed: int = 0, context=None) -> dict:
     """Recompute the map with the same seed; costs 1 x the method's passes (2 if no map is given)."""
     model = loaded(model)
     target, reference = fixed_target(model, x, target)
     passes = {"forward": 0, "backward": 0}
     first = (voxel_map(attribution) if attribution is not None
-             else voxel_map(_maps(model, x, method, target, reference, params, seed, passes)))
-    second = voxel_map(_maps(model, x, method, target, reference, params, seed, passes))
+             else voxel_map(_maps(model, x, method, target, reference, params, seed, passes, context)))
+    second = voxel_map(_maps(model, x, method, target, reference, params, seed, passes, context))
     return {"identical": bool(np.array_equal(first, second)), "max_abs_difference": float(np.abs(first - second).max()),
             "seed": seed, "passes": passes}
 
 
 def max_sensitivity(model, x, method, *, target=None, attribution=None, params=None, seed: int = 0,
-                    samples: int = 8, radius: float = 0.02, batch_size: int = 4) -> dict:
+                    samples: int = 8, radius: float = 0.02, batch_size: int = 4, context=None) -> dict:
     """max_i ||map(x + d_i) - map(x)|| / ||map(x)|| (Frobenius), d_i uniform in [-r, r] per voxel with
     r = ``radius`` x (max - min) of ``x``; costs ``samples`` x the method's passes."""
     model = loaded(model)
     target, reference = fixed_target(model, x, target)
     passes = {"forward": 0, "backward": 0}
     original = (voxel_map(attribution) if attribution is not None
-                else voxel_map(_maps(model, x, method, target, reference, params, seed, passes)))
+                else voxel_map(_maps(model, x, method, target, reference, params, seed, passes, context)))
     norm = float(np.linalg.norm(original))
     if norm == 0:
         raise XAIError("the map is zero everywhere: its sensitivity is undefined", "check the target and method")
@@ -72,13 +72,15 @@ def max_sensitivity(model, x, method, *, target=None, attribution=None, params=N
     ratios = []
     for part in batched(samples, batch_size):
         noise = (torch.rand((part.stop - part.start,) + tuple(x.shape[1:]), generator=gen) * 2 - 1) * radius * span
-        maps = _maps(model, x + noise.to(x.device, x.dtype), method, target, reference, params, seed, passes)
+        maps = _maps(model, x + noise.to(x.device, x.dtype), method, target, reference, params, seed, passes,
+                     context)
         ratios += [float(np.linalg.norm(voxel_map(m) - original)) / norm for m in maps]
     return {"max_sensitivity": max(ratios), "mean_sensitivity": float(np.mean(ratios)), "samples": samples,
             "radius": radius, "seed": seed, "passes": passes}
 
 
-def target_sensitivity(model, x, method, *, target=None, attribution=None, params=None, seed: int = 0) -> dict:
+def target_sensitivity(model, x, method, *, target=None, attribution=None, params=None, seed: int = 0,
+                       context=None) -> dict:
     """Similarity between the target's map and each other class's map (classifiers, class targets):
     Pearson of the maps as produced and Spearman of |maps|; the most similar class is reported.
     A method whose maps do not depend on the class scores near 1. Costs (classes - 1) x the method."""
@@ -88,11 +90,11 @@ def target_sensitivity(model, x, method, *, target=None, attribution=None, param
         return {"applies": False, "reason": "needs a classifier with two or more classes and a class target"}
     passes = {"forward": 0, "backward": 0}
     original = (voxel_map(attribution) if attribution is not None
-                else voxel_map(_maps(model, x, method, target, reference, params, seed, passes)))
+                else voxel_map(_maps(model, x, method, target, reference, params, seed, passes, context)))
     others = {}
     for k in range(reference.shape[1]):
         if k != target.index:
-            other = voxel_map(_maps(model, x, method, ClassTarget(k), reference, params, seed, passes))
+            other = voxel_map(_maps(model, x, method, ClassTarget(k), reference, params, seed, passes, context))
             varies = other.std() > 0 and original.std() > 0
             pear = float(np.corrcoef(original.ravel(), other.ravel())[0, 1]) if varies else float("nan")
             others[k] = {"pearson": pear, "spearman_abs": spearman(np.abs(original), np.abs(other))}
