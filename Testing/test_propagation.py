@@ -234,6 +234,19 @@ def test_per_layer_rules_override_the_composite(demo, demo_x):
     assert not torch.allclose(default, custom)
 
 
+@pytest.mark.parametrize("input_rule", ["flat", "wsquare"])
+def test_input_layer_rules_conserve_and_differ(input_rule):
+    """Flat and w^2 at the input layer pass on all the relevance (bias-free TinySE) and give other maps."""
+    torch.manual_seed(0)
+    x = _input(16)
+    net = bias_free(TinySE(), x)
+    plain, _, _ = attribute(net, x, "lrp", target=1, params={"composite": "epsilon"})
+    relevance, info, _ = attribute(net, x, "lrp", target=1, params={"composite": "epsilon", "input_rule": input_rule})
+    assert info["rules_applied"][input_rule] == 1
+    assert info["relevance_sum"][0] == pytest.approx(info["score"][0], rel=0.01)
+    assert pearson(plain, relevance) < 0.99
+
+
 def test_inplace_flags_restored_and_input_untouched():
     net = nets.resnet18(spatial_dims=3, n_input_channels=1, num_classes=2).eval()
     flags = {n: m.inplace for n, m in net.named_modules() if hasattr(m, "inplace")}

@@ -160,7 +160,7 @@ class DeepLiftMode(PropagationMode):
         if self.reference_pass:
             record = self._record("norm", x.shape)
         else:
-            _, scale, shift, _, _ = norm_affine(func, args, kwargs)
+            _, scale, shift, _ = norm_affine(func, args, kwargs)
             record = self._record("norm", x.shape, scale=scale.detach(), shift=shift.detach())
         return record["scale"] * x + record["shift"]
 

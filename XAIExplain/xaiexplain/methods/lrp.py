@@ -272,7 +272,7 @@ class LRPMode(PropagationMode):
         return out
 
     def norm(self, func, args, kwargs):
-        x, scale, shift, beta, center = norm_affine(func, args, kwargs)
+        x, scale, shift, center = norm_affine(func, args, kwargs)
         made = self.produced.get(id(x))
         if func is torch.nn.functional.batch_norm and made is not None and made[0] is x:
             _, source, weight, bias, op, rule = made

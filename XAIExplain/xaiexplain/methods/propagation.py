@@ -124,7 +124,6 @@ class PropagationMode(TorchFunctionMode):
         self.network, self.input = network, x
         self.stack: list[tuple[str, nn.Module]] = [("", network)]
         self.hooks = []
-        self.calls = 0
 
     # -- where are we: the module stack, for rule assignment and error messages
     @property
@@ -186,7 +185,6 @@ class PropagationMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if is_activation(self.layer[1]) or not any(in_graph(t) for t in tensors_in(list(args) + list(kwargs.values()))):
             return func(*args, **kwargs)  # inside an activation module (handled whole), or off the input's path
-        self.calls += 1
         if func in CONV or func in CONV_T or func in LINEAR:
             return self.linear(func, args, kwargs)
         if func in NORM:
@@ -301,13 +299,13 @@ def vjp(fn, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def norm_affine(func, args, kwargs, stats_from: torch.Tensor | None = None):
+def norm_affine(func, args, kwargs):
     """A normalisation with its standard deviation frozen: ``y = scale * (x - mean) + beta``.
 
-    Returns (x, scale, shift, beta, center): ``y = scale * x + shift`` with the statistics
-    of ``stats_from`` (default: the input itself; BatchNorm in eval mode: the running
-    statistics), and ``center(g)``, the transpose of the centring ``x - mean(x)``
-    (identity when the mean is a constant, as with running statistics).
+    Returns (x, scale, shift, center): ``y = scale * x + shift`` with the input's own
+    statistics (BatchNorm in eval mode: the running statistics), and ``center(g)``, the
+    transpose of the centring ``x - mean(x)`` (None when the mean is a constant, as with
+    running statistics).
     """
     if func is F.batch_norm:
         b = bind("input running_mean running_var weight bias training momentum eps", args, kwargs)
@@ -324,7 +322,7 @@ def norm_affine(func, args, kwargs, stats_from: torch.Tensor | None = None):
         b = bind("input normalized_shape weight bias eps", args, kwargs)
         axes = tuple(range(b["input"].ndim - len(b["normalized_shape"]), b["input"].ndim))
     x, eps = b["input"], b.get("eps", 1e-5)
-    source = (x if stats_from is None else stats_from).detach()
+    source = x.detach()
     shape = tuple(b["normalized_shape"]) if func is F.layer_norm else (1, -1) + (1,) * (x.ndim - 2)
     groups = int(b.get("num_groups", 1) or 1)
 
@@ -355,7 +353,6 @@ def norm_affine(func, args, kwargs, stats_from: torch.Tensor | None = None):
     if weight is not None:
         scale = scale * weight.view(shape)
     shift = -mean * scale
-    beta = bias.view(shape) if bias is not None else None
-    if beta is not None:
-        shift = shift + beta
-    return x, scale, shift, beta, center
+    if bias is not None:
+        shift = shift + bias.view(shape)
+    return x, scale, shift, center
