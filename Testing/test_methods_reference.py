@@ -16,7 +16,7 @@ from torch import nn
 
 from xaiexplain import attribute, load_model
 from xaiexplain.demo_model import SynthLesionNet
-from xaiexplain.methods.gradients import smoothgrad_noise
+from xaiexplain.methods.gradients import baseline_for, smoothgrad_noise
 
 LESION = 1  # the demo model's positive class
 
@@ -41,6 +41,15 @@ def test_gradient_x_input_matches_captum(demo, demo_x):
     mine, _, _ = ours(demo, demo_x, "gradient-x-input")
     ref = InputXGradient(demo.network).attribute(demo_x.clone(), target=LESION)
     assert pearson(mine, ref) >= 0.999
+
+
+def test_blur_baseline_equals_scipy_gaussian_filter():
+    from scipy.ndimage import gaussian_filter
+    # anisotropic, two channels, one axis shorter than the kernel's radius (15): edges replicated
+    x = torch.rand(2, 2, 37, 9, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    ours = baseline_for(x, "blur").numpy()
+    theirs = gaussian_filter(x.numpy(), sigma=(0, 0, 5, 5, 5), mode="nearest", truncate=3.0)
+    assert abs(ours - theirs).max() < 1e-12
 
 
 def test_integrated_gradients_matches_captum_and_is_complete(demo, demo_x):

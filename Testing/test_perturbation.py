@@ -13,7 +13,9 @@ from torch import nn
 from conftest import pearson
 from xaiexplain import XAIError, attribute, get_method
 from xaiexplain.methods import Cancelled
+from xaiexplain.methods.inference import InferenceNetwork
 from xaiexplain.methods.occlusion import windows
+from xaiexplain.result import peak_voxel
 
 SHAPE = (24, 24, 24)
 
@@ -110,7 +112,7 @@ def test_kernel_shap_gives_the_exact_shapley_values_of_a_nonlinear_network(x, la
 def test_patch_occlusion_is_exact_on_a_linear_model(x):
     model = LinearScore()
     maps, info, ctx = attribute(model, x, "occlusion", target=1,
-                                params={"window": 8, "stride": 4, "baseline": "zeros", "score": "logit"})
+                                params={"window": 8, "stride": 4, "refine": 0, "baseline": "zeros", "score": "logit"})
     contribution = (model.w * x)[0, 0].double()
     total = torch.zeros(SHAPE, dtype=torch.float64)
     count = torch.zeros(SHAPE, dtype=torch.float64)
@@ -119,15 +121,56 @@ def test_patch_occlusion_is_exact_on_a_linear_model(x):
         count[w] += 1
     assert torch.allclose(maps[0, 0].double(), total / count, rtol=1e-4, atol=1e-3)
     assert info["windows"] == 125 and ctx.passes["forward"] == 125 + 1  # one probe pass
-    assert get_method("occlusion").estimate(get_method("occlusion").params({"window": 8, "stride": 4}),
+    assert get_method("occlusion").estimate(get_method("occlusion").params({"window": 8, "stride": 4, "refine": 0}),
                                             SHAPE)["forward"] == ctx.passes["forward"]
+
+
+def test_refinement_adds_exact_finer_levels_inside_the_best_window(x):
+    model = LinearScore()
+    contribution = (model.w * x)[0, 0].double()
+    params = {"window": 8, "stride": 4, "baseline": "zeros", "score": "logit"}
+    coarse, _, _ = attribute(model, x, "occlusion", target=1, params={**params, "refine": 0})
+    fine, info, ctx = attribute(model, x, "occlusion", target=1, params={**params, "refine": 2})
+    # level by level: brute-force the best window of the level before, then the level's exact mean-drop map
+    expected = coarse[0, 0].double().clone()
+    best = max(windows(SHAPE, 8, 4), key=lambda w: float(contribution[w].sum()))
+    for level, (size, step) in zip(info["refined"], ((4, 2), (2, 1))):
+        total = torch.zeros(SHAPE, dtype=torch.float64)
+        count = torch.zeros(SHAPE, dtype=torch.float64)
+        inner = [tuple(slice(b.start + w.start, b.start + w.stop) for b, w in zip(best, spot))
+                 for spot in windows(tuple(b.stop - b.start for b in best), size, step)]
+        for w in inner:
+            total[w] += contribution[w].sum()
+            count[w] += 1
+        expected += total / count.clamp(min=1)
+        best = max(inner, key=lambda w: float(contribution[w].sum()))
+        assert level["window"] == [size] * 3 and level["best"] == [[w.start, w.stop] for w in best]
+    assert torch.allclose(fine[0, 0].double(), expected, rtol=1e-4, atol=1e-3)
+    assert ctx.passes["forward"] == 125 + 27 + 27 + 1
+    assert get_method("occlusion").estimate(get_method("occlusion").params(params), SHAPE)["forward"] == 180
+
+
+def test_refinement_puts_the_peak_on_a_small_spot_the_grid_misses():
+    class SpotReader(nn.Module):  # class 1 = summed intensity of a 3-voxel cube
+        def forward(self, v):
+            s = v[:, :, 9:12, 15:18, 4:7].sum((1, 2, 3, 4))
+            return torch.stack([-s, s], 1)
+
+    v = torch.rand((1, 1) + SHAPE, generator=torch.Generator().manual_seed(1)) + 0.5
+    params = {"window": 12, "stride": 6, "baseline": "zeros", "score": "logit"}
+    inside = lambda m: 9 <= m[0] < 12 and 15 <= m[1] < 18 and 4 <= m[2] < 7  # noqa: E731
+    peaks = {}
+    for refine in (0, 2):
+        maps, _, _ = attribute(SpotReader(), v, "occlusion", target=1, params={**params, "refine": refine})
+        peaks[refine] = peak_voxel(maps[0, 0].numpy())
+    assert not inside(peaks[0]) and inside(peaks[2]), peaks
 
 
 def test_patch_occlusion_equals_captum_occlusion(x):
     captum = pytest.importorskip("captum.attr")
     net = small_cnn()
     ours, _, _ = attribute(net, x, "occlusion", target=1,
-                           params={"window": 8, "stride": 4, "baseline": "zeros", "score": "logit"})
+                           params={"window": 8, "stride": 4, "refine": 0, "baseline": "zeros", "score": "logit"})
     theirs = captum.Occlusion(net).attribute(x, sliding_window_shapes=(1, 8, 8, 8), strides=(1, 4, 4, 4),
                                              baselines=0.0, target=1, perturbations_per_eval=16)
     assert pearson(ours, theirs) > 0.9999
@@ -139,7 +182,7 @@ def test_patch_occlusion_equals_monai_occlusion_sensitivity(x):
 
     net = small_cnn()
     ours, _, _ = attribute(net, x, "occlusion", target=1,
-                           params={"window": 8, "stride": 4, "baseline": "zeros", "score": "logit"})
+                           params={"window": 8, "stride": 4, "refine": 0, "baseline": "zeros", "score": "logit"})
     occluded = OcclusionSensitivity(net, mask_size=8, n_batch=16, verbose=False, mode=0.0, overlap=0.5,
                                     activate=False)(x)[0][:, 1:2]  # the occluded logit, averaged over windows
     with torch.no_grad():
@@ -218,6 +261,12 @@ def test_batch_size_does_not_change_the_map_and_the_input_is_untouched(x, labels
     assert info1["batch_size"] == 1 and info2["batch_size_chosen"] == "auto" and info2["batch_size"] >= 2
     assert info2["footprint_mb_per_volume"] > 0
     assert torch.allclose(one, auto, atol=1e-6)
+    # RISE draws every mask before batching: GPU runs (larger batches) use the CPU's masks
+    rise = [attribute(net, x, "rise", target=1, params={"masks": 24, "batch_size": b}, seed=5)[0] for b in (5, 24)]
+    assert torch.allclose(rise[0], rise[1], atol=1e-6)
+    patch = [attribute(net, x, "occlusion", target=1, params={"window": 8, "stride": 6, "batch_size": b})[0]
+             for b in (1, 7)]
+    assert torch.allclose(patch[0], patch[1], atol=1e-6)
     assert torch.equal(x, before)
 
 
@@ -264,3 +313,67 @@ def test_explain_maps_regions_into_model_space_and_paints_scores_on_an_oblique_i
     for row in gradient.regions:
         assert row["sum"] == pytest.approx(float(gradient.array[labels == row["id"]].sum(dtype=np.float64)), rel=1e-5)
     assert occlusion.info["regions"]["source"] == "test" and occlusion.to_dict()["regions"][0]["rank"] == 1
+
+
+# --- the faster copy of the network that scores perturbed batches
+
+class DataDependent(nn.Module):
+    """Python control flow on the input's values: torch.fx cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn = nn.Conv3d(1, 4, 3, padding=1), nn.BatchNorm3d(4)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        y = y if float(y.mean()) > -1e9 else -y
+        return y.amax((2, 3, 4))
+
+
+def test_fast_copy_folds_batch_norms_and_equals_the_network(demo, demo_x):
+    before = {k: v.clone() for k, v in demo.network.state_dict().items()}
+    fast = InferenceNetwork(demo.network, has_layers=True)
+    assert fast.fast is not None and "folded" in fast.how
+    kinds = lambda m: {type(k).__name__ for k in m.modules()}  # noqa: E731
+    assert "BatchNorm3d" in kinds(demo.network) and "BatchNorm3d" not in kinds(fast.fast)
+    batch = torch.cat([demo_x, demo_x.flip(2), torch.zeros_like(demo_x)])
+    with torch.inference_mode():
+        expected, got = demo.network(batch), fast(batch)
+    assert got.is_contiguous() and torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
+    fast.verify(got[:1], expected[:1])
+    assert fast.fast is not None and fast.verified
+    # the model the user gave is untouched: same weights, same layers, default memory layout
+    after = demo.network.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.is_contiguous() for p in demo.network.parameters())
+
+
+def test_fast_copy_falls_back_when_untraceable_or_different():
+    torch.manual_seed(0)
+    network = DataDependent().eval()
+    fast = InferenceNetwork(network, has_layers=True)
+    assert fast.fast is None and "could not be traced" in fast.how
+    x = torch.randn(2, 1, 8, 8, 8)
+    with torch.inference_mode():
+        assert torch.equal(fast(x), network(x))
+    # a copy whose output differs from the network's is dropped on its first check
+    folded = InferenceNetwork(small_cnn(), has_layers=True)
+    with torch.inference_mode():
+        out = folded(x)
+    folded.verify(out + 1.0, out)
+    assert folded.fast is None and "differed" in folded.how
+    # and the perturbation methods record which network scored their batches
+    _, info, _ = attribute(network, x[:1], "occlusion", target=0,
+                           params={"window": 4, "stride": 4, "baseline": "zeros"})
+    assert "could not be traced" in info["network"]
+
+
+def test_changed_windows_equal_a_window_by_window_comparison():
+    from xaiexplain.methods.occlusion import changed_windows
+    x = torch.randn(1, 2, 20, 17, 13, generator=torch.Generator().manual_seed(0))
+    base = x.clone()
+    base[0, 1, 3, 4, 5] += 1  # one changed voxel inside, one in the far corner
+    base[0, 0, 19, 16, 12] -= 1
+    spots = windows(x.shape[2:], 6, 4)
+    brute = [i for i, w in enumerate(spots) if not torch.equal(x[(0, slice(None)) + w], base[(0, slice(None)) + w])]
+    assert changed_windows(x, base, spots) == brute and 0 < len(brute) < len(spots)

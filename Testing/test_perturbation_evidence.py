@@ -67,9 +67,15 @@ def peak_rate(model, n_positive: int, start: int, params: dict) -> tuple[float, 
     return float(np.mean(hits)), len(hits)
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(reason="open: at window 16, stride 4 the peak fell in the dilated lesion in 4 of 5 cases", strict=False)
+# Measured (window 16, stride 8, 2 refinement levels, 400 passes a case): the peak was in the
+# dilated lesion in 9 of 9 correctly classified positives (at most 1.4 voxels from the lesion).
+# Without refinement the peak is only known to a window's slack: at stride 4, 4 of 5.
 def test_patch_occlusion_peak_falls_in_the_lesion(demo):
-    # the map is constant on stride-sized cells: localising a 5-7 voxel lesion needs a stride of 4
-    rate, n = peak_rate(demo, 10, EVAL_SEED_START + 8000, {"window": 16, "stride": 4})
-    assert n >= 9 and rate >= 0.9, (rate, n)
+    rate, n = peak_rate(demo, 2, EVAL_SEED_START + 8001, {})
+    assert n == 2 and rate == 1.0, (rate, n)
+
+
+@pytest.mark.slow
+def test_patch_occlusion_peak_falls_in_the_lesion_many_cases(demo):
+    rate, n = peak_rate(demo, 12, EVAL_SEED_START + 8000, {})
+    assert n >= 10 and rate >= 0.9, (rate, n)

@@ -25,15 +25,18 @@ def main() -> int:
     regions[:32, :32], regions[:32, 32:], regions[32:, :32], regions[32:, 32:] = 1, 2, 3, 4
     cheap = {"integrated-gradients": {"steps": 16}, "rise": {"masks": 64}, "lime": {"samples": 64},
              "kernel-shap": {"samples": 16}}
+    references = torch.rand(3, 1, 64, 64, 64, generator=torch.Generator().manual_seed(2))  # for DeepSHAP
     for name in METHODS:
         params, labels = cheap.get(name), regions if METHODS[name].needs_regions else None
-        a, _, _ = attribute(cpu, x, name, target=1, params=params, regions=labels)
-        b, _, _ = attribute(gpu, x.cuda(), name, target=1, params=params, regions=labels)
+        a, _, _ = attribute(cpu, x, name, target=1, params=params, regions=labels, references=references)
+        b, info, _ = attribute(gpu, x.cuda(), name, target=1, params=params, regions=labels,
+                               references=references.cuda())
         a, b = a.double().flatten(), b.double().cpu().flatten()
         r = float(np.corrcoef(a.numpy(), b.numpy())[0, 1])
         ok = r > 0.999
         failures += not ok
-        print(f"{name:22} CPU vs GPU Pearson {r:.6f} {'ok' if ok else 'MISMATCH'}")
+        batch = f"  (GPU batch {info['batch_size']}, {info['network']})" if "network" in info else ""
+        print(f"{name:22} CPU vs GPU Pearson {r:.6f} {'ok' if ok else 'MISMATCH'}{batch}")
     volume = Volume(np.random.default_rng(1).random((1, 70, 60, 50), dtype=np.float32), [2.5, 3.0, 3.5])
     results = explain(gpu, volume, ["gradcam", "integrated-gradients"], device="cuda")
     print("explain() on", results[0].model["device"], "->", [r.array.shape for r in results])

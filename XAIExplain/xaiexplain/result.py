@@ -34,14 +34,7 @@ class Attribution:
         return self.map.array[0]
 
     def peak_index(self) -> tuple[int, int, int]:
-        """The maximum's voxel; for a plateau (occlusion windows, painted regions) the one nearest its centroid."""
-        a = self.array
-        first = np.unravel_index(int(np.argmax(a)), a.shape)
-        top = np.argwhere(a == a[first])
-        if len(top) == 1:
-            return tuple(int(i) for i in first)
-        nearest = top[int(np.argmin(((top - top.mean(0)) ** 2).sum(1)))]
-        return tuple(int(i) for i in nearest)
+        return peak_voxel(self.array)
 
     def to_dict(self) -> dict:
         a = self.array
@@ -71,3 +64,13 @@ def _jsonable(value):
     if hasattr(value, "shape"):
         return f"<array {tuple(value.shape)}>"
     return str(value)
+
+
+def peak_voxel(a: np.ndarray) -> tuple[int, ...]:
+    """The maximum's voxel; for a plateau (occlusion windows, painted regions) the one nearest its centroid."""
+    first = np.unravel_index(int(np.argmax(a)), a.shape)
+    top = np.argwhere(a == a[first])
+    if len(top) == 1:
+        return tuple(int(i) for i in first)
+    nearest = top[int(np.argmin(((top - top.mean(0)) ** 2).sum(1)))]
+    return tuple(int(i) for i in nearest)

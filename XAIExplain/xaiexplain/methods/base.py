@@ -37,6 +37,7 @@ class Context:
     regions: torch.Tensor | None = None  # (X, Y, Z) integer labels in model space, 0 = background
     passes: dict = field(default_factory=lambda: {"forward": 0, "backward": 0})
     references: torch.Tensor | None = None  # (R, C, X, Y, Z) reference volumes in model space, if given
+    cache: dict = field(default_factory=dict)  # built once per call, e.g. the perturbation methods' fast network
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.passes["forward"] += int(x.shape[0])  # counted in volumes, not batches

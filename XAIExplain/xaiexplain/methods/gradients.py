@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import XAIError
 from .base import Context, Method, batched, register
@@ -60,6 +59,30 @@ class SmoothGrad(Method):
         return total / samples, {"seed": ctx.seed}
 
 
+def _blur_matrix(n: int, kernel: torch.Tensor) -> torch.Tensor:
+    """(n, n) matrix of a 1D convolution with ``kernel`` over edge-replicated samples."""
+    radius = kernel.numel() // 2
+    taps = torch.arange(-radius, radius + 1, device=kernel.device)
+    source = (torch.arange(n, device=kernel.device)[:, None] + taps).clamp(0, n - 1)
+    return torch.zeros(n, n, dtype=kernel.dtype, device=kernel.device).scatter_add_(
+        1, source, kernel.expand(n, -1).contiguous())
+
+
+def gaussian_blur(x: torch.Tensor, sigma: float = 5.0, radius: int = 15) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, X, Y, Z), edges replicated.
+
+    Each axis is one matrix product with a banded matrix: about 9x faster on a CPU than a
+    one-channel convolution, which oneDNN does not optimise (1.5 s -> 0.17 s at 128^3)."""
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    out = x.flatten(0, 1)
+    out = torch.einsum("ij,bjyz->biyz", _blur_matrix(out.shape[1], kernel), out)
+    out = torch.einsum("ij,bxjz->bxiz", _blur_matrix(out.shape[2], kernel), out)
+    out = torch.einsum("ij,bxyj->bxyi", _blur_matrix(out.shape[3], kernel), out)
+    return out.reshape(x.shape)
+
+
 def baseline_for(x: torch.Tensor, baseline) -> torch.Tensor:
     """'zeros', 'mean' (each channel's mean), 'blur' (Gaussian, sigma 5 voxels) or a tensor/array in model space."""
     if isinstance(baseline, str):
@@ -68,18 +91,7 @@ def baseline_for(x: torch.Tensor, baseline) -> torch.Tensor:
         if baseline == "mean":
             return x.flatten(2).mean(2).view(*x.shape[:2], *([1] * (x.ndim - 2))).expand_as(x).clone()
         if baseline == "blur":
-            sigma, radius = 5.0, 15
-            t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-            k = torch.exp(-0.5 * (t / sigma) ** 2)
-            k = (k / k.sum()).view(1, 1, -1)
-            out = x.flatten(0, 1)[:, None]
-            for axis in range(3):  # separable blur along each spatial axis
-                shape = [1, 1, 1, 1, 1]
-                shape[2 + axis] = -1
-                pad = [0] * 6
-                pad[4 - 2 * axis:6 - 2 * axis] = [radius, radius]
-                out = F.conv3d(F.pad(out, pad, mode="replicate"), k.view(shape))
-            return out.view_as(x)
+            return gaussian_blur(x)
         raise XAIError(f"unknown baseline '{baseline}'", "use zeros, mean, blur, or pass a reference volume")
     base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
     if base.shape != x.shape:

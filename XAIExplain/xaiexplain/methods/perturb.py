@@ -2,7 +2,8 @@
 
 Every perturbed input is built on the model's device from the one resident
 volume ``ctx.x``, its baseline and a mask, a batch at a time, and scored under
-``torch.inference_mode()``. The batch size comes from the free memory and the
+``torch.inference_mode()`` by a faster, verified copy of the network
+(``inference.py``). The batch size comes from the free memory and the
 model's footprint measured on one probe pass; progress and the cancel flag
 are checked between batches.
 """
@@ -17,6 +18,7 @@ import torch
 from ..errors import XAIError
 from .base import Context
 from .gradients import baseline_for
+from .inference import InferenceNetwork
 
 SCORES = ("probability", "logit")
 MEMORY_SHARE = 0.4  # of the free memory, for the perturbed batch and its activations
@@ -57,8 +59,16 @@ def free_memory(device: torch.device) -> int:
         return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
-def measure_footprint(ctx: Context, x: torch.Tensor) -> tuple[int, float]:
-    """(bytes, seconds) of one forward pass on one volume: peak allocation on a GPU, every layer's output elsewhere."""
+def inference_network(ctx: Context) -> InferenceNetwork:
+    """The faster copy of the network, built once per method call (verified on the first probe pass)."""
+    if "inference" not in ctx.cache:
+        ctx.cache["inference"] = InferenceNetwork(ctx.model.network, ctx.model.has_layers)
+    return ctx.cache["inference"]
+
+
+def measure_footprint(network: InferenceNetwork, x: torch.Tensor) -> tuple[int, float, torch.Tensor]:
+    """(bytes, seconds, output) of one forward pass on one volume: peak allocation on a GPU, every layer's
+    output elsewhere."""
     device = x.device
     sizes: list[int] = []
     hooks = []
@@ -66,15 +76,15 @@ def measure_footprint(ctx: Context, x: torch.Tensor) -> tuple[int, float]:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         start_bytes = torch.cuda.memory_allocated(device)
-    elif ctx.model.has_layers:
+    elif network.has_layers:
         def hook(_module, _inputs, output):
             if torch.is_tensor(output):
                 sizes.append(output.numel() * output.element_size())
-        hooks = [m.register_forward_hook(hook) for m in ctx.model.network.modules()]
+        hooks = [m.register_forward_hook(hook) for m in network.module.modules()]
     try:
         start = time.perf_counter()
         with torch.inference_mode():
-            ctx.model.network(x)
+            output = network(x)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
@@ -87,7 +97,7 @@ def measure_footprint(ctx: Context, x: torch.Tensor) -> tuple[int, float]:
         used = sum(sizes)  # an upper bound: inference frees most outputs once the next layer has run
     else:
         used = 40 * x.numel() * x.element_size()  # TorchScript hides its layers: a cautious guess
-    return int(used + 2 * x.numel() * x.element_size()), seconds
+    return int(used + 2 * x.numel() * x.element_size()), seconds, output
 
 
 class Scorer:
@@ -99,7 +109,9 @@ class Scorer:
         self.rows = torch.full((1,), n, dtype=torch.long, device=ctx.x.device)
         self.done = 0
         self.started = None
-        footprint, seconds = measure_footprint(ctx, self.x)
+        self.network = inference_network(ctx)
+        footprint, seconds, output = measure_footprint(self.network, self.x)
+        self.network.verify(output, ctx.reference[n:n + 1])  # the probe pass doubles as the copy's check
         ctx.passes["forward"] += 1
         limit = MAX_BATCH.get(self.x.device.type, 32)
         auto = int(MEMORY_SHARE * free_memory(self.x.device) // max(footprint, 1))
@@ -109,24 +121,26 @@ class Scorer:
         self.batch_size = size
         self.facts = {"batch_size": self.batch_size, "batch_size_chosen": "given" if batch_size else "auto",
                       "footprint_mb_per_volume": round(footprint / 2**20, 2), "probe_seconds": round(seconds, 4),
-                      "perturbations": self.total}
+                      "perturbations": self.total, "network": self.network.how}
         reference = ctx.reference[n:n + 1]  # the unperturbed output, computed once by the caller
         self.logit = float(ctx.score(reference, self.rows)[0])
         self.probability = float(ctx.score(probabilities(reference), self.rows)[0])
         ctx.report(0.0, f"{label}: {self.total} forward passes, about {seconds * self.total:.0f} s "
                         f"at batch size {self.batch_size}")
 
-    def slices(self):
-        """Slices over the perturbations, one batch each."""
-        for start in range(0, self.total, self.batch_size):
-            yield slice(start, min(self.total, start + self.batch_size))
+    def slices(self, count: int | None = None):
+        """Slices over the perturbations (or the next ``count`` of them), one batch each."""
+        count = self.total if count is None else count
+        for start in range(0, count, self.batch_size):
+            yield slice(start, min(count, start + self.batch_size))
 
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logit scores, probability scores) of a perturbed batch, as float64 on the CPU."""
         if self.started is None:
             self.started = time.perf_counter()
         with torch.inference_mode():
-            output = self.ctx.forward(batch)
+            output = self.network(batch)
+            self.ctx.passes["forward"] += int(batch.shape[0])
             rows = self.rows.expand(batch.shape[0])
             logits = self.ctx.score(output, rows).double().cpu()
             probs = self.ctx.score(probabilities(output), rows).double().cpu()

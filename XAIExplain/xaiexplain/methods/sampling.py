@@ -17,13 +17,21 @@ from .perturb import (Scorer, baseline_of, check_score, compose, describe_baseli
                       region_scores_map)
 
 
-def rise_masks(generator: torch.Generator, count: int, shape, cells: int, keep: float,
-               device) -> torch.Tensor:
-    """(count, 1, X, Y, Z) soft masks: a random ``cells``^3 binary grid, upsampled (trilinear) and shifted."""
+def rise_draws(generator: torch.Generator, count: int, shape, cells: int, keep: float):
+    """Every mask's random ``cells``^3 binary grid and shift, drawn up front: the masks then do not
+    depend on the batch size, so CPU and GPU runs (different batch sizes) use the same masks."""
     cell = [math.ceil(n / cells) for n in shape]
-    grid = (torch.rand((count, 1, cells, cells, cells), generator=generator) < keep).float()
+    grids = (torch.rand((count, 1, cells, cells, cells), generator=generator) < keep).float()
     shifts = torch.stack([torch.randint(0, c, (count,), generator=generator) for c in cell], 1)
-    up = F.interpolate(grid.to(device), size=[(cells + 1) * c for c in cell], mode="trilinear", align_corners=False)
+    return grids, shifts
+
+
+def rise_masks(grids: torch.Tensor, shifts: torch.Tensor, shape, device) -> torch.Tensor:
+    """(B, 1, X, Y, Z) soft masks: the binary grids upsampled (trilinear) and cropped at their shifts."""
+    cells = grids.shape[-1]
+    cell = [math.ceil(n / cells) for n in shape]
+    up = F.interpolate(grids.to(device), size=[(cells + 1) * c for c in cell], mode="trilinear",
+                       align_corners=False)
     return torch.stack([up[i, :, s[0]:s[0] + shape[0], s[1]:s[1] + shape[1], s[2]:s[2] + shape[2]]
                         for i, s in enumerate(shifts.tolist())])
 
@@ -44,12 +52,12 @@ class RISE(Method):
         shape = tuple(ctx.x.shape[2:])
         maps = []
         for n in range(ctx.x.shape[0]):
-            generator = torch.Generator().manual_seed(int(ctx.seed) + n)
+            grids, shifts = rise_draws(torch.Generator().manual_seed(int(ctx.seed) + n), masks, shape, cells, keep)
             x, base = ctx.x[n:n + 1], base_all[n:n + 1]
             scorer = Scorer(ctx, n, masks, batch_size, "RISE")
             total = torch.zeros(shape, dtype=torch.float64, device=x.device)
             for part in scorer.slices():
-                m = rise_masks(generator, part.stop - part.start, shape, cells, keep, x.device)
+                m = rise_masks(grids[part], shifts[part], shape, x.device)
                 logits, probs = scorer(x * m + base * (1 - m))
                 weights = scorer.pick(logits, probs, score).to(x.device)
                 total += torch.einsum("b,bxyz->xyz", weights, m[:, 0].double())
