@@ -15,7 +15,8 @@ from scipy.stats import spearmanr
 from conftest import pearson
 from xaiexplain import Preprocessor, attribute
 from xaiexplain.errors import XAIError
-from xaiexplain.methods.lrp import Epsilon, LRPMode
+from xaiexplain.methods.lrp import AlphaBeta, Epsilon, LRPMode
+from xaiexplain.methods.propagation import LinearOp
 from xaiexplain.synth import generate_case
 from xaiexplain.targets import SegmentationTarget
 from xaiexplain.train import EVAL_SEED_START
@@ -245,6 +246,34 @@ def test_input_layer_rules_conserve_and_differ(input_rule):
     assert info["rules_applied"][input_rule] == 1
     assert info["relevance_sum"][0] == pytest.approx(info["score"][0], rel=0.01)
     assert pearson(plain, relevance) < 0.99
+
+
+@pytest.mark.parametrize("alpha,beta", [(1, 0), (2, 1)])
+@pytest.mark.parametrize("signed", [True, False])
+def test_alpha_beta_equals_the_rule_written_per_contribution(alpha, beta, signed):
+    """Signed inputs (as after a PReLU) or not (after a ReLU), with a bias: the rule's shortcuts against
+    contributions summed one by one."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 4, 4, 4, generator=gen, dtype=torch.float64)
+    x = x if signed else x.clamp(min=0)
+    weight = torch.randn(3, 2, 3, 3, 3, generator=gen, dtype=torch.float64)
+    bias = torch.randn(3, generator=gen, dtype=torch.float64)
+    spec = {"stride": [1, 1, 1], "padding": [1, 1, 1], "dilation": [1, 1, 1], "transposed": False,
+            "output_padding": [0, 0, 0], "groups": 1}
+    op = LinearOp("conv", spec)
+    z = op.forward(x, weight, bias)
+    relevance = torch.rand(z.shape, generator=gen, dtype=torch.float64)
+    ours = AlphaBeta(alpha, beta, epsilon=1e-9)(op, x, weight, bias, z, relevance)
+    # the convolution as a matrix: column i is the output for the i-th unit input
+    basis = torch.eye(x.numel(), dtype=torch.float64).view(-1, *x.shape[1:])
+    matrix = op.forward(basis, weight).flatten(1).T  # (outputs, inputs)
+    c = matrix * x.flatten()[None]  # c[j, i] = contribution of input i to output j
+    cp, cn = c.clamp(min=0), c.clamp(max=0)
+    r = relevance.flatten()[:, None]
+    expected = (alpha * cp * r / (cp.sum(1, keepdim=True) + 1e-9)).sum(0)
+    if beta:
+        expected -= (beta * cn * r / (cn.sum(1, keepdim=True) - 1e-9)).sum(0)
+    assert torch.allclose(ours.flatten(), expected, rtol=1e-9, atol=1e-12)
 
 
 def test_inplace_flags_restored_and_input_untouched():
