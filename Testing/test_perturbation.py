@@ -233,7 +233,8 @@ def test_rise_finds_the_region_a_model_reads(x):
             s = v[:, :, 14:20, 4:10, 8:14].mean((1, 2, 3, 4))
             return torch.stack([-s, s], 1)
 
-    maps, info, _ = attribute(BoxReader(), x, "rise", target=1, params={"masks": 400, "cells": 6, "score": "logit"})
+    maps, info, _ = attribute(BoxReader(), x, "rise", target=1,
+                                params={"masks": 400, "cells": 6, "score": "logit", "baseline": "zeros"})
     peak = np.unravel_index(int(maps[0, 0].argmax()), SHAPE)
     assert 12 <= peak[0] < 22 and 2 <= peak[1] < 12 and 6 <= peak[2] < 16
     inside = maps[0, 0, 14:20, 4:10, 8:14].mean()

@@ -79,3 +79,26 @@ def test_patch_occlusion_peak_falls_in_the_lesion(demo):
 def test_patch_occlusion_peak_falls_in_the_lesion_many_cases(demo):
     rate, n = peak_rate(demo, 12, EVAL_SEED_START + 8000, {})
     assert n >= 10 and rate >= 0.9, (rate, n)
+
+
+def rise_hits(model, seeds, masks=None) -> list[bool]:
+    hits = []
+    for seed in seeds:
+        case = generate_case(seed, positive=True)
+        params = {"rise": {"masks": masks}} if masks else None
+        result = explain(model, case.volume, "rise", target=1, params=params)[0]
+        if result.prediction["predicted_class"] == 1:
+            hits.append(peak_in_mask(result, case.lesion_mask.array[0]))
+    return hits
+
+
+# Measured with the default 1000 masks and the blur baseline: the peak 0 voxels from the lesion in 5 of 5
+# cases (with 200 masks 3 of 5; with zeros, the RISE paper's baseline, 44-52 voxels away).
+def test_rise_peak_falls_in_the_lesion(demo):
+    assert rise_hits(demo, [EVAL_SEED_START + 8004]) == [True]  # a case 200 masks miss
+
+
+@pytest.mark.slow
+def test_rise_peak_falls_in_the_lesion_many_cases(demo):
+    hits = rise_hits(demo, range(EVAL_SEED_START + 8001, EVAL_SEED_START + 8011))
+    assert len(hits) >= 9 and np.mean(hits) >= 0.9, hits

@@ -41,7 +41,7 @@ CURVE_UNTIL = 0.01
 QUICK_SETTINGS = {"deletion": {"steps": 20}, "insertion": {"steps": 20},
                   "faithfulness_correlation": {"samples": 32}, "continuity": {"samples": 3}}
 QUICK_PARAMS = {"integrated-gradients": {"steps": 8}, "smoothgrad": {"samples": 5}, "occlusion": {"stride": 16},
-                "rise": {"masks": 200}, "lime": {"samples": 200}, "kernel-shap": {"samples": 256}}
+                "rise": {"masks": 500}, "lime": {"samples": 200}, "kernel-shap": {"samples": 256}}
 
 
 def bootstrap_ci(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float, int]:
