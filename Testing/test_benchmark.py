@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from xaiexplain.benchmark import bootstrap_ci, run_benchmark
+from xaiexplain.benchmark import bootstrap_ci, randomisation_verdicts, run_benchmark
 from xaiexplain.report import write_report
 
 
@@ -15,6 +15,16 @@ def test_bootstrap_interval_brackets_the_mean_and_skips_nans():
     assert (mean, n) == (2.5, 4) and 1.0 <= low < mean < high <= 4.0
     assert bootstrap_ci([0.3])[:3] == (0.3, 0.3, 0.3)
     assert np.isnan(bootstrap_ci([])[0])
+
+
+def test_randomisation_verdict_is_inconclusive_when_unrelated_maps_already_agree():
+    row = lambda method, passed, pair: {"model": "clean", "method": method, "randomisation_passed": passed,  # noqa
+                                        "randomisation_baseline": pair}
+    rows = [row("gradcam", 1.0, 0.8), row("gradcam", 0.0, 0.8), row("gradcam", 1.0, 0.7),
+            row("regions", 1.0, 0.99), row("regions", 1.0, 0.97), row("gbp", 0.0, 0.6), row("gbp", float("nan"), 0.6)]
+    verdicts = randomisation_verdicts(rows)["clean"]
+    assert verdicts["gradcam"]["verdict"] == "pass" and abs(verdicts["gradcam"]["passed_share"] - 2 / 3) < 1e-12
+    assert verdicts["regions"]["verdict"] == "inconclusive" and verdicts["gbp"]["verdict"] == "fail"
 
 
 def test_tiny_benchmark_writes_the_report(tmp_path):
@@ -44,3 +54,7 @@ def test_benchmark_gives_region_methods_the_atlas_and_deepshap_the_counterfactua
     rows = {r["method"]: r for r in result["rows"]}
     assert rows["occlusion-regions"]["hit_at_1"] == 1.0
     assert rows["deepshap"]["pointing_game"] == 1.0 and rows["deepshap"]["relevance_mass"] > 0.5
+    # shortcut test: against the twin with neither lesion nor marker, the clean model's DeepSHAP map
+    # has to choose between them, and chooses the lesion
+    on_marker = result["shortcut"]["models"]["clean"]["methods"]["deepshap"]["on_marker"]
+    assert on_marker[3] == 1 and on_marker[0] < 0.1, on_marker
