@@ -129,6 +129,14 @@ def test_ssim_matches_scikit_image():
     assert ssim(a, a) == pytest.approx(1.0)
 
 
+def test_probability_scores_use_the_sigmoid_for_a_single_logit(lx):
+    w = 0.01 * torch.randn((1,) + SHAPE, generator=torch.Generator().manual_seed(2))
+    single = load_model(LinearVolume(w).eval(), device="cpu")
+    logit = float((w[0] * lx[0, 0]).sum())
+    scorer = Scorer(single, lx, target=0, output="probability")
+    assert scorer.base == pytest.approx(1 / (1 + np.exp(-logit)), rel=1e-5) and 0.01 < scorer.base < 0.99
+
+
 def test_deletion_and_insertion_rank_the_exact_map_first(linear, lx):
     before = lx.clone()
     exact = (linear.network.w[1:] * lx[0]).detach()  # contribution of each voxel to the logit

@@ -23,7 +23,7 @@ from .explain import attribute, evaluation_mode
 from .methods import REGISTRY, get_method
 from .metrics import evaluate, summary_row, top_mass_share
 from .metrics.evaluate import DEFAULTS
-from .models import load_model
+from .models import load_model, probabilities
 from .preprocess import Preprocessor
 from .provenance import versions
 from .synth import generate_case, marker_mask
@@ -73,7 +73,7 @@ def _context(model, case, pre, counterfactual) -> dict:
 
 def _probability(model, x) -> float:
     with torch.inference_mode(), evaluation_mode(model):
-        return float(torch.softmax(model.network(x).float(), 1)[0, 1])
+        return float(probabilities(model.network(x))[0, 1])
 
 
 def run_benchmark(n_cases: int = 2, methods=None, models=tuple(MODELS), marked_cases: int | None = None,

@@ -185,3 +185,9 @@ def model_output(output) -> torch.Tensor:
         raise XAIError(f"the model returned {type(output).__name__}, not a tensor",
                        "wrap the model so its forward returns the logits tensor")
     return output
+
+
+def probabilities(output: torch.Tensor) -> torch.Tensor:
+    """Class probabilities: softmax over classes (sigmoid for a single-logit output)."""
+    output = output.float()
+    return torch.sigmoid(output) if output.shape[1] == 1 else torch.softmax(output, 1)

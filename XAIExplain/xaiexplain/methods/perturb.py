@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import XAIError
+from ..models import probabilities
 from .base import Context
 from .gradients import baseline_for
 from .inference import InferenceNetwork
@@ -23,12 +24,6 @@ from .inference import InferenceNetwork
 SCORES = ("probability", "logit")
 MEMORY_SHARE = 0.4  # of the free memory, for the perturbed batch and its activations
 MAX_BATCH = {"cpu": 16, "cuda": 128}  # more brings nothing on a CPU (measured) and little on a GPU
-
-
-def probabilities(output: torch.Tensor) -> torch.Tensor:
-    """Class probabilities: softmax over classes (sigmoid for a single-logit output)."""
-    output = output.float()
-    return torch.sigmoid(output) if output.shape[1] == 1 else torch.softmax(output, 1)
 
 
 def check_score(score: str) -> str:

@@ -14,7 +14,7 @@ from ..errors import XAIError
 from ..explain import evaluation_mode
 from ..methods.base import batched
 from ..methods.gradients import baseline_for
-from ..models import LoadedModel, load_model, model_output
+from ..models import LoadedModel, load_model, model_output, probabilities
 from ..targets import ClassTarget
 
 
@@ -42,7 +42,8 @@ class Scorer:
     """The target score of batches of model-space inputs, on the model's device; counts forward passes.
 
     ``output``: 'logit' (the target's score as the methods explain it) or 'probability'
-    (softmax over the class axis first, as in the RISE deletion/insertion games).
+    (softmax over the class axis first, sigmoid for a single-logit output, as in the RISE
+    deletion/insertion games).
     """
 
     def __init__(self, model, x: torch.Tensor, target=None, output: str = "logit", batch_size: int = 8):
@@ -65,7 +66,7 @@ class Scorer:
             with torch.inference_mode(), evaluation_mode(self.model):
                 logits = model_output(self.model.network(chunk)).float()
             if self.output == "probability":
-                logits = torch.softmax(logits, 1)
+                logits = probabilities(logits)
             ref = self.reference.expand((chunk.shape[0],) + tuple(self.reference.shape[1:]))
             out.append(self.target.score(logits, ref).double().cpu())
             self.passes += int(chunk.shape[0])
