@@ -370,11 +370,11 @@ def test_fast_copy_falls_back_when_untraceable_or_different():
 
 
 def test_changed_windows_equal_a_window_by_window_comparison():
-    from xaiexplain.methods.occlusion import changed_windows
+    from xaiexplain.methods.occlusion import changed_windows, window_bounds
     x = torch.randn(1, 2, 20, 17, 13, generator=torch.Generator().manual_seed(0))
     base = x.clone()
     base[0, 1, 3, 4, 5] += 1  # one changed voxel inside, one in the far corner
     base[0, 0, 19, 16, 12] -= 1
     spots = windows(x.shape[2:], 6, 4)
     brute = [i for i, w in enumerate(spots) if not torch.equal(x[(0, slice(None)) + w], base[(0, slice(None)) + w])]
-    assert changed_windows(x, base, spots) == brute and 0 < len(brute) < len(spots)
+    assert changed_windows(x, base, window_bounds(spots, x.device)) == brute and 0 < len(brute) < len(spots)

@@ -30,25 +30,27 @@ def windows(shape, window, stride) -> list[tuple[slice, slice, slice]]:
     return list(itertools.product(*axes))
 
 
-def window_masks(spots, shape, device) -> list[torch.Tensor]:
+def window_bounds(spots, device) -> torch.Tensor:
+    """(windows, 3, 2) tensor: each window's start and stop along each axis."""
+    return torch.tensor([[[w[a].start, w[a].stop] for a in range(3)] for w in spots], device=device)
+
+
+def window_masks(bounds: torch.Tensor, shape) -> list[torch.Tensor]:
     """Per axis, a (windows, size) boolean table: which voxels of that axis each window covers."""
     tables = []
     for axis, size in enumerate(shape):
-        index = torch.arange(size, device=device)
-        starts = torch.tensor([w[axis].start for w in spots], device=device)[:, None]
-        stops = torch.tensor([w[axis].stop for w in spots], device=device)[:, None]
-        tables.append((index >= starts) & (index < stops))
+        index = torch.arange(size, device=bounds.device)
+        tables.append((index >= bounds[:, axis, :1]) & (index < bounds[:, axis, 1:]))
     return tables
 
 
-def changed_windows(x: torch.Tensor, base: torch.Tensor, spots) -> list[int]:
+def changed_windows(x: torch.Tensor, base: torch.Tensor, bounds: torch.Tensor) -> list[int]:
     """Indices of the windows where the baseline differs from ``x`` (1, C, X, Y, Z) in at least one voxel.
 
     Counted for all windows at once from a summed-volume table, without a pass or a sync per window."""
     changed = (x[0] != base[0]).any(0).to(torch.int64)
     table = torch.nn.functional.pad(changed.cumsum(0).cumsum(1).cumsum(2), (1, 0, 1, 0, 1, 0))
-    bounds = torch.tensor([[[w[a].start, w[a].stop] for a in range(3)] for w in spots], device=x.device)
-    count = torch.zeros(len(spots), dtype=torch.int64, device=x.device)
+    count = torch.zeros(bounds.shape[0], dtype=torch.int64, device=x.device)
     for corner in itertools.product((0, 1), repeat=3):  # inclusion-exclusion over the box's 8 corners
         sign = -1 if (3 - sum(corner)) % 2 else 1
         count += sign * table[bounds[:, 0, corner[0]], bounds[:, 1, corner[1]], bounds[:, 2, corner[2]]]
@@ -64,14 +66,15 @@ def occluded(x: torch.Tensor, base: torch.Tensor, tables, chosen: list[int]) -> 
 
 
 def refinement_windows(shape, window, stride, refine: int) -> list[tuple]:
-    """(window, stride, windows per level) of each refinement level: both halved, inside the last level's window."""
+    """Per refinement level: (window, stride, its windows relative to the last level's best window);
+    window and stride halve at each level."""
     levels, window, stride = [], _triple(window), _triple(stride)
     for _ in range(int(refine)):
         if min(window) < 2:
             break
         box = tuple(min(w, n) for w, n in zip(window, shape))
         window, stride = tuple(max(1, w // 2) for w in box), tuple(max(1, s // 2) for s in stride)
-        levels.append((window, stride, len(windows(box, window, stride))))
+        levels.append((window, stride, windows(box, window, stride)))
     return levels
 
 
@@ -108,7 +111,7 @@ class PatchOcclusion(Method):
     def estimate(self, params, shape, n_regions=0):
         levels = refinement_windows(shape, params["window"], params["stride"], params["refine"])
         return {"forward": len(windows(shape, params["window"], params["stride"])) + 1
-                + sum(n for _, _, n in levels), "backward": 0}
+                + sum(len(spots) for _, _, spots in levels), "backward": 0}
 
     def run(self, ctx, window, stride, refine, baseline, score, batch_size):
         check_score(score)
@@ -116,30 +119,30 @@ class PatchOcclusion(Method):
         shape = tuple(ctx.x.shape[2:])
         spots = windows(shape, window, stride)
         levels = refinement_windows(shape, window, stride, refine)
+        bounds = window_bounds(spots, ctx.x.device)
         maps, info = [], {}
         for n in range(ctx.x.shape[0]):
             x, base = ctx.x[n:n + 1], base_all[n:n + 1]
             # A window where the baseline equals the input changes nothing: its drop is exactly 0, no pass needed.
-            todo = changed_windows(x, base, spots)
-            scorer = Scorer(ctx, n, len(todo) + sum(k for _, _, k in levels), batch_size, "occlusion")
+            todo = changed_windows(x, base, bounds)
+            scorer = Scorer(ctx, n, len(todo) + sum(len(level) for _, _, level in levels), batch_size, "occlusion")
 
-            def drops_of(candidates, chosen):
-                tables = window_masks(candidates, shape, x.device)
-                drops = torch.zeros(len(candidates), dtype=torch.float64)
+            def drops_of(bounds, chosen):
+                """Drop of the target for the ``chosen`` windows of ``bounds`` (0 for the others)."""
+                tables = window_masks(bounds, shape)
+                drops = torch.zeros(bounds.shape[0], dtype=torch.float64)
                 for part in scorer.slices(len(chosen)):
                     logits, probs = scorer(occluded(x, base, tables, chosen[part]))
                     drops[chosen[part]] = scorer.reference(score) - scorer.pick(logits, probs, score)
                 return drops
 
-            drops = drops_of(spots, todo)
+            drops = drops_of(bounds, todo)
             result = mean_drop_map(shape, spots, drops)
             best, refined = spots[int(torch.argmax(drops))], []
-            for level_window, level_stride, _ in levels:
+            for level_window, level_stride, relative in levels:
                 origin = [w.start for w in best]
-                box = tuple(w.stop - w.start for w in best)
-                inner = [tuple(slice(o + w.start, o + w.stop) for o, w in zip(origin, spot))
-                         for spot in windows(box, level_window, level_stride)]
-                level_drops = drops_of(inner, list(range(len(inner))))
+                inner = [tuple(slice(o + w.start, o + w.stop) for o, w in zip(origin, spot)) for spot in relative]
+                level_drops = drops_of(window_bounds(inner, x.device), list(range(len(inner))))
                 result += mean_drop_map(shape, inner, level_drops)
                 best = inner[int(torch.argmax(level_drops))]
                 refined.append({"window": list(level_window), "stride": list(level_stride), "windows": len(inner),
