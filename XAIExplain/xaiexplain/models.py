@@ -138,7 +138,8 @@ def load_model(source, *, class_names: list[str] | None = None, in_channels: int
         model = source
     else:
         if isinstance(source, nn.Module):
-            network, fmt, where, digest = source, "module", "python object", None
+            fmt = "torchscript" if isinstance(source, torch.jit.ScriptModule) else "module"  # its layers are hidden
+            network, where, digest = source, "python object", None
         else:
             path = Path(source)
             if not path.exists():

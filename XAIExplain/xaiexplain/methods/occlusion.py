@@ -35,15 +35,6 @@ def window_bounds(spots, device) -> torch.Tensor:
     return torch.tensor([[[w[a].start, w[a].stop] for a in range(3)] for w in spots], device=device)
 
 
-def window_masks(bounds: torch.Tensor, shape) -> list[torch.Tensor]:
-    """Per axis, a (windows, size) boolean table: which voxels of that axis each window covers."""
-    tables = []
-    for axis, size in enumerate(shape):
-        index = torch.arange(size, device=bounds.device)
-        tables.append((index >= bounds[:, axis, :1]) & (index < bounds[:, axis, 1:]))
-    return tables
-
-
 def changed_windows(x: torch.Tensor, base: torch.Tensor, bounds: torch.Tensor) -> list[int]:
     """Indices of the windows where the baseline differs from ``x`` (1, C, X, Y, Z) in at least one voxel.
 
@@ -55,14 +46,6 @@ def changed_windows(x: torch.Tensor, base: torch.Tensor, bounds: torch.Tensor) -
         sign = -1 if (3 - sum(corner)) % 2 else 1
         count += sign * table[bounds[:, 0, corner[0]], bounds[:, 1, corner[1]], bounds[:, 2, corner[2]]]
     return torch.nonzero(count > 0).flatten().tolist()
-
-
-def occluded(x: torch.Tensor, base: torch.Tensor, tables, chosen: list[int]) -> torch.Tensor:
-    """A batch of copies of ``x`` (1, C, X, Y, Z), copy b with window ``chosen[b]`` replaced by ``base``."""
-    pick = torch.as_tensor(chosen, device=x.device)
-    ax, ay, az = (t[pick] for t in tables)
-    inside = ax[:, :, None, None] & ay[:, None, :, None] & az[:, None, None, :]
-    return torch.where(inside[:, None], base, x)
 
 
 def refinement_windows(shape, window, stride, refine: int) -> list[tuple]:
@@ -86,6 +69,29 @@ def mean_drop_map(shape, spots, drops) -> torch.Tensor:
         total[w] += drop
         count[w] += 1
     return total / count.clamp(min=1)
+
+
+def region_boxes(compact: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last voxel (count, 3) of each region index 1..count along each axis, on the CPU."""
+    index = compact.flatten().cpu()
+    lows, highs = [], []
+    for axis, size in enumerate(compact.shape):
+        shape = [1] * compact.dim()
+        shape[axis] = size
+        coord = torch.arange(size).view(shape).expand(compact.shape).flatten()
+        lows.append(torch.full((count + 1,), size).scatter_reduce(0, index, coord, "amin")[1:])
+        highs.append(torch.full((count + 1,), -1).scatter_reduce(0, index, coord, "amax")[1:])
+    return torch.stack(lows, 1), torch.stack(highs, 1)
+
+
+def region_removed(x, base, compact, regions, starts, size) -> torch.Tensor:
+    """Per region index in ``regions``: the box at its row of ``starts`` of ``x`` with that region set to ``base``."""
+    crops = []
+    for region, begin in zip(regions.tolist(), starts.tolist()):
+        box = [slice(s, s + n) for s, n in zip(begin, size)]
+        inside = compact[tuple(box)] == region
+        crops.append(torch.where(inside, base[(0, slice(None), *box)], x[(0, slice(None), *box)]))
+    return torch.stack(crops)
 
 
 class PatchOcclusion(Method):
@@ -129,10 +135,13 @@ class PatchOcclusion(Method):
 
             def drops_of(bounds, chosen):
                 """Drop of the target for the ``chosen`` windows of ``bounds`` (0 for the others)."""
-                tables = window_masks(bounds, shape)
                 drops = torch.zeros(bounds.shape[0], dtype=torch.float64)
                 for part in scorer.slices(len(chosen)):
-                    logits, probs = scorer(occluded(x, base, tables, chosen[part]))
+                    starts = bounds[chosen[part], :, 0].cpu()
+                    size = (bounds[0, :, 1] - bounds[0, :, 0]).tolist()  # every window of a level has one size
+                    values = torch.stack([base[(0, slice(None), *[slice(s, s + n) for s, n in zip(b, size)])]
+                                          for b in starts.tolist()])
+                    logits, probs = scorer.local(values, starts)
                     drops[chosen[part]] = scorer.reference(score) - scorer.pick(logits, probs, score)
                 return drops
 
@@ -174,6 +183,9 @@ class RegionOcclusion(Method):
         base_all = baseline_of(ctx, baseline)
         compact, ids = region_index(ctx)
         k = len(ids)
+        shape = tuple(ctx.x.shape[2:])
+        lows, highs = region_boxes(compact, k)
+        sizes = highs - lows + 1
         # Rows of "keep" masks: first each region removed, then (keep_only) each region alone and none at all.
         keep = ~torch.eye(k, dtype=torch.bool)
         if keep_only:
@@ -185,8 +197,17 @@ class RegionOcclusion(Method):
             scorer = Scorer(ctx, n, len(keep), batch_size, "region occlusion")
             logits = torch.zeros(len(keep), dtype=torch.float64)
             probs = torch.zeros(len(keep), dtype=torch.float64)
-            for part in scorer.slices():
-                logits[part], probs[part] = scorer(compose(x, base, compact, keep[part]))
+            # Each region removed changes only its bounding box: score those locally, similar boxes batched.
+            order = torch.argsort(sizes.prod(1), stable=True)
+            for part in scorer.slices(k):
+                chosen = order[part]
+                size = sizes[chosen].amax(0)
+                starts = torch.minimum(lows[chosen], torch.tensor(shape) - size)
+                logits[chosen], probs[chosen] = scorer.local(
+                    region_removed(x, base, compact, chosen + 1, starts, size.tolist()), starts)
+            for part in scorer.slices(len(keep) - k):  # each region alone, and none: whole volumes
+                rows = slice(k + part.start, k + part.stop)
+                logits[rows], probs[rows] = scorer(compose(x, base, compact, keep[rows]))
             logit_drop = (scorer.logit - logits[:k]).numpy()
             prob_drop = (scorer.probability - probs[:k]).numpy()
             chosen = prob_drop if score == "probability" else logit_drop
