@@ -123,3 +123,16 @@ def test_torchscript_and_volume_wide_first_layers_are_scored_in_full(x=torch.ran
     scripted = torch.jit.script(nn.Sequential(nn.Conv3d(1, 2, 3), nn.AdaptiveMaxPool3d(1), nn.Flatten()))
     _, info, _ = attribute(scripted, x, "occlusion", target=1, params=params)
     assert info["incremental"] == "no (TorchScript: its graph cannot be traced)"
+
+
+def test_without_memory_for_the_kept_outputs_it_scores_full_volumes(monkeypatch, x=torch.rand(1, 1, 12, 12, 12)):
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv3d(1, 3, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool3d(1), nn.Flatten(),
+                        nn.Linear(3, 2)).eval()
+    params = {"window": 4, "stride": 4, "refine": 0, "baseline": "zeros", "score": "logit"}
+    roomy, info, _ = attribute(net, x, "occlusion", target=1, params=params)
+    assert info["incremental"].startswith("yes")
+    monkeypatch.setattr(perturb, "INCREMENTAL_MEMORY", 10**12)
+    tight, info, _ = attribute(net, x, "occlusion", target=1, params=params)
+    assert info["incremental"] == "no (not enough free memory to keep every layer's unperturbed output)"
+    assert torch.allclose(roomy, tight, atol=1e-6)

@@ -153,7 +153,8 @@ class DeepLiftMode(PropagationMode):
 
     def norm(self, func, args, kwargs):
         if func is F.batch_norm:
-            norm_affine(func, args, kwargs)  # refuses training mode
+            if bind("input running_mean running_var weight bias training", args, kwargs).get("training", False):
+                raise XAIError("BatchNorm is in training mode", "put the model in eval mode (model.eval())")
             return func(*args, **kwargs)  # running statistics: linear
         self.shared_statistics = True
         x = args[0]

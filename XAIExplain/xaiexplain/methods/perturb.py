@@ -30,6 +30,7 @@ MAX_BATCH = {"cpu": 16, "cuda": 128}  # more brings nothing on a CPU (measured) 
 # Incremental scoring copies each box with a few slice copies per layer: on a CPU that is far cheaper
 # than the full volumes; on a GPU the extra small kernel launches outweigh the saved arithmetic.
 INCREMENTAL_DEVICES = ("cpu",)
+INCREMENTAL_MEMORY = 3  # x one volume's footprint: every layer's unperturbed output, plus padded copies
 
 
 def check_score(score: str) -> str:
@@ -113,6 +114,7 @@ class Scorer:
         self.incremental = False  # built on the first local() call
         self.network = inference_network(ctx)
         footprint, seconds, output = measure_footprint(self.network, self.x)
+        self.footprint = footprint
         self.network.verify(output, ctx.reference[n:n + 1])  # the probe pass doubles as the copy's check
         ctx.passes["forward"] += 1
         limit = MAX_BATCH.get(self.x.device.type, 32)
@@ -161,6 +163,9 @@ class Scorer:
         if self.x.device.type not in INCREMENTAL_DEVICES or not self.network.has_layers:
             self.facts["incremental"] = f"no (full volumes: the default on {self.x.device.type})" \
                 if self.network.has_layers else "no (TorchScript: its graph cannot be traced)"
+            return self.network(paste(self.x, values, starts))
+        if INCREMENTAL_MEMORY * self.footprint > free_memory(self.x.device):
+            self.facts["incremental"] = "no (not enough free memory to keep every layer's unperturbed output)"
             return self.network(paste(self.x, values, starts))
         x = self.x.contiguous(memory_format=torch.channels_last_3d) if self.x.dim() == 5 else self.x
         check = slice(0, min(2, values.shape[0]))  # these copies are scored both ways
