@@ -107,11 +107,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--models", default="demo,densenet121", help="comma-separated: demo, densenet121")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     sizes = (64,) if args.quick else (64, 128)
     rows = []
-    for name in ("demo", "densenet121"):
+    for name in args.models.split(","):
         model = _model(name, device)
         for size in sizes:
             x = torch.rand(1, 1, size, size, size, generator=torch.Generator().manual_seed(0)).to(device)

@@ -12,8 +12,11 @@ anything unknown), the boxes are written into copies of the kept outputs and the
 rest of the graph runs as usual. Same arithmetic as the full pass, up to float
 rounding (checked against it by the caller).
 
-Measured on the demo model at 64^3 (16^3 windows), 2 CPU threads: see
-``benchmarks/bench_perturbation.py``. The idea follows Nakandala et al. 2019,
+Each box is a batch of crops gathered from one sliding-window view of the kept
+output, in the channels-last layout the convolutions run fastest in. On the demo
+model at 64^3 with 16^3 windows, 22 of its 25 layers run on boxes and patch
+occlusion takes 2-2.6x less time than with full volumes on a CPU
+(``benchmarks/bench_perturbation.py``). The idea follows Nakandala et al. 2019,
 "Incremental and approximate inference for faster occlusion-based deep CNN
 explanations" (Krypton).
 """
@@ -27,12 +30,13 @@ from torch import nn
 
 from ..models import model_output
 
-# Layers that act voxel by voxel on a Patch (eval mode): their output box is their input box.
-POINTWISE_MODULES = (nn.ReLU, nn.PReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
-                     nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Hardtanh, nn.ReLU6, nn.Identity, nn.Dropout, nn.Dropout3d,
-                     nn.AlphaDropout, nn.modules.batchnorm._BatchNorm)
+# Layers that act voxel by voxel: their output box is their input box.
+POINTWISE_ALWAYS = (nn.ReLU, nn.PReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
+                    nn.Tanh, nn.Softplus, nn.Hardtanh, nn.ReLU6, nn.Identity)
+POINTWISE_MODULES = POINTWISE_ALWAYS + (nn.Dropout, nn.Dropout3d, nn.AlphaDropout,  # these in eval mode only
+                                        nn.modules.batchnorm._BatchNorm)
 POINTWISE_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu, F.elu, F.gelu, F.silu, F.prelu, torch.sigmoid, torch.tanh,
-                       F.sigmoid, F.tanh, F.dropout, F.relu6, F.hardtanh, F.softplus, F.mish}
+                       F.sigmoid, F.tanh, F.relu6, F.hardtanh, F.softplus, F.mish}
 BINARY_FUNCTIONS = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul}
 BINARY_METHODS = {"add", "sub", "mul", "__add__", "__sub__", "__mul__"}
 POINTWISE_METHODS = {"relu", "sigmoid", "tanh", "contiguous"}
@@ -153,7 +157,7 @@ class IncrementalNetwork:
                     self.base["input"] = Base(x)
                 continue
             if node.op == "output":
-                return _dense(torch.fx.node.map_arg(node.args[0], lambda n: env[n.name]))
+                return torch.fx.node.map_aggregate(torch.fx.node.map_arg(node.args[0], lambda n: env[n.name]), _dense)
             args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
             kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
             out = self._apply(node, args, kwargs)
@@ -189,20 +193,27 @@ class IncrementalNetwork:
         first = args[0]
         if node.op == "call_module":
             module = self.modules[node.target]
-            if isinstance(module, POINTWISE_MODULES) and len(args) == 1 and not kwargs and not (
-                    module.training and isinstance(module, nn.modules.batchnorm._BatchNorm)):
-                return first.with_values(module(first.values))
-            if len(args) != 1 or kwargs:
+            if not isinstance(first, Patch) or len(args) != 1 or kwargs:
                 return None
+            if isinstance(module, POINTWISE_MODULES):
+                # BatchNorm and dropout act voxel by voxel only in eval mode
+                return None if module.training and not isinstance(module, POINTWISE_ALWAYS) else \
+                    first.with_values(module(first.values))
             if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd):
                 return self._conv(module, first)
             if isinstance(module, (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)):
                 return self._pool(module, first)
             return None
-        if node.op == "call_function" and node.target in POINTWISE_FUNCTIONS and isinstance(first, Patch) \
-                and not any(isinstance(a, (Patch, torch.Tensor)) for a in list(args[1:]) + list(kwargs.values())
-                            if not (node.target is F.prelu and a is args[1])):
-            return first.with_values(node.target(first.values, *args[1:], **kwargs))
+        if node.op == "call_function" and node.target is getattr and args[1:] == ("shape",):
+            return _shape(first)
+        if node.op == "call_method" and node.target == "size" and isinstance(first, Patch):
+            return _shape(first)[args[1]] if len(args) > 1 else _shape(first)
+        if node.op == "call_function" and node.target in POINTWISE_FUNCTIONS and isinstance(first, Patch):
+            # other arguments: numbers, or per-channel parameters such as PReLU's weight
+            rest = list(args[1:]) + list(kwargs.values())
+            if all(not isinstance(a, Patch) and (not torch.is_tensor(a) or a.dim() <= 1) for a in rest):
+                return first.with_values(node.target(first.values, *args[1:], **kwargs))
+            return None
         if node.op == "call_method" and node.target in POINTWISE_METHODS and len(args) == 1 and not kwargs:
             return first.with_values(getattr(first.values, node.target)())
         if node.op == "call_function" and node.target is torch.cat:
@@ -281,6 +292,11 @@ def _binary(op, a, b):
     if isinstance(other, (int, float)):
         return patch.with_values(op(patch.values, other) if patch is a else op(other, patch.values))
     return None
+
+
+def _shape(patch: Patch) -> torch.Size:
+    """The shape of the full activations, without making them."""
+    return torch.Size((patch.values.shape[0], patch.values.shape[1], *patch.grid))
 
 
 def _dense(value):
