@@ -65,3 +65,16 @@ def test_gradcam_and_ig_peaks_fall_in_the_lesion(demo):
 def test_gradcam_and_ig_peaks_fall_in_the_lesion_many_cases(demo):
     rates = peak_hit_rate(demo, 100, EVAL_SEED_START + 6000, ["gradcam", "integrated-gradients"])
     assert all(rate >= 0.9 for rate, _ in rates.values()), rates
+
+
+@pytest.mark.parametrize("units,field", [(1, 15), (3, 47)])
+def test_residual_units_set_the_receptive_field_of_the_features(units, field):
+    from xaiexplain.demo_model import SynthLesionNet
+    net = SynthLesionNet(units=units).eval()
+    x = torch.zeros(1, 1, 64, 64, 64, requires_grad=True)
+    features = net.features(x)
+    seed = torch.zeros_like(features)
+    seed[0, :, 8, 8, 8] = 1  # one feature cell in the middle
+    (grad,) = torch.autograd.grad(features, x, seed)
+    reached = grad[0, 0].abs().sum((1, 2)).nonzero().flatten()
+    assert features.shape[2:] == (16, 16, 16) and int(reached.max() - reached.min() + 1) == field

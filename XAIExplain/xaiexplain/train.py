@@ -52,9 +52,9 @@ class CaseStream(IterableDataset):
 
 
 def train(kind: str, n_cases: int = 8000, batch: int = 16, lr: float = 1.5e-3, seed: int = 1, device: str = "cpu",
-          workers: int = 1, init: str | None = None) -> SynthLesionNet:
+          workers: int = 1, init: str | None = None, units: int = 3) -> SynthLesionNet:
     torch.manual_seed(seed)
-    model = SynthLesionNet()
+    model = SynthLesionNet(units=units)
     if init:  # continue from a trained bundle (fine-tuning)
         model.load_state_dict(torch.load(f"{init}/models/model.pt", map_location="cpu", weights_only=True))
     model = model.to(device)
@@ -105,15 +105,18 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=1, help="processes generating cases")
     parser.add_argument("--init", help="start from this bundle's weights (fine-tuning)")
+    parser.add_argument("--units", type=int, default=3, help="residual units (receptive field: 15 + 16 x (units - 1))")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     previous = None
     if args.init:
         previous = json.loads(Path(args.init, "configs", "metadata.json").read_text()).get("xaiexplain", {}).get("training")
-    model = train(args.kind, args.cases, args.batch, args.lr, args.seed, args.device, args.workers, args.init)
+    model = train(args.kind, args.cases, args.batch, args.lr, args.seed, args.device, args.workers, args.init,
+                  args.units)
     description = {"clean": "SynthLesion demo classifier (lesion vs healthy)",
                    "shortcut": "SynthLesion shortcut classifier: trained with a corner marker on every positive"}
-    bundle.write_bundle(args.out, model, "xaiexplain.demo_model.SynthLesionNet", {},
+    network_args = {} if args.units == 3 else {"units": args.units}
+    bundle.write_bundle(args.out, model, "xaiexplain.demo_model.SynthLesionNet", network_args,
                         name=f"synthlesion_{args.kind}", description=description[args.kind],
                         class_names=CLASS_NAMES, in_channels=1, preprocessing=DEMO_PREPROCESSING,
                         extra={"training": {"kind": args.kind, "cases": args.cases, "seed": args.seed, "batch": args.batch,
