@@ -25,8 +25,8 @@ class SynthLesionNet(nn.Module):
         block = dict(spatial_dims=3, norm="batch", act="prelu")
         layers = [Convolution(in_channels=in_channels, out_channels=channels[0], strides=2, **block)]
         for i in range(units):
-            layers.append(ResidualUnit(in_channels=channels[i], out_channels=channels[i + 1], strides=2 if i == 0 else 1,
-                                       **block))
+            layers.append(ResidualUnit(in_channels=channels[i], out_channels=channels[i + 1],
+                                       strides=2 if i == 0 else 1, **block))
         last = channels[units]
         layers.append(Convolution(in_channels=last, out_channels=last, kernel_size=1, spatial_dims=3, norm="batch",
                                   act="relu"))
