@@ -130,7 +130,7 @@ def _fit(lo: torch.Tensor, hi: torch.Tensor, grid) -> tuple[torch.Tensor, tuple[
 class IncrementalNetwork:
     """Outputs of ``network`` for batches of inputs that differ from ``x`` (1, C, *grid) inside one box each.
 
-    Raises ``NotImplementedError`` where the network cannot be traced."""
+    Raises torch.fx's error where the network cannot be traced."""
 
     def __init__(self, network: nn.Module, x: torch.Tensor):
         self.module = torch.fx.symbolic_trace(network) if not isinstance(network, torch.fx.GraphModule) else network
@@ -185,7 +185,7 @@ class IncrementalNetwork:
         if node.op == "call_method":
             return getattr(args[0], node.target)(*args[1:], **kwargs)
         if node.op == "get_attr":
-            return _attr(self.module, node.target)
+            return operator.attrgetter(node.target)(self.module)
         raise NotImplementedError(node.op)
 
     def _local(self, node, args, kwargs):
@@ -302,8 +302,3 @@ def _shape(patch: Patch) -> torch.Size:
 def _dense(value):
     return value.dense() if isinstance(value, Patch) else value
 
-
-def _attr(module, target):
-    for part in target.split("."):
-        module = getattr(module, part)
-    return module

@@ -24,6 +24,13 @@ from ..models import model_output
 TOLERANCE = {"cpu": 1e-4, "cuda": 1e-2}
 
 
+def agrees(got: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Same shape and values within ``TOLERANCE`` of the expected output's scale."""
+    got, expected = got.float(), expected.float()
+    scale = (float(expected.abs().max()) + 1.0) * TOLERANCE.get(expected.device.type, 1e-2)
+    return got.shape == expected.shape and bool(((got - expected).abs() <= scale).all())
+
+
 class InferenceNetwork:
     """Calls the faster copy when it was built and verified, else the network as given."""
 
@@ -59,9 +66,7 @@ class InferenceNetwork:
         """Keep the copy only if its output ``got`` equals the network's ``expected`` on the same input."""
         if self.fast is None or self.verified:
             return
-        got, expected = got.float(), expected.float()
-        scale = (float(expected.abs().max()) + 1.0) * TOLERANCE.get(expected.device.type, 1e-2)
-        if got.shape != expected.shape or not bool(((got - expected).abs() <= scale).all()):
+        if not agrees(got, expected):
             self.fast = None
             self.how = "as given (the folded copy differed from the network)"
         self.verified = True

@@ -6,7 +6,7 @@ import itertools
 import torch
 
 from .base import Method, register
-from .perturb import (Scorer, baseline_of, check_score, compose, describe_baseline, region_index,
+from .perturb import (Scorer, baseline_of, box, check_score, compose, describe_baseline, region_index,
                       region_scores_map)
 
 
@@ -88,9 +88,8 @@ def region_removed(x, base, compact, regions, starts, size) -> torch.Tensor:
     """Per region index in ``regions``: the box at its row of ``starts`` of ``x`` with that region set to ``base``."""
     crops = []
     for region, begin in zip(regions.tolist(), starts.tolist()):
-        box = [slice(s, s + n) for s, n in zip(begin, size)]
-        inside = compact[tuple(box)] == region
-        crops.append(torch.where(inside, base[(0, slice(None), *box)], x[(0, slice(None), *box)]))
+        where = box(begin, size)
+        crops.append(torch.where(compact[where] == region, base[(0, slice(None), *where)], x[(0, slice(None), *where)]))
     return torch.stack(crops)
 
 
@@ -136,11 +135,10 @@ class PatchOcclusion(Method):
             def drops_of(bounds, chosen):
                 """Drop of the target for the ``chosen`` windows of ``bounds`` (0 for the others)."""
                 drops = torch.zeros(bounds.shape[0], dtype=torch.float64)
+                size = (bounds[0, :, 1] - bounds[0, :, 0]).tolist()  # every window of a level has one size
                 for part in scorer.slices(len(chosen)):
                     starts = bounds[chosen[part], :, 0].cpu()
-                    size = (bounds[0, :, 1] - bounds[0, :, 0]).tolist()  # every window of a level has one size
-                    values = torch.stack([base[(0, slice(None), *[slice(s, s + n) for s, n in zip(b, size)])]
-                                          for b in starts.tolist()])
+                    values = torch.stack([base[(0, slice(None), *box(b, size))] for b in starts.tolist()])
                     logits, probs = scorer.local(values, starts)
                     drops[chosen[part]] = scorer.reference(score) - scorer.pick(logits, probs, score)
                 return drops

@@ -22,7 +22,7 @@ from ..models import probabilities
 from .base import Context
 from .gradients import baseline_for
 from .incremental import IncrementalNetwork
-from .inference import TOLERANCE, InferenceNetwork
+from .inference import InferenceNetwork, agrees
 
 SCORES = ("probability", "logit")
 MEMORY_SHARE = 0.4  # of the free memory, for the perturbed batch and its activations
@@ -159,34 +159,35 @@ class Scorer:
             return self._scores(self.incremental(values, starts))
 
     def _first_local(self, values, starts) -> torch.Tensor:
+        """Scores the first batch; builds the incremental network where it is allowed and matches full passes."""
         self.incremental = None
-        if self.x.device.type not in INCREMENTAL_DEVICES or not self.network.has_layers:
-            self.facts["incremental"] = f"no (full volumes: the default on {self.x.device.type})" \
-                if self.network.has_layers else "no (TorchScript: its graph cannot be traced)"
-            return self.network(paste(self.x, values, starts))
-        if INCREMENTAL_MEMORY * self.footprint > free_memory(self.x.device):
+        if not self.network.has_layers:
+            self.facts["incremental"] = "no (TorchScript: its graph cannot be traced)"
+        elif self.x.device.type not in INCREMENTAL_DEVICES:
+            self.facts["incremental"] = f"no (full volumes: the default on {self.x.device.type})"
+        elif INCREMENTAL_MEMORY * self.footprint > free_memory(self.x.device):
             self.facts["incremental"] = "no (not enough free memory to keep every layer's unperturbed output)"
+        if "incremental" in self.facts:
             return self.network(paste(self.x, values, starts))
         x = self.x.contiguous(memory_format=torch.channels_last_3d) if self.x.dim() == 5 else self.x
-        check = slice(0, min(2, values.shape[0]))  # these copies are scored both ways
-        expected = self.network(paste(self.x, values[check], starts[check]))
+        check, rest = slice(0, min(2, values.shape[0])), slice(min(2, values.shape[0]), None)
+        expected = self.network(paste(self.x, values[check], starts[check]))  # these copies are scored both ways
         try:
             network = IncrementalNetwork(self.network.module, x)
             got = network(values, starts)
         except Exception as err:  # noqa: BLE001 - untraceable or unusual graphs are scored as full volumes
             self.facts["incremental"] = f"no (could not be traced: {type(err).__name__})"
-            return torch.cat([expected, self.network(paste(self.x, values[check.stop:], starts[check.stop:]))])
-        scale = (float(expected.abs().max()) + 1.0) * TOLERANCE.get(x.device.type, 1e-2)
-        if got.shape[1:] != expected.shape[1:] or not bool(((got[check] - expected).abs() <= scale).all()):
+            return torch.cat([expected, self.network(paste(self.x, values[rest], starts[rest]))])
+        if not agrees(got[check], expected):
             self.facts["incremental"] = "no (its output differed from the full pass)"
-            return torch.cat([expected, self.network(paste(self.x, values[check.stop:], starts[check.stop:]))])
+            return torch.cat([expected, self.network(paste(self.x, values[rest], starts[rest]))])
         if network.local_layers == 0:
             self.facts["incremental"] = "no (the first layer already mixes the whole volume)"
         else:
             self.facts["incremental"] = (f"yes: {network.local_layers} of {network.layers} layers recomputed only "
                                          f"on the boxes a perturbation reaches (checked against full passes)")
             self.incremental = network
-        return torch.cat([expected, got[check.stop:]])
+        return torch.cat([expected, got[rest]])
 
     def _start(self):
         if self.started is None:
@@ -211,11 +212,16 @@ class Scorer:
         return self.logit if check_score(score) == "logit" else self.probability
 
 
+def box(begin, size) -> tuple[slice, ...]:
+    """Slices of the box with first voxel ``begin`` and extent ``size``, one per spatial axis."""
+    return tuple(slice(s, s + n) for s, n in zip(begin, size))
+
+
 def paste(x: torch.Tensor, values: torch.Tensor, starts: torch.Tensor) -> torch.Tensor:
     """Copies of ``x`` (1, C, *grid), copy b with the box at ``starts[b]`` replaced by ``values[b]``."""
     batch = x.expand(values.shape[0], *x.shape[1:]).clone()
     for b, begin in enumerate(starts.tolist()):
-        batch[(b, slice(None), *[slice(s, s + n) for s, n in zip(begin, values.shape[2:])])] = values[b]
+        batch[(b, slice(None), *box(begin, values.shape[2:]))] = values[b]
     return batch
 
 
