@@ -77,31 +77,39 @@ class AlphaBeta(Rule):
         self.name = "zplus" if beta == 0 and alpha == 1 else f"alpha{alpha:g}-beta{beta:g}"
 
     def __call__(self, op, x, weight, bias, z, relevance):
-        if not self.beta and not bool((x < 0).any()):  # z+ after a ReLU: only positive weights count
+        # Sums of positive parts are >= 0 and of negative parts <= 0, so "stabilising" is adding
+        # +-eps; the factors 1/2 of the identity cancel between the sums and the backward.
+        if not self.beta and bool(x.min() >= 0):  # z+ after a ReLU: only positive weights count
             wp = weight.clamp(min=0)
-            return x * op.input_grad(relevance / stabilize(op.forward(x, wp), self.epsilon), x, wp)
+            share = relevance / op.forward(x, wp).add_(self.epsilon)
+            return x * op.input_grad(share, x, wp)
+        x_abs, w_abs = x.abs(), weight.abs()
         xw = z if bias is None else z - bias.view(-1, *([1] * (z.ndim - 2)))  # per output channel
-        magnitude = op.forward(x.abs(), weight.abs())
-        positive = (magnitude + xw) / 2
-        share = self.alpha * relevance / stabilize(positive, self.epsilon)
-        on_abs, on_x = share, share
+        magnitude = op.forward(x_abs, w_abs)
+        on_abs = self.alpha * relevance / (magnitude + xw).add_(2 * self.epsilon)  # 2 x the positive sum
+        on_x = on_abs
         if self.beta:
-            negative = (xw - magnitude) / 2
-            against = self.beta * relevance / stabilize(negative, self.epsilon)
-            on_abs, on_x = share + against, share - against
-        return (x.abs() * op.input_grad(on_abs, x, weight.abs()) + x * op.input_grad(on_x, x, weight)) / 2
+            against = self.beta * relevance / (xw - magnitude).sub_(2 * self.epsilon)  # 2 x the negative sum
+            on_abs, on_x = on_abs + against, on_abs - against
+        out = op.input_grad(on_abs, x, w_abs).mul_(x_abs)
+        return out.addcmul_(x, op.input_grad(on_x, x, weight))
 
 
 class Flat(Rule):
     """Relevance spread evenly over each output's receptive field (for the input layer)."""
 
     name = "flat"
+    uniform = True  # unit weights: every output channel spreads over its window alike
 
     def _weights(self, weight):
         return torch.ones_like(weight)
 
     def __call__(self, op, x, weight, bias, z, relevance):
         ones, w = torch.ones_like(x), self._weights(weight)
+        if self.uniform and (op.kind == "linear" or not (op.spec["transposed"] or op.spec["groups"] > 1)):
+            # one output channel's window count serves all: sum the relevance first, go back once
+            w = w[:1]
+            return op.input_grad((relevance / op.forward(ones, w).add_(self.epsilon)).sum(1, keepdim=True), ones, w)
         return op.input_grad(relevance / stabilize(op.forward(ones, w), self.epsilon), ones, w)
 
 
@@ -109,6 +117,7 @@ class WSquare(Flat):
     """Relevance spread in proportion to squared weights (for the input layer)."""
 
     name = "wsquare"
+    uniform = False
 
     def _weights(self, weight):
         return weight * weight
