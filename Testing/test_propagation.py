@@ -16,7 +16,7 @@ from conftest import pearson
 from xaiexplain import Preprocessor, attribute
 from xaiexplain.errors import XAIError
 from xaiexplain.methods.lrp import AlphaBeta, Epsilon, LRPMode
-from xaiexplain.methods.propagation import LinearOp
+from xaiexplain.methods.propagation import LinearOp, linear_call
 from xaiexplain.synth import generate_case
 from xaiexplain.targets import SegmentationTarget
 from xaiexplain.train import EVAL_SEED_START
@@ -276,6 +276,28 @@ def test_alpha_beta_equals_the_rule_written_per_contribution(alpha, beta, signed
     assert torch.allclose(ours.flatten(), expected, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape,conv,kwargs", [
+    ((1, 4, 9, 10, 11), F.conv3d, dict(stride=2, padding=1)),
+    ((1, 4, 9, 10, 11), F.conv3d, dict(stride=(2, 3, 1), padding=(0, 2, 1), dilation=(1, 2, 1))),
+    ((2, 4, 13, 7), F.conv2d, dict(stride=3, padding=2, groups=2)),
+    ((1, 4, 17), F.conv1d, dict(stride=4, dilation=3)),
+    ((1, 4, 5, 6, 7), F.conv_transpose3d, dict(stride=2, padding=1, output_padding=1, groups=2)),
+])
+def test_input_grad_is_the_transpose_autograd_gives(shape, conv, kwargs):
+    """Odd sizes that strides round down, dilation and groups: the transpose restores the input's shape."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    groups, kernel = kwargs.get("groups", 1), [3] * (len(shape) - 2)
+    # (out, in / groups, k...) for a convolution, (in, out / groups, k...) for a transposed one
+    weight = torch.randn(4 if conv is F.conv_transpose3d else 6, 4 // groups, *kernel, generator=gen,
+                         dtype=torch.float64)
+    z = conv(x, weight, **kwargs)
+    grad = torch.randn(z.shape, generator=gen, dtype=torch.float64)
+    (expected,) = torch.autograd.grad(z, x, grad)
+    _, _, _, op = linear_call(conv, (x, weight), kwargs)
+    assert torch.allclose(op.input_grad(grad, x.detach(), weight), expected, rtol=1e-10, atol=1e-12)
+
+
 def test_inplace_flags_restored_and_input_untouched():
     net = nets.resnet18(spatial_dims=3, n_input_channels=1, num_classes=2).eval()
     flags = {n: m.inplace for n, m in net.named_modules() if hasattr(m, "inplace")}
@@ -315,19 +337,22 @@ def _lesion_cases(demo, n):
     return cases
 
 
+def _lesion_share(relevance, lesion):
+    positive = np.clip(relevance[0].sum(0).numpy(), 0, None)
+    return positive[lesion].sum() / positive.sum()
+
+
 def _lesion_evidence(demo, n):
     shares, hits = [], []
     for x, lesion in _lesion_cases(demo, n):
         relevance, _, _ = attribute(demo, x, "lrp", params={"composite": "epsilon-plus-flat"})
-        r = relevance[0].sum(0).numpy()
-        positive = np.clip(r, 0, None)
-        shares.append(positive[lesion].sum() / positive.sum())
-        hits.append(bool(lesion.flat[int(np.argmax(r))]))
+        shares.append(_lesion_share(relevance, lesion))
+        hits.append(bool(lesion.flat[int(relevance[0].sum(0).argmax())]))
     return float(np.mean(shares)), float(np.mean(hits))
 
 
-# The dilated lesion is about 0.2% of the volume. Measured: the peak is inside for 100% of
-# cases and about 35% of the positive relevance (the issue's target, 50%, is not reached: 81% lies
+# The dilated lesion is about 0.1% of the volume (~300 voxels). Measured: the peak is inside for 100% of
+# cases and about 37% of the positive relevance (the issue's target, 50%, is not reached: 81% lies
 # in lesion cells of the 16^3 features, the strided residual unit and the first convolution lose the rest).
 def test_lrp_relevance_lies_in_the_lesion(demo):
     share, hit = _lesion_evidence(demo, 6)
@@ -340,6 +365,18 @@ def test_lrp_relevance_lies_in_the_lesion_30_cases(demo):
     assert share >= 0.3 and hit >= 0.9
 
 
+# Measured share of positive relevance in the dilated lesion, 4 positives: LRP epsilon-plus-flat 0.38,
+# DeepLIFT (blur) 0.34, integrated gradients (blur) 0.30, gradient x input 0.25, LRP epsilon 0.25,
+# occlusion 0.08, Grad-CAM 0.01. No method reaches the issue's 50% on these 2-3 voxel lesions.
+def test_lrp_is_the_most_concentrated_method_on_the_lesion(demo):
+    others = [("deeplift", {"baseline": "blur"}), ("integrated-gradients", {"baseline": "blur"}),
+              ("gradient-x-input", {}), ("occlusion", {})]
+    for x, lesion in _lesion_cases(demo, 2):
+        lrp_share = _lesion_share(attribute(demo, x, "lrp", params={"composite": "epsilon-plus-flat"})[0], lesion)
+        for method, params in others:
+            assert lrp_share > _lesion_share(attribute(demo, x, method, params=params)[0], lesion), method
+
+
 def _randomised(demo, prefixes):
     model = copy.deepcopy(demo)
     torch.manual_seed(11)
@@ -350,9 +387,9 @@ def _randomised(demo, prefixes):
 
 
 # Measured Spearman of |map| (trained vs re-initialised), demo model, mean of 3 positives: fc only
-# LRP 0.96, DeepLIFT 0.94, gradient 0.89; fc and features.4: 0.72 / 0.82 / 0.69; every layer 0.64 / 0.75 /
-# 0.60, the same inside the head (95% of the volume). The issue's target (< 0.5 after re-initialising the
-# top layers) is not reached even by a fully random network: on this dense 3D input the maps follow the image.
+# LRP 0.96, DeepLIFT 0.94, gradient 0.89; fc and features.4 (the top layers): 0.83 / 0.87 / 0.79; every
+# layer 0.53 / 0.69 / 0.48. The issue's target (< 0.5 after re-initialising the top layers) is below what
+# the input and the trained lower layers alone give: see the next test.
 @pytest.mark.parametrize("method,params", [("lrp", {"composite": "epsilon-plus-flat"}),
                                            ("lrp", {"composite": "epsilon"}), ("deeplift", {"baseline": "blur"})])
 def test_randomising_layers_decorrelates_the_map_step_by_step(demo, demo_x, method, params):
@@ -362,3 +399,20 @@ def test_randomising_layers_decorrelates_the_map_step_by_step(demo, demo_x, meth
         shuffled, _, _ = attribute(_randomised(demo, prefixes), demo_x, method, target=1, params=params)
         rhos.append(spearmanr(trained.abs().flatten().numpy(), shuffled.abs().flatten().numpy())[0])
     assert rhos[0] > rhos[1] > rhos[2] and rhos[2] < 0.85
+
+
+# Two copies of the demo that share its trained lower layers and differ only in independently random top
+# layers (fc, features.4) give maps that agree at Spearman 0.76 (LRP), 0.80 (DeepLIFT), 0.70 (the plain
+# gradient, the method Adebayo et al. find most sensitive): a floor that no re-initialisation of the top
+# layers can take a map below, because the maps follow the input and the lower layers' features.
+@pytest.mark.parametrize("method,params", [("lrp", {"composite": "epsilon-plus-flat"}), ("gradient", {})])
+def test_top_randomised_copies_agree_above_the_issue_threshold(demo, demo_x, method, params):
+    maps = []
+    for seed in (1, 2):
+        model = copy.deepcopy(demo)
+        torch.manual_seed(seed)
+        for name, module in model.network.named_modules():
+            if name.startswith(("fc", "features.4")) and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        maps.append(attribute(model, demo_x, method, target=1, params=params)[0].abs().flatten().numpy())
+    assert spearmanr(*maps)[0] > 0.5
