@@ -15,7 +15,7 @@ from scipy.stats import spearmanr
 from conftest import pearson
 from xaiexplain import Preprocessor, attribute
 from xaiexplain.errors import XAIError
-from xaiexplain.methods.lrp import AlphaBeta, Epsilon, LRPMode
+from xaiexplain.methods.lrp import AlphaBeta, Epsilon, Flat, LRPMode
 from xaiexplain.methods.propagation import LinearOp, linear_call
 from xaiexplain.synth import generate_case
 from xaiexplain.targets import SegmentationTarget
@@ -296,6 +296,29 @@ def test_input_grad_is_the_transpose_autograd_gives(shape, conv, kwargs):
     (expected,) = torch.autograd.grad(z, x, grad)
     _, _, _, op = linear_call(conv, (x, weight), kwargs)
     assert torch.allclose(op.input_grad(grad, x.detach(), weight), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape,conv,kwargs,weight_shape", [
+    ((1, 2, 9, 10, 11), F.conv3d, dict(stride=2, padding=1), (4, 2, 3, 3, 3)),
+    ((1, 3, 9, 10, 11), F.conv3d, dict(stride=(2, 3, 1), padding=(0, 2, 1), dilation=(1, 2, 1)), (5, 3, 3, 2, 3)),
+    ((2, 1, 13, 7), F.conv2d, dict(stride=3, padding=2), (4, 1, 5, 3)),
+    ((1, 2, 17), F.conv1d, dict(stride=4, dilation=3), (3, 2, 3)),
+    ((2, 6), F.linear, {}, (4, 6)),
+])
+def test_flat_rule_shortcuts_equal_its_definition(shape, conv, kwargs, weight_shape):
+    """The separable box filter (convolutions) and the closed form (dense layers) against the flat rule
+    computed as written: relevance / (window count) spread back through all-ones weights."""
+    class AsWritten(Flat):
+        uniform = False
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    weight = torch.randn(weight_shape, generator=gen, dtype=torch.float64)
+    _, _, _, op = linear_call(conv, (x, weight), kwargs)
+    z = conv(x, weight, **kwargs)
+    relevance = torch.randn(z.shape, generator=gen, dtype=torch.float64)
+    fast = Flat(1e-9)(op, x, weight, None, z, relevance)
+    assert torch.allclose(fast, AsWritten(1e-9)(op, x, weight, None, z, relevance), rtol=1e-9, atol=1e-12)
+    assert torch.allclose(fast.sum(), relevance.sum(), rtol=1e-6)  # conserved
 
 
 def test_inplace_flags_restored_and_input_untouched():

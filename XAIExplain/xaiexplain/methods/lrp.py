@@ -23,6 +23,7 @@ Relevance at the output is the target's score: for a class, its logit.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import XAIError
 from .backprop import _out_of_place
@@ -79,7 +80,8 @@ class AlphaBeta(Rule):
     def __call__(self, op, x, weight, bias, z, relevance):
         # Sums of positive parts are >= 0 and of negative parts <= 0, so "stabilising" is adding
         # +-eps; the factors 1/2 of the identity cancel between the sums and the backward.
-        if not self.beta and bool(x.min() >= 0):  # z+ after a ReLU: only positive weights count
+        nonnegative = bool(x.min() >= 0)
+        if nonnegative and not self.beta:  # z+ after a ReLU: only positive weights count
             wp = weight.clamp(min=0)
             share = relevance / op.forward(x, wp).add_(self.epsilon)
             return x * op.input_grad(share, x, wp)
@@ -91,6 +93,9 @@ class AlphaBeta(Rule):
         if self.beta:
             against = self.beta * relevance / (xw - magnitude).sub_(2 * self.epsilon)  # 2 x the negative sum
             on_abs, on_x = on_abs + against, on_abs - against
+        if nonnegative and (op.kind == "linear" or not (op.spec["transposed"] or op.spec["groups"] > 1)):
+            # |x| = x: both transposed passes are one, over the stacked outputs and weights
+            return op.input_grad(torch.cat([on_abs, on_x], 1), x, torch.cat([w_abs, weight], 0)).mul_(x)
         out = op.input_grad(on_abs, x, w_abs).mul_(x_abs)
         return out.addcmul_(x, op.input_grad(on_x, x, weight))
 
@@ -105,12 +110,37 @@ class Flat(Rule):
         return torch.ones_like(weight)
 
     def __call__(self, op, x, weight, bias, z, relevance):
+        if self.uniform and op.kind == "conv" and not (op.spec["transposed"] or op.spec["groups"] > 1):
+            return _box_spread(op, x, weight.shape[2:], relevance, self.epsilon)
         ones, w = torch.ones_like(x), self._weights(weight)
-        if self.uniform and (op.kind == "linear" or not (op.spec["transposed"] or op.spec["groups"] > 1)):
-            # one output channel's window count serves all: sum the relevance first, go back once
-            w = w[:1]
-            return op.input_grad((relevance / op.forward(ones, w).add_(self.epsilon)).sum(1, keepdim=True), ones, w)
+        if self.uniform and op.kind == "linear":
+            return x.new_full(x.shape, 1.0) * (relevance.sum(1, keepdim=True) / (x.shape[1] + self.epsilon))
         return op.input_grad(relevance / stabilize(op.forward(ones, w), self.epsilon), ones, w)
+
+
+def _box_spread(op, x, kernel, relevance, eps):
+    """The flat rule for a convolution, one axis at a time: a box kernel is separable.
+
+    Every output channel reads the same window, so the relevance is summed over channels,
+    divided by the window's count of inputs (a product of per-axis counts) and spread back
+    by three one-axis transposed box filters: 3k instead of k^3 taps per voxel.
+    """
+    s, dims = op.spec, len(kernel)
+    count = torch.tensor(float(x.shape[1]), dtype=x.dtype, device=x.device)
+    for d, k in enumerate(kernel):
+        line = torch.ones(1, 1, x.shape[2 + d], dtype=x.dtype, device=x.device)
+        per_axis = F.conv1d(line, line.new_ones(1, 1, k), stride=s["stride"][d], padding=s["padding"][d],
+                            dilation=s["dilation"][d]).flatten()
+        count = count * per_axis.view(-1, *([1] * (dims - 1 - d)))
+    g = (relevance / count.add_(eps)).sum(1, keepdim=True)
+    for d, k in enumerate(kernel):
+        axis = lambda value, rest: [value if e == d else rest for e in range(dims)]
+        extra = x.shape[2 + d] - ((g.shape[2 + d] - 1) * s["stride"][d] - 2 * s["padding"][d]
+                                  + s["dilation"][d] * (k - 1) + 1)
+        g = torch.ops.aten.convolution.default(
+            g, g.new_ones(1, 1, *axis(k, 1)), None, axis(s["stride"][d], 1), axis(s["padding"][d], 0),
+            axis(s["dilation"][d], 1), True, axis(extra, 0), 1)
+    return g.expand(x.shape).contiguous()
 
 
 class WSquare(Flat):
