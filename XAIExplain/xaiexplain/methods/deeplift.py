@@ -38,8 +38,8 @@ TINY = 1e-6
 
 class _Rescale(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, fn, record):
-        y = fn(x)
+    def forward(ctx, x, fn, record, output=None):
+        y = fn(x) if output is None else output.detach()  # a module's own output: no second evaluation
         ctx.fn, ctx.record = fn, record
         ctx.save_for_backward(x, y)
         return y
@@ -50,10 +50,10 @@ class _Rescale(torch.autograd.Function):
         x0, y0 = ctx.record["in"], ctx.record["out"]
         dx = x - x0
         small = dx.abs() <= TINY
-        m = (y - y0) / torch.where(small, torch.ones_like(dx), dx)
+        m = (y - y0).div_(torch.where(small, 1.0, dx))
         if bool(small.any()):
             m = torch.where(small, vjp(ctx.fn, x, torch.ones_like(x)), m)
-        return grad * m, None, None
+        return grad * m, None, None, None
 
 
 class _Product(torch.autograd.Function):
@@ -180,7 +180,7 @@ class DeepLiftMode(PropagationMode):
             y = fn(x) if output is None else output
             self._record("activation", x.shape, **{"in": x.detach(), "out": y.detach()})
             return y
-        return _Rescale.apply(x, fn, self._record("activation", x.shape))
+        return _Rescale.apply(x, fn, self._record("activation", x.shape), output)
 
     def maxpool(self, func, args, kwargs):
         b, pool = _pool_with_indices(func, args, kwargs)
