@@ -250,17 +250,18 @@ def test_input_layer_rules_conserve_and_differ(input_rule):
 
 @pytest.mark.parametrize("alpha,beta", [(1, 0), (2, 1)])
 @pytest.mark.parametrize("signed", [True, False])
-def test_alpha_beta_equals_the_rule_written_per_contribution(alpha, beta, signed):
-    """Signed inputs (as after a PReLU) or not (after a ReLU), with a bias: the rule's shortcuts against
-    contributions summed one by one."""
+@pytest.mark.parametrize("layer", ["conv", "dense"])
+def test_alpha_beta_equals_the_rule_written_per_contribution(alpha, beta, signed, layer):
+    """Signed inputs (as after a PReLU) or not (after a ReLU), with a bias, in a convolution or a dense
+    layer over a (batch, tokens, features) input: the rule's shortcuts against contributions summed one by one."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(1, 2, 4, 4, 4, generator=gen, dtype=torch.float64)
+    x = torch.randn((1, 2, 4, 4, 4) if layer == "conv" else (1, 3, 5), generator=gen, dtype=torch.float64)
     x = x if signed else x.clamp(min=0)
-    weight = torch.randn(3, 2, 3, 3, 3, generator=gen, dtype=torch.float64)
+    weight = torch.randn((3, 2, 3, 3, 3) if layer == "conv" else (3, 5), generator=gen, dtype=torch.float64)
     bias = torch.randn(3, generator=gen, dtype=torch.float64)
     spec = {"stride": [1, 1, 1], "padding": [1, 1, 1], "dilation": [1, 1, 1], "transposed": False,
             "output_padding": [0, 0, 0], "groups": 1}
-    op = LinearOp("conv", spec)
+    op = LinearOp("conv", spec) if layer == "conv" else LinearOp("linear", {})
     z = op.forward(x, weight, bias)
     relevance = torch.rand(z.shape, generator=gen, dtype=torch.float64)
     ours = AlphaBeta(alpha, beta, epsilon=1e-9)(op, x, weight, bias, z, relevance)
@@ -304,6 +305,7 @@ def test_input_grad_is_the_transpose_autograd_gives(shape, conv, kwargs):
     ((2, 1, 13, 7), F.conv2d, dict(stride=3, padding=2), (4, 1, 5, 3)),
     ((1, 2, 17), F.conv1d, dict(stride=4, dilation=3), (3, 2, 3)),
     ((2, 6), F.linear, {}, (4, 6)),
+    ((2, 3, 6), F.linear, {}, (4, 6)),
 ])
 def test_flat_rule_shortcuts_equal_its_definition(shape, conv, kwargs, weight_shape):
     """The separable box filter (convolutions) and the closed form (dense layers) against the flat rule
@@ -319,6 +321,27 @@ def test_flat_rule_shortcuts_equal_its_definition(shape, conv, kwargs, weight_sh
     fast = Flat(1e-9)(op, x, weight, None, z, relevance)
     assert torch.allclose(fast, AsWritten(1e-9)(op, x, weight, None, z, relevance), rtol=1e-9, atol=1e-12)
     assert torch.allclose(fast.sum(), relevance.sum(), rtol=1e-6)  # conserved
+
+
+@pytest.mark.parametrize("alpha,beta", [(1, 0), (2, 1)])
+def test_alpha_beta_outputs_with_one_signed_sum_stay_exact_in_float32(alpha, beta):
+    """An output whose contributions are all negative (no positive sum) and one whose are all positive
+    (no negative sum): their zero sums must not blow up and cancel inexactly in the other outputs' relevance."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1, 64, generator=gen, dtype=torch.float64)
+    weight = torch.randn(4, 64, generator=gen, dtype=torch.float64)
+    weight[0] = -x.sign()[0] * weight[0].abs()  # every contribution to output 0 is negative
+    weight[1] = x.sign()[0] * weight[1].abs()  # every contribution to output 1 is positive
+    relevance = torch.rand(1, 4, generator=gen, dtype=torch.float64) + 0.5
+    c = weight * x  # c[j, i]
+    cp, cn = c.clamp(min=0), c.clamp(max=0)
+    expected = (alpha * cp * relevance.T / (cp.sum(1, keepdim=True) + 1e-6)).sum(0)
+    if beta:
+        expected -= (beta * cn * relevance.T / (cn.sum(1, keepdim=True) - 1e-6)).sum(0)
+    op = LinearOp("linear", {})
+    x32, w32 = x.float(), weight.float()
+    ours = AlphaBeta(alpha, beta, epsilon=1e-6)(op, x32, w32, None, op.forward(x32, w32), relevance.float())
+    assert torch.allclose(ours.double()[0], expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
 
 
 def test_inplace_flags_restored_and_input_untouched():

@@ -63,11 +63,12 @@ class Epsilon(Rule):
 class AlphaBeta(Rule):
     """alpha * positive contributions - beta * negative ones (alpha - beta = 1); biases ignored.
 
-    The positive part of each contribution is (x w)+ = (|x| |w| + x w) / 2, so both sums
-    over a layer's inputs come from the layer's own output (bias removed) and one extra
-    pass with |x| and |w|, and the backward needs two transposed passes whatever the
-    signs: for signed inputs (PReLU, LeakyReLU) 1 + 2 extra passes instead of 2 + 2
-    (z+) or 4 + 4 (alpha-beta). After a ReLU, z+ needs just one of each.
+    Contributions split by sign as (xw)+ = x+ w+ + x- w- and (xw)- = x+ w- + x- w+. The
+    sums over a layer's inputs take one extra pass: with w+ after a ReLU (x >= 0), else
+    with |x| and |w|, since (xw)+ = (|x||w| + xw) / 2 and the layer's own output gives xw.
+    Going back, x+ and x- each take one transposed pass (after a ReLU only x+), with the
+    positive and negative shares stacked into it for alpha-beta. Each input's relevance is
+    then a sum of same-signed terms: no large terms that cancel, whatever an output's sums.
     """
 
     def __init__(self, alpha: float = 1.0, beta: float = 0.0, epsilon: float = 1e-6):
@@ -78,26 +79,32 @@ class AlphaBeta(Rule):
         self.name = "zplus" if beta == 0 and alpha == 1 else f"alpha{alpha:g}-beta{beta:g}"
 
     def __call__(self, op, x, weight, bias, z, relevance):
-        # Sums of positive parts are >= 0 and of negative parts <= 0, so "stabilising" is adding
-        # +-eps; the factors 1/2 of the identity cancel between the sums and the backward.
-        nonnegative = bool(x.min() >= 0)
-        if nonnegative and not self.beta:  # z+ after a ReLU: only positive weights count
-            wp = weight.clamp(min=0)
-            share = relevance / op.forward(x, wp).add_(self.epsilon)
-            return x * op.input_grad(share, x, wp)
-        x_abs, w_abs = x.abs(), weight.abs()
-        xw = z if bias is None else z - bias.view(-1, *([1] * (z.ndim - 2)))  # per output channel
-        magnitude = op.forward(x_abs, w_abs)
-        on_abs = self.alpha * relevance / (magnitude + xw).add_(2 * self.epsilon)  # 2 x the positive sum
-        on_x = on_abs
-        if self.beta:
-            against = self.beta * relevance / (xw - magnitude).sub_(2 * self.epsilon)  # 2 x the negative sum
-            on_abs, on_x = on_abs + against, on_abs - against
-        if nonnegative and (op.kind == "linear" or not (op.spec["transposed"] or op.spec["groups"] > 1)):
-            # |x| = x: both transposed passes are one, over the stacked outputs and weights
-            return op.input_grad(torch.cat([on_abs, on_x], 1), x, torch.cat([w_abs, weight], 0)).mul_(x)
-        out = op.input_grad(on_abs, x, w_abs).mul_(x_abs)
-        return out.addcmul_(x, op.input_grad(on_x, x, weight))
+        channel = -1 if op.kind == "linear" else 1  # where the outputs' channels are
+        xw = z if bias is None else z - (bias if channel == -1 else bias.view(-1, *([1] * (z.ndim - 2))))
+        wp, wn = weight.clamp(min=0), weight.clamp(max=0)
+        signed = not bool(x.min() >= 0)
+        if signed:
+            magnitude = op.forward(x.abs(), weight.abs())
+            positive = (magnitude + xw).clamp_(min=0).mul_(0.5)
+        else:
+            positive = op.forward(x, wp)
+        # (share of each output, weights seen by x+, weights seen by x-); the sums are >= 0, so
+        # stabilising is adding eps
+        terms = [(self.alpha * relevance / (positive + self.epsilon), wp, wn)]
+        if self.beta:  # minus the negative sum
+            negative = (magnitude - xw).mul_(0.5) if signed else positive - xw
+            terms.append((self.beta * relevance / negative.clamp_(min=0).add_(self.epsilon), wn, wp))
+        stack = len(terms) > 1 and (op.kind == "linear" or not (op.spec["transposed"] or op.spec["groups"] > 1))
+        parts = [(x.clamp(min=0), 1)] + ([(x.clamp(max=0), 2)] if signed else [])
+        out = 0
+        for part, which in parts:
+            if stack:  # the positive and negative shares in one transposed pass
+                back = op.input_grad(torch.cat([t[0] for t in terms], channel), x,
+                                     torch.cat([t[which] for t in terms], 0))
+            else:
+                back = sum(op.input_grad(t[0], x, t[which]) for t in terms)
+            out = out + part * back
+        return out
 
 
 class Flat(Rule):
@@ -112,9 +119,9 @@ class Flat(Rule):
     def __call__(self, op, x, weight, bias, z, relevance):
         if self.uniform and op.kind == "conv" and not (op.spec["transposed"] or op.spec["groups"] > 1):
             return _box_spread(op, x, weight.shape[2:], relevance, self.epsilon)
+        if self.uniform and op.kind == "linear":  # every output reads every input
+            return (relevance.sum(-1, keepdim=True) / (x.shape[-1] + self.epsilon)).expand(x.shape).contiguous()
         ones, w = torch.ones_like(x), self._weights(weight)
-        if self.uniform and op.kind == "linear":
-            return x.new_full(x.shape, 1.0) * (relevance.sum(1, keepdim=True) / (x.shape[1] + self.epsilon))
         return op.input_grad(relevance / stabilize(op.forward(ones, w), self.epsilon), ones, w)
 
 
@@ -126,6 +133,10 @@ def _box_spread(op, x, kernel, relevance, eps):
     by three one-axis transposed box filters: 3k instead of k^3 taps per voxel.
     """
     s, dims = op.spec, len(kernel)
+
+    def along(d, value, rest):  # a per-axis argument that acts on axis d only
+        return [value if e == d else rest for e in range(dims)]
+
     count = torch.tensor(float(x.shape[1]), dtype=x.dtype, device=x.device)
     for d, k in enumerate(kernel):
         line = torch.ones(1, 1, x.shape[2 + d], dtype=x.dtype, device=x.device)
@@ -134,12 +145,11 @@ def _box_spread(op, x, kernel, relevance, eps):
         count = count * per_axis.view(-1, *([1] * (dims - 1 - d)))
     g = (relevance / count.add_(eps)).sum(1, keepdim=True)
     for d, k in enumerate(kernel):
-        axis = lambda value, rest: [value if e == d else rest for e in range(dims)]
         extra = x.shape[2 + d] - ((g.shape[2 + d] - 1) * s["stride"][d] - 2 * s["padding"][d]
                                   + s["dilation"][d] * (k - 1) + 1)
         g = torch.ops.aten.convolution.default(
-            g, g.new_ones(1, 1, *axis(k, 1)), None, axis(s["stride"][d], 1), axis(s["padding"][d], 0),
-            axis(s["dilation"][d], 1), True, axis(extra, 0), 1)
+            g, g.new_ones(1, 1, *along(d, k, 1)), None, along(d, s["stride"][d], 1), along(d, s["padding"][d], 0),
+            along(d, s["dilation"][d], 1), True, along(d, extra, 0), 1)
     return g.expand(x.shape).contiguous()
 
 
