@@ -108,9 +108,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="write the rows here")
     parser.add_argument("--models", default="demo,densenet121", help="comma-separated: demo, densenet121")
+    parser.add_argument("--sizes", help="comma-separated cube sizes (default 64,128; 64 with --quick)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    sizes = (64,) if args.quick else (64, 128)
+    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else (64,) if args.quick else (64, 128)
     rows = []
     for name in args.models.split(","):
         model = _model(name, device)
