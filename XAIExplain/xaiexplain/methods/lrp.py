@@ -82,29 +82,32 @@ class AlphaBeta(Rule):
         channel = -1 if op.kind == "linear" else 1  # where the outputs' channels are
         xw = z if bias is None else z - (bias if channel == -1 else bias.view(-1, *([1] * (z.ndim - 2))))
         wp, wn = weight.clamp(min=0), weight.clamp(max=0)
-        signed = not bool(x.min() >= 0)
+        nonnegative = x >= 0
+        signed = not bool(nonnegative.all())
+        # the positive sum and minus the negative one (>= 0, so stabilising is adding eps); for
+        # signed inputs both twice over, 2 (xw)+- = |x||w| +- xw, and the relevance too
         if signed:
-            magnitude = op.forward(x.abs(), weight.abs())
-            positive = (magnitude + xw).clamp_(min=0).mul_(0.5)
+            magnitude, twice = op.forward(x.abs(), weight.abs()), 2.0
+            positive = (magnitude + xw).clamp_(min=0)
         else:
-            positive = op.forward(x, wp)
-        # (share of each output, weights seen by x+, weights seen by x-); the sums are >= 0, so
-        # stabilising is adding eps
-        terms = [(self.alpha * relevance / (positive + self.epsilon), wp, wn)]
-        if self.beta:  # minus the negative sum
-            negative = (magnitude - xw).mul_(0.5) if signed else positive - xw
-            terms.append((self.beta * relevance / negative.clamp_(min=0).add_(self.epsilon), wn, wp))
+            positive, twice = op.forward(x, wp), 1.0
+        if self.beta:
+            negative = (magnitude.sub_(xw) if signed else positive - xw).clamp_(min=0).add_(twice * self.epsilon)
+        terms = [(relevance.mul(twice * self.alpha).div_(positive.add_(twice * self.epsilon)), wp, wn)]
+        if self.beta:
+            terms.append((relevance.mul(twice * self.beta).div_(negative), wn, wp))
+        # (share, weights seen by x+, weights seen by x-): x+ and x- go back separately
         stack = len(terms) > 1 and (op.kind == "linear" or not (op.spec["transposed"] or op.spec["groups"] > 1))
-        parts = [(x.clamp(min=0), 1)] + ([(x.clamp(max=0), 2)] if signed else [])
-        out = 0
-        for part, which in parts:
+
+        def back(which):
             if stack:  # the positive and negative shares in one transposed pass
-                back = op.input_grad(torch.cat([t[0] for t in terms], channel), x,
+                return op.input_grad(torch.cat([t[0] for t in terms], channel), x,
                                      torch.cat([t[which] for t in terms], 0))
-            else:
-                back = sum(op.input_grad(t[0], x, t[which]) for t in terms)
-            out = out + part * back
-        return out
+            return sum(op.input_grad(t[0], x, t[which]) for t in terms)
+
+        if not signed:
+            return back(1).mul_(x)
+        return torch.where(nonnegative, back(1), back(2)).mul_(x)
 
 
 class Flat(Rule):
