@@ -274,13 +274,6 @@ class LinearOp:
         if self.kind == "linear":
             return grad @ weight
         s = self.spec
-        if not s["transposed"]:
-            # the transposed convolution: the same numbers as convolution_backward, faster on the CPU
-            # (2x on a one-channel input layer); output_padding restores what a stride rounded down
-            extra = [size - ((g - 1) * st - 2 * p + d * (k - 1) + 1) for size, g, st, p, d, k in
-                     zip(x.shape[2:], grad.shape[2:], s["stride"], s["padding"], s["dilation"], weight.shape[2:])]
-            return torch.ops.aten.convolution.default(grad, weight, None, s["stride"], s["padding"], s["dilation"],
-                                                      True, extra, s["groups"])
         grads = torch.ops.aten.convolution_backward.default(
             grad, x, weight, None, s["stride"], s["padding"], s["dilation"], s["transposed"], s["output_padding"],
             s["groups"], [True, False, False])
