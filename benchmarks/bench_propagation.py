@@ -6,9 +6,10 @@
 
 One pass = forward + backward to the input for the target logit. Time: each method
 run alternates with a pass (--repeats pairs after a warm-up) and the median of the
-pairwise ratios is reported, so load that comes and goes hits both sides alike. Peak memory: on CUDA, ``max_memory_allocated``
-above the resident model and input; on the CPU, the growth of the process's peak
-resident set size while that run alone executes in a fresh child process.
+pairwise ratios is reported, so load that comes and goes hits both sides alike.
+Peak memory: on CUDA, ``max_memory_allocated`` above the resident model and input;
+on the CPU, the growth of the process's peak resident set size while that run
+alone executes in a fresh child process. ``--sizes`` takes other cube sizes.
 Targets: LRP <= 2x, DeepLIFT <= 2.5x.
 """
 from __future__ import annotations

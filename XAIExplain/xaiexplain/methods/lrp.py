@@ -91,7 +91,7 @@ class AlphaBeta(Rule):
             positive = (magnitude + xw).clamp_(min=0)
         else:
             positive, twice = op.forward(x, wp), 1.0
-        if self.beta:
+        if self.beta:  # before the positive sum takes its eps
             negative = (magnitude.sub_(xw) if signed else positive - xw).clamp_(min=0).add_(twice * self.epsilon)
         terms = [(relevance.mul(twice * self.alpha).div_(positive.add_(twice * self.epsilon)), wp, wn)]
         if self.beta:
@@ -133,7 +133,7 @@ def _box_spread(op, x, kernel, relevance, eps):
 
     Every output channel reads the same window, so the relevance is summed over channels,
     divided by the window's count of inputs (a product of per-axis counts) and spread back
-    by three one-axis transposed box filters: 3k instead of k^3 taps per voxel.
+    by one transposed box filter per axis: 3k instead of k^3 taps per voxel in 3-D.
     """
     s, dims = op.spec, len(kernel)
 
