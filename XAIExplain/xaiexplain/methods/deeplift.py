@@ -31,7 +31,7 @@ from ..models import model_output
 from .backprop import _out_of_place
 from .base import Method, batched, register
 from .gradients import baseline_for
-from .propagation import PropagationMode, bind, in_graph, norm_affine, reduce_to, vjp
+from .propagation import PropagationMode, batch_norm_in_eval, bind, in_graph, norm_affine, reduce_to, vjp
 
 TINY = 1e-6
 
@@ -153,8 +153,7 @@ class DeepLiftMode(PropagationMode):
 
     def norm(self, func, args, kwargs):
         if func is F.batch_norm:
-            if bind("input running_mean running_var weight bias training", args, kwargs).get("training", False):
-                raise XAIError("BatchNorm is in training mode", "put the model in eval mode (model.eval())")
+            batch_norm_in_eval(args, kwargs)
             return func(*args, **kwargs)  # running statistics: linear
         self.shared_statistics = True
         x = args[0]

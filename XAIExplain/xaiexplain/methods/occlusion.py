@@ -55,9 +55,9 @@ def refinement_windows(shape, window, stride, refine: int) -> list[tuple]:
     for _ in range(int(refine)):
         if min(window) < 2:
             break
-        box = tuple(min(w, n) for w, n in zip(window, shape))
-        window, stride = tuple(max(1, w // 2) for w in box), tuple(max(1, s // 2) for s in stride)
-        levels.append((window, stride, windows(box, window, stride)))
+        extent = tuple(min(w, n) for w, n in zip(window, shape))  # the last level's window, searched again
+        window, stride = tuple(max(1, w // 2) for w in extent), tuple(max(1, s // 2) for s in stride)
+        levels.append((window, stride, windows(extent, window, stride)))
     return levels
 
 

@@ -299,6 +299,14 @@ def vjp(fn, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     return g
 
 
+def batch_norm_in_eval(args, kwargs) -> dict:
+    """A ``batch_norm`` call's arguments by name; refuses training mode (batch statistics)."""
+    b = bind("input running_mean running_var weight bias training momentum eps", args, kwargs)
+    if b.get("training", False):
+        raise XAIError("BatchNorm is in training mode", "put the model in eval mode (model.eval())")
+    return b
+
+
 def norm_affine(func, args, kwargs):
     """A normalisation with its standard deviation frozen: ``y = scale * (x - mean) + beta``.
 
@@ -308,9 +316,7 @@ def norm_affine(func, args, kwargs):
     running statistics).
     """
     if func is F.batch_norm:
-        b = bind("input running_mean running_var weight bias training momentum eps", args, kwargs)
-        if b.get("training", False):
-            raise XAIError("BatchNorm is in training mode", "put the model in eval mode (model.eval())")
+        b = batch_norm_in_eval(args, kwargs)
         axes = None
     elif func is F.instance_norm:
         b = bind("input running_mean running_var weight bias use_input_stats momentum eps", args, kwargs)
