@@ -16,7 +16,7 @@ from conftest import pearson
 from xaiexplain import Preprocessor, attribute
 from xaiexplain.errors import XAIError
 from xaiexplain.methods.lrp import AlphaBeta, Epsilon, Flat, LRPMode
-from xaiexplain.methods.propagation import LinearOp, linear_call
+from xaiexplain.methods.propagation import LinearOp, linear_call, norm_affine
 from xaiexplain.synth import generate_case
 from xaiexplain.targets import SegmentationTarget
 from xaiexplain.train import EVAL_SEED_START
@@ -342,6 +342,18 @@ def test_alpha_beta_outputs_with_one_signed_sum_stay_exact_in_float32(alpha, bet
     x32, w32 = x.float(), weight.float()
     ours = AlphaBeta(alpha, beta, epsilon=1e-6)(op, x32, w32, None, op.forward(x32, w32), relevance.float())
     assert torch.allclose(ours.double()[0], expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+def test_batch_norm_in_training_mode_is_refused_by_both_propagations():
+    """Batch statistics make a BatchNorm depend on the whole batch: no rule holds, so LRP and DeepLIFT refuse it."""
+    from xaiexplain.methods.deeplift import DeepLiftMode
+    x = torch.randn(2, 3, 4, 4, 4, requires_grad=True)
+    args = (x, torch.zeros(3), torch.ones(3), torch.ones(3), torch.zeros(3), True)
+    with pytest.raises(XAIError, match="training mode"):
+        norm_affine(F.batch_norm, args, {})
+    with pytest.raises(XAIError, match="training mode"):
+        DeepLiftMode(nn.Identity(), x).norm(F.batch_norm, args, {})
+    assert norm_affine(F.batch_norm, args[:5] + (False,), {})[1].shape == (1, 3, 1, 1, 1)
 
 
 def test_inplace_flags_restored_and_input_untouched():
