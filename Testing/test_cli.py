@@ -85,6 +85,18 @@ def test_demo_command(tmp_path):
     assert lesion.sum() == summary["demo"]["lesion_voxels"] > 0
 
 
+def test_demo_default_runs_every_quick_method(tmp_path):
+    """The README's first command: every registered method but the (minutes-long) perturbation family,
+    DeepSHAP against the case's counterfactual."""
+    from xaiexplain.methods import REGISTRY
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    quick = {name for name, m in REGISTRY.items() if m.family != "perturbation"}
+    assert set(summary["demo"]["checks"]) == quick and "deepshap" in quick
+    assert all((out / f"{name}.nrrd").exists() for name in quick)
+
+
 def test_preprocessing_flags_and_contrast_reach_the_result(tmp_path, positive_case, capsys):
     image = tmp_path / "case.nrrd"
     write_volume(positive_case.volume, image)

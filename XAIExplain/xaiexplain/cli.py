@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="generate a SynthLesion case and explain the demo model on it")
     de.add_argument("--out", default="demo-output")
     de.add_argument("--seed", type=int, default=1000003)
-    de.add_argument("--method", action="append", help="methods (default: all gradient and CAM methods)")
+    de.add_argument("--method", action="append", help="methods (default: every gradient, CAM and propagation method)")
     de.add_argument("--device", default="auto")
     de.add_argument("--quiet", action="store_true")
     de.set_defaults(func=cmd_demo)

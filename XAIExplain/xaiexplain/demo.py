@@ -1,4 +1,7 @@
-"""``xaiexplain demo``: one SynthLesion case, the demo model, every gradient and CAM method."""
+"""``xaiexplain demo``: one SynthLesion case, the demo model, every gradient, CAM and propagation method.
+
+DeepSHAP's reference set is the case's lesion-free counterfactual: the same brain, so the
+map explains what the lesion changed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +32,8 @@ def run_demo(out="demo-output", seed: int = 1000003, methods=None, device="auto"
     case = generate_case(seed, positive=True)
     model = load_model(demo_bundle(), device=device)
     methods = methods or [name for name, m in REGISTRY.items() if m.family != "perturbation"]  # seconds, not minutes
-    results = explain(model, case.volume, methods, seed=0, progress=ProgressBar(not quiet))
+    results = explain(model, case.volume, methods, seed=0, references=[case.counterfactual],
+                      progress=ProgressBar(not quiet))
     mask = case.lesion_mask.array[0]
     checks = {r.method: {"peak_in_dilated_lesion": peak_in_mask(r, mask)} for r in results}
     write_results(out, case.volume, results, {
