@@ -12,9 +12,9 @@ warnings.filterwarnings("ignore", category=UserWarning, module="monai")
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 from xaiexplain import Preprocessor, load_model  # noqa: E402
-from xaiexplain.demo_model import demo_bundle  # noqa: E402
-from xaiexplain.synth import generate_case  # noqa: E402
-from xaiexplain.train import EVAL_SEED_START  # noqa: E402
+from xaiexplain.protocol import demo_bundle  # noqa: E402
+from xaiexplain.synthlesion.synth import generate_case  # noqa: E402
+from xaiexplain.synthlesion.train import EVAL_SEED_START  # noqa: E402
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 
-from xaiexplain.benchmark import bootstrap_ci, randomisation_verdicts, run_benchmark
-from xaiexplain.report import write_report
+from xaiexplain.synthlesion.benchmark import bootstrap_ci, randomisation_verdicts, run_benchmark
+from xaiexplain.synthlesion.report import write_report
 
 
 def test_bootstrap_interval_brackets_the_mean_and_skips_nans():

@@ -10,8 +10,8 @@ import SimpleITK as sitk
 from PIL import Image
 
 from xaiexplain import read_volume, write_volume
-from xaiexplain.cli import main
-from xaiexplain.demo_model import demo_bundle
+from xaiexplain.cli.main import main
+from xaiexplain.protocol import demo_bundle
 
 
 def test_explain_writes_maps_previews_and_summary_on_the_input_grid(tmp_path, positive_case, capsys):
@@ -44,9 +44,9 @@ def test_explain_writes_maps_previews_and_summary_on_the_input_grid(tmp_path, po
 
 def test_multichannel_inputs_on_different_grids_are_resampled_onto_the_first(tmp_path, positive_case):
     from xaiexplain import explain
-    from xaiexplain.demo_model import SynthLesionNet
-    from xaiexplain.train import DEMO_PREPROCESSING
-    from xaiexplain.volume import resample_to
+    from xaiexplain.synthlesion.demo_model import SynthLesionNet
+    from xaiexplain.synthlesion.train import DEMO_PREPROCESSING
+    from xaiexplain.core.volume import resample_to
 
     first = positive_case.volume
     other = resample_to(first, type(first)(np.zeros((1, 40, 40, 40), np.float32), first.spacing * 1.6,
@@ -60,7 +60,7 @@ def test_multichannel_inputs_on_different_grids_are_resampled_onto_the_first(tmp
 
 
 def test_methods_lists_the_registry():
-    run = subprocess.run([sys.executable, "-m", "xaiexplain.cli", "methods", "--json"], capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "xaiexplain.cli.main", "methods", "--json"], capture_output=True,
                          text=True, check=True)
     listed = {m["name"]: m for m in json.loads(run.stdout)}
     assert set(listed) == {"gradient", "gradient-x-input", "smoothgrad", "integrated-gradients", "guided-backprop",
@@ -123,7 +123,7 @@ def test_lrp_and_deepshap_with_reference_volumes(tmp_path, positive_case, capsys
     --reference volumes (the counterfactual and a blur)."""
     from scipy.ndimage import gaussian_filter
 
-    from xaiexplain.volume import Volume
+    from xaiexplain.core.volume import Volume
 
     image, healthy, blurred = tmp_path / "case.nrrd", tmp_path / "healthy.nii.gz", tmp_path / "blur.nrrd"
     write_volume(positive_case.volume, image)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from xaiexplain import read_volume, write_volume
-from xaiexplain.cli import main
-from xaiexplain.demo_model import demo_bundle
-from xaiexplain.synth import region_names
+from xaiexplain.cli.main import main
+from xaiexplain.protocol import demo_bundle
+from xaiexplain.synthlesion.synth import region_names
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,7 +106,7 @@ def test_ctrl_c_leaves_no_partial_files(tmp_path, positive_case):
     write_volume(positive_case.volume, image)
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "XAIExplain")}
-    process = subprocess.Popen([sys.executable, "-m", "xaiexplain.cli", "explain", "--model", str(demo_bundle()),
+    process = subprocess.Popen([sys.executable, "-m", "xaiexplain.cli.main", "explain", "--model", str(demo_bundle()),
                                 "--input", str(image), "--method", "occlusion",
                                 "--param", "occlusion.stride=2", "--out", str(out)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

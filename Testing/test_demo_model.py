@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from xaiexplain import Preprocessor, explain
-from xaiexplain.demo import peak_in_mask
-from xaiexplain.synth import generate_case
-from xaiexplain.train import EVAL_SEED_START
+from xaiexplain.synthlesion.demo import peak_in_mask
+from xaiexplain.synthlesion.synth import generate_case
+from xaiexplain.synthlesion.train import EVAL_SEED_START
 
 
 def predict(model, cases) -> np.ndarray:
@@ -69,7 +69,7 @@ def test_gradcam_and_ig_peaks_fall_in_the_lesion_many_cases(demo):
 
 @pytest.mark.parametrize("units,field", [(1, 15), (3, 47)])
 def test_residual_units_set_the_receptive_field_of_the_features(units, field):
-    from xaiexplain.demo_model import SynthLesionNet
+    from xaiexplain.synthlesion.demo_model import SynthLesionNet
     net = SynthLesionNet(units=units).eval()
     x = torch.zeros(1, 1, 64, 64, 64, requires_grad=True)
     features = net.features(x)

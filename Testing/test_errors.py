@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from xaiexplain import XAIError, explain
-from xaiexplain.cli import main
+from xaiexplain.cli.main import main
 
 
 def one_line_error(call, words):
@@ -48,7 +48,7 @@ def test_inputs_are_never_modified(demo, positive_case):
 
 def test_cli_error_exits_non_zero_and_writes_nothing(tmp_path, positive_case, capsys):
     from xaiexplain import write_volume
-    from xaiexplain.demo_model import demo_bundle
+    from xaiexplain.protocol import demo_bundle
 
     image = tmp_path / "case.nrrd"
     write_volume(positive_case.volume, image)

@@ -7,7 +7,7 @@ from conftest import pearson
 from scipy.spatial.transform import Rotation
 
 from xaiexplain import PreprocessSpec, Preprocessor, Volume, explain
-from xaiexplain.volume import LPS_TO_RAS, resample_to
+from xaiexplain.core.volume import LPS_TO_RAS, resample_to
 
 OBLIQUE = Rotation.from_euler("xyz", [17, -11, 24], degrees=True).as_matrix()
 

@@ -8,8 +8,8 @@ from torch import nn
 
 from xaiexplain import attribute
 from xaiexplain.methods import incremental, perturb
-from xaiexplain.methods.incremental import Base, IncrementalNetwork, Patch
-from xaiexplain.methods.perturb import paste
+from xaiexplain.methods.machinery.incremental import Base, IncrementalNetwork, Patch
+from xaiexplain.methods.machinery.perturbation import paste
 
 
 def dilated_2d_net():

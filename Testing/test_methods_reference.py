@@ -15,8 +15,9 @@ from monai.visualize import CAM, GradCAM, GradCAMpp, GuidedBackpropGrad
 from torch import nn
 
 from xaiexplain import attribute, load_model
-from xaiexplain.demo_model import SynthLesionNet
-from xaiexplain.methods.gradients import baseline_for, smoothgrad_noise
+from xaiexplain.synthlesion.demo_model import SynthLesionNet
+from xaiexplain.core.baselines import baseline_for
+from xaiexplain.methods.gradients import smoothgrad_noise
 
 LESION = 1  # the demo model's positive class
 

@@ -253,9 +253,9 @@ def test_unknown_metric_and_setting_are_refused(demo, demo_x):
 def test_evaluate_cli_writes_json_and_csv(tmp_path, positive_case):
     import json
 
-    from xaiexplain.cli import main
-    from xaiexplain.demo_model import demo_bundle
-    from xaiexplain.volume import write_volume
+    from xaiexplain.cli.main import main
+    from xaiexplain.protocol import demo_bundle
+    from xaiexplain.core.volume import write_volume
 
     volume, mask = tmp_path / "t1.nrrd", tmp_path / "lesion.nrrd"
     write_volume(positive_case.volume, volume)

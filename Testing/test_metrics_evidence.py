@@ -8,8 +8,8 @@ import torch
 
 from xaiexplain import Preprocessor, attribute
 from xaiexplain.metrics import model_randomisation, pointing_game, randomisation_verdict, relevance_mass, top_mass_share
-from xaiexplain.synth import generate_case, marker_mask
-from xaiexplain.train import EVAL_SEED_START
+from xaiexplain.synthlesion.synth import generate_case, marker_mask
+from xaiexplain.synthlesion.train import EVAL_SEED_START
 
 pytestmark = pytest.mark.slow
 

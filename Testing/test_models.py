@@ -9,7 +9,7 @@ import torch
 from conftest import pearson
 
 from xaiexplain import PreprocessSpec, XAIError, attribute, explain, load_model
-from xaiexplain.demo_model import demo_bundle
+from xaiexplain.protocol import demo_bundle
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,8 @@ def test_corrupt_and_wrong_model_files_give_one_line_errors(tmp_path, demo):
 
 
 def test_a_module_from_python_is_not_changed(positive_case):
-    from xaiexplain.demo_model import SynthLesionNet
-    from xaiexplain.train import DEMO_PREPROCESSING
+    from xaiexplain.synthlesion.demo_model import SynthLesionNet
+    from xaiexplain.synthlesion.train import DEMO_PREPROCESSING
 
     net = SynthLesionNet().train()  # a user's model, left in training mode
     before = {k: v.clone() for k, v in net.state_dict().items()}

@@ -78,7 +78,7 @@ def test_resources_listed_exist(module_cmake):
     expected = {f"../Resources/Models/{bundle}/{file}" for bundle in BUNDLES for file in BUNDLE_FILES}
     assert set(bundle_resources) == expected
     if not MODELS_DIR.is_dir() or not any(MODELS_DIR.iterdir()):
-        pytest.skip("Resources/Models holds no demo bundle yet (trained by xaiexplain.train)")
+        pytest.skip("Resources/Models holds no demo bundle yet (trained by xaiexplain.synthlesion.train)")
     absent = [item for item in bundle_resources if not (MODULE_DIR / item).is_file()]
     assert not absent, f"listed demo-bundle files missing on disk: {absent}"
 

@@ -13,9 +13,9 @@ from torch import nn
 from conftest import pearson
 from xaiexplain import XAIError, attribute, get_method
 from xaiexplain.methods import Cancelled
-from xaiexplain.methods.inference import InferenceNetwork
+from xaiexplain.methods.machinery.inference import InferenceNetwork
 from xaiexplain.methods.occlusion import windows
-from xaiexplain.result import peak_voxel
+from xaiexplain.core.result import peak_voxel
 
 SHAPE = (24, 24, 24)
 

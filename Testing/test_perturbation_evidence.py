@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from xaiexplain import explain
-from xaiexplain.demo import peak_in_mask
+from xaiexplain.synthlesion.demo import peak_in_mask
 from xaiexplain.regions import Regions, harvard_oxford_regions
-from xaiexplain.synth import generate_case, region_names
-from xaiexplain.train import EVAL_SEED_START
+from xaiexplain.synthlesion.synth import generate_case, region_names
+from xaiexplain.synthlesion.train import EVAL_SEED_START
 
 
 LESION_SHARE = 0.1  # a region "contains the lesion" when it holds at least a tenth of the lesion's voxels

@@ -16,10 +16,10 @@ from conftest import pearson
 from xaiexplain import Preprocessor, attribute
 from xaiexplain.errors import XAIError
 from xaiexplain.methods.lrp import AlphaBeta, Epsilon, Flat, LRPMode
-from xaiexplain.methods.propagation import LinearOp, linear_call, norm_affine
-from xaiexplain.synth import generate_case
-from xaiexplain.targets import SegmentationTarget
-from xaiexplain.train import EVAL_SEED_START
+from xaiexplain.methods.machinery.propagation import LinearOp, linear_call, norm_affine
+from xaiexplain.synthlesion.synth import generate_case
+from xaiexplain.core.targets import SegmentationTarget
+from xaiexplain.synthlesion.train import EVAL_SEED_START
 
 
 def bias_free(net: nn.Module, x: torch.Tensor) -> nn.Module:

@@ -6,9 +6,9 @@ import pytest
 import SimpleITK as sitk
 
 from xaiexplain import Volume, XAIError
-from xaiexplain.atlas import mni152_path
-from xaiexplain.registration import atlas_into_subject, harvard_oxford_mni, nmi
-from xaiexplain.synth import _rotation
+from xaiexplain.regions.atlas import mni152_path
+from xaiexplain.regions.registration import atlas_into_subject, harvard_oxford_mni, nmi
+from xaiexplain.synthlesion.synth import _rotation
 
 
 def moved_mni(spacing: float, size: int):

@@ -30,7 +30,7 @@ GEOMETRIES = {
 
 
 def engine_volume(geometry: str, shape=(24, 20, 16), seed=0):
-    from xaiexplain.volume import Volume
+    from xaiexplain.core.volume import Volume
 
     spacing, origin, direction = GEOMETRIES[geometry]
     array = np.random.default_rng(seed).normal(size=(1,) + shape).astype(np.float32)
@@ -39,7 +39,7 @@ def engine_volume(geometry: str, shape=(24, 20, 16), seed=0):
 
 @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
 def test_geometry_round_trip(scene, geometry, tmp_path):
-    from xaiexplain.volume import read_volume
+    from xaiexplain.core.volume import read_volume
 
     volume = engine_volume(geometry)
     node = volumenodes.addVolumeNode(scene, volume.array[0], "in", volume=volume)
@@ -79,7 +79,7 @@ SHAPE = (48, 40, 32)
 
 def background_and_map(scene, geometry="oblique", signed=False):
     """A smooth grey background and a map with a ball (value 1; -1 ball too if signed) off-centre."""
-    from xaiexplain.volume import Volume
+    from xaiexplain.core.volume import Volume
 
     spacing, origin, direction = GEOMETRIES[geometry]
     i, j, k = np.indices(SHAPE, dtype=np.float32)

@@ -171,7 +171,7 @@ def test_cancel_from_the_logic(logic):
 
 
 def test_region_results_and_centering(harness, logic):
-    from xaiexplain.volume import Volume
+    from xaiexplain.core.volume import Volume
 
     shape = (20, 22, 24)
     reference = volumenodes.addVolumeNode(logic.scene, np.zeros(shape, np.float32), "in",
@@ -246,7 +246,7 @@ def test_region_table_goes_to_slicers_table_view(harness, logic):
 def test_in_process_regions_from_a_label_map(harness, logic, t1, demo, positive_case):
     """Region tables from the engine's region support (skipped by an engine without it)."""
     pytest.importorskip("xaiexplain.regions")
-    from xaiexplain.synth import region_names
+    from xaiexplain.synthlesion.synth import region_names
 
     labels = volumenodes.addVolumeNode(logic.scene, positive_case.labels.array[0], "atlas", volume=positive_case.labels,
                                        className="vtkMRMLLabelMapVolumeNode")

@@ -35,7 +35,7 @@ def test_progress_lines():
 
 
 def test_cli_prints_progress_lines(capsys):
-    from xaiexplain.cli import ProgressLines
+    from xaiexplain.cli.main import ProgressLines
 
     ProgressLines()(0.5, "half way")
     assert parseProgressLine(capsys.readouterr().out.strip()) == (0.5, "half way")
@@ -44,8 +44,8 @@ def test_cli_prints_progress_lines(capsys):
 def test_cli_progress_lines_and_no_previews(tmp_path, positive_case, capsys):
     """The engine's side of the worker protocol: parseable progress on stdout, no PNG when asked."""
     from xaiexplain import write_volume
-    from xaiexplain.cli import main
-    from xaiexplain.demo_model import demo_bundle
+    from xaiexplain.cli.main import main
+    from xaiexplain.protocol import demo_bundle
 
     image = write_volume(positive_case.volume, tmp_path / "case.nrrd")
     assert main(["explain", "--model", str(demo_bundle()), "--input", str(image), "--method", "gradcam",
@@ -125,7 +125,7 @@ def test_job_failure_leaves_no_folder_and_no_nodes(scene, tmp_path):
     assert scene.GetNumberOfNodes() == before
     command = seen["command"]
     assert command[0] == "PythonSlicer" and command[1] == "-c" and command[3] == "explain"
-    assert str(job.ENGINE_PARENT) in command[2] and "xaiexplain.cli import main" in command[2]
+    assert str(job.ENGINE_PARENT) in command[2] and "xaiexplain.cli.main import main" in command[2]
     assert command[command.index("--target") + 1] == "lesion"
     assert "smoothgrad.samples=5" in command and "--progress-lines" in command
     assert command[command.index("--out") + 1] == str(folder / "out")
@@ -141,7 +141,7 @@ def test_request_validation(scene):
 def test_engine_cli_in_a_worker_process(scene, positive_case, demo, tmp_path):
     """The real thing: the engine CLI as a child process on the demo model; the map equals the in-process one."""
     from xaiexplain import explain
-    from xaiexplain.demo_model import demo_bundle
+    from xaiexplain.protocol import demo_bundle
 
     volume = positive_case.volume
     node = volumenodes.addVolumeNode(scene, volume.array[0], "T1", volume=volume)
@@ -169,8 +169,8 @@ def test_loaded_results_bring_the_engine_region_labels(scene, positive_case, dem
     """An output folder with regions.csv and regions.nrrd (as the CLI writes them for --atlas or --regions)
     becomes a result with its region table and a label map of the regions in the subject."""
     from xaiexplain import explain
-    from xaiexplain.outputs import write_results
-    from xaiexplain.synth import region_names
+    from xaiexplain.io.outputs import write_results
+    from xaiexplain.synthlesion.synth import region_names
 
     volume = positive_case.volume
     names = {k: v for k, v in region_names().items() if k in set(np.unique(positive_case.labels.array))}
@@ -191,7 +191,7 @@ def test_loaded_results_bring_the_engine_region_labels(scene, positive_case, dem
 
 @pytest.mark.slow
 def test_cancelling_the_engine_cli(scene, positive_case, tmp_path):
-    from xaiexplain.demo_model import demo_bundle
+    from xaiexplain.protocol import demo_bundle
 
     node = volumenodes.addVolumeNode(scene, positive_case.volume.array[0], "T1", volume=positive_case.volume)
     progress = []

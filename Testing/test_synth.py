@@ -6,7 +6,7 @@ import pytest
 from scipy import ndimage
 
 from xaiexplain import XAIError
-from xaiexplain.synth import generate_case, grid, lesion_regions, region_names
+from xaiexplain.synthlesion.synth import generate_case, grid, lesion_regions, region_names
 
 
 def test_same_seed_same_case_and_other_seed_other_case():
@@ -54,7 +54,7 @@ def test_grid_geometry_and_regions():
 def test_peak_in_mask_uses_a_euclidean_ball():
     from types import SimpleNamespace
 
-    from xaiexplain.demo import peak_in_mask
+    from xaiexplain.synthlesion.demo import peak_in_mask
 
     mask = np.zeros((9, 9, 9), np.uint8)
     mask[4, 4, 4] = 1

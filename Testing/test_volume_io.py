@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from xaiexplain.errors import XAIError
-from xaiexplain.volume import Volume, read_volume, stack_channels, write_volume
+from xaiexplain.core.volume import Volume, read_volume, stack_channels, write_volume
 
 SHAPE = (12, 10, 8)
 SPACING = (0.8, 1.1, 2.5)

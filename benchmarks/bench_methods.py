@@ -21,7 +21,7 @@ import torch
 from monai.networks.nets import DenseNet121
 
 from xaiexplain import METHODS, attribute, load_model
-from xaiexplain.demo_model import demo_bundle
+from xaiexplain.protocol import demo_bundle
 
 
 def sync(device):

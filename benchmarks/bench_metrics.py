@@ -18,11 +18,11 @@ import time
 import torch
 
 from xaiexplain import Preprocessor, load_model
-from xaiexplain.benchmark import QUICK_PARAMS, QUICK_SETTINGS
-from xaiexplain.demo_model import demo_bundle
+from xaiexplain.synthlesion.benchmark import QUICK_PARAMS, QUICK_SETTINGS
+from xaiexplain.protocol import demo_bundle
 from xaiexplain.metrics import evaluate
-from xaiexplain.synth import generate_case
-from xaiexplain.train import EVAL_SEED_START
+from xaiexplain.synthlesion.synth import generate_case
+from xaiexplain.synthlesion.train import EVAL_SEED_START
 
 
 def forward_seconds(model, x, repeats=3) -> float:

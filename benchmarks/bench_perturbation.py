@@ -29,11 +29,11 @@ import numpy as np
 import torch
 
 from xaiexplain import Preprocessor, attribute, load_model
-from xaiexplain.demo_model import demo_bundle
+from xaiexplain.protocol import demo_bundle
 from xaiexplain.methods import perturb
-from xaiexplain.provenance import versions
-from xaiexplain.synth import generate_case
-from xaiexplain.train import EVAL_SEED_START
+from xaiexplain.core.provenance import versions
+from xaiexplain.synthlesion.synth import generate_case
+from xaiexplain.synthlesion.train import EVAL_SEED_START
 
 WINDOW, STRIDE = 16, 8
 

@@ -25,7 +25,7 @@ import torch
 from monai.networks.nets import DenseNet121
 
 from xaiexplain import attribute, load_model
-from xaiexplain.demo_model import demo_bundle
+from xaiexplain.protocol import demo_bundle
 
 RUNS = {"pass": None, "lrp epsilon": ("lrp", {"composite": "epsilon"}),
         "lrp epsilon-plus-flat": ("lrp", {"composite": "epsilon-plus-flat"}),

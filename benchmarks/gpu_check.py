@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from xaiexplain import METHODS, Volume, attribute, explain, load_model
-from xaiexplain.demo_model import demo_bundle
+from xaiexplain.protocol import demo_bundle
 
 
 def main() -> int:

@@ -22,7 +22,7 @@ from .worker import WorkerProcess, pythonSlicerExecutable
 
 ENGINE_PARENT = Path(__file__).resolve().parent.parent  # the folder that holds the xaiexplain package
 LAUNCH_ENGINE = (f"import sys; sys.path.insert(0, {str(ENGINE_PARENT)!r}); "
-                 "from xaiexplain.cli import main; sys.exit(main())")
+                 "from xaiexplain.cli.main import main; sys.exit(main())")
 
 
 @dataclass

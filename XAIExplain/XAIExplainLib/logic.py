@@ -41,7 +41,7 @@ class ExplainLogicBase:
     def demoModelPath(name: str = "synthlesion_classifier") -> str:
         """A shipped demo bundle (found without importing the engine, so the panel opens without torch)."""
         engine = job.ENGINE_PARENT / "xaiexplain"
-        # the engine's own lookup (xaiexplain.demo_model.models_dir): installed module, then repository checkout
+        # the engine's own lookup (xaiexplain.synthlesion.demo_model.models_dir): installed module, then repository checkout
         for models in (engine / "Resources" / "Models", engine.parent.parent / "Resources" / "Models",
                        engine.parent / "Resources" / "Models"):
             if (models / name).is_dir():
@@ -64,9 +64,9 @@ class ExplainLogicBase:
     def predict(self, inputVolumes, model: str, device: str = "auto") -> dict:
         """The model's prediction on the input (one forward pass, in-process): task, classes, probabilities."""
         import torch
-        from xaiexplain.explain import _prediction, evaluation_mode, load_inputs
-        from xaiexplain.models import model_output
-        from xaiexplain.preprocess import Preprocessor
+        from xaiexplain.core.explain import _prediction, evaluation_mode, load_inputs
+        from xaiexplain.core.models import model_output
+        from xaiexplain.core.preprocess import Preprocessor
 
         loaded = self.loadModel(model, device)
         volume, _ = load_inputs([volumeFromNode(n) for n in self._nodes(inputVolumes)])

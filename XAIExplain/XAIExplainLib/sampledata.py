@@ -20,7 +20,7 @@ def thumbnailPath() -> Path:
 
 def loadSynthLesion(scene, seed: int = SAMPLE_SEED, name: str = SAMPLE_NAME):
     """Add the brain (scalar volume) and its lesion mask (label map named 'lesion') to ``scene``."""
-    from xaiexplain.synth import generate_case
+    from xaiexplain.synthlesion.synth import generate_case
 
     case = generate_case(seed, positive=True)
     brain = addVolumeNode(scene, case.volume.array[0], name, volume=case.volume)

@@ -89,7 +89,7 @@ def updateNodeFromArray(node, array: np.ndarray) -> None:
 
 def volumeFromNode(node):
     """An engine Volume (lazy import: the engine needs the Python dependencies) holding a copy of the voxels."""
-    from xaiexplain.volume import Volume
+    from xaiexplain.core.volume import Volume
 
     spacing, origin, direction = geometryFromNode(node)
     array = arrayFromNode(node)

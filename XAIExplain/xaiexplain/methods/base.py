@@ -12,10 +12,12 @@ from typing import Callable, ClassVar
 
 import torch
 
+from ..core.baselines import BASELINES
 from ..errors import XAIError
-from ..models import LoadedModel, model_output
+from ..core.models import LoadedModel, model_output
 
 ProgressFn = Callable[[float, str], None]
+BASELINE = "baseline"  # a bound: a baseline name or a reference volume
 
 
 class Cancelled(Exception):
@@ -76,6 +78,9 @@ class Method:
     segmentation: ClassVar[bool] = True  # works with region targets
     needs_regions: ClassVar[bool] = False  # scores anatomical regions (ctx.regions)
     defaults: ClassVar[dict] = {}
+    # What each parameter may be: (low, high) for numbers (None: open), a tuple of choices for names,
+    # BASELINE for "zeros | mean | blur | a reference volume". Read by the CLI, the API and the Slicer panel.
+    bounds: ClassVar[dict] = {}
     reference: ClassVar[str] = ""
     # Completeness axiom: the map sums to score(x) - score(completeness_baseline(x)) (score 0 when None).
     completeness: ClassVar[bool] = False
@@ -103,12 +108,33 @@ class Method:
         """The input whose score the map's sum is measured from; None: a score of 0 (e.g. LRP-epsilon)."""
         return None
 
+    def parameters(self) -> list[dict]:
+        """Each parameter as {name, type, default, min, max, choices}: what a front end needs to offer it."""
+        out = []
+        for name, default in self.defaults.items():
+            bound = self.bounds.get(name)
+            kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(type(default), "object")
+            if bound is BASELINE:
+                kind = "baseline"
+            elif kind == "object" and isinstance(bound, tuple) and len(bound) == 2 and not isinstance(bound[0], str):
+                kind = "int"  # an optional count (None: chosen by the method)
+            entry = {"name": name, "type": kind, "default": default, "min": None, "max": None, "choices": None}
+            if bound is BASELINE:
+                entry["choices"] = list(BASELINES)
+            elif isinstance(bound, tuple) and bound and isinstance(bound[0], str):
+                entry["choices"] = list(bound)
+            elif isinstance(bound, tuple):
+                entry["min"], entry["max"] = bound
+            out.append(entry)
+        return out
+
     def describe(self) -> dict:
         return {"name": self.name, "title": self.title, "family": self.family, "signed": self.signed,
                 "needs_gradients": self.needs_gradients, "needs_layers": self.needs_layers,
                 "segmentation": self.segmentation, "completeness": self.completeness,
                 "needs_regions": self.needs_regions, "defaults": dict(self.defaults),
-                "cost": self.cost(self.params({})), "reference": self.reference}
+                "parameters": self.parameters(), "cost": self.cost(self.params({})),
+                "reference": self.reference}
 
 
 REGISTRY: dict[str, Method] = {}

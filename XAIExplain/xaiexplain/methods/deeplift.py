@@ -26,12 +26,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..core.baselines import baseline_for
 from ..errors import XAIError
-from ..models import model_output
+from ..core.models import model_output
 from .backprop import _out_of_place
-from .base import Method, batched, register
-from .gradients import baseline_for
-from .propagation import PropagationMode, batch_norm_in_eval, bind, in_graph, norm_affine, reduce_to, vjp
+from .base import BASELINE, Method, batched, register
+from .machinery.propagation import PropagationMode, batch_norm_in_eval, bind, in_graph, norm_affine, reduce_to, vjp
 
 TINY = 1e-6
 
@@ -252,6 +252,7 @@ class DeepLift(Method):
     name, title, family = "deeplift", "DeepLIFT (rescale rule)", "propagation"
     needs_layers = True
     defaults = {"baseline": "zeros"}
+    bounds = {"baseline": BASELINE}
     reference = "Shrikumar et al. 2017"
     completeness = True  # summation to delta
 
@@ -269,6 +270,7 @@ class DeepShap(Method):
     name, title, family = "deepshap", "DeepSHAP (DeepLIFT averaged over references)", "propagation"
     needs_layers = True
     defaults = {"batch_size": 4}
+    bounds = {"batch_size": (1, None)}
     reference = "Lundberg and Lee 2017"
     # sums to score(x) minus the *mean* reference score, which no single baseline input gives;
     # its summation error is recorded in info instead

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..errors import XAIError
 from .backprop import _out_of_place
 from .base import Method, register
-from .propagation import PropagationMode, in_graph, linear_call, norm_affine, reduce_to, vjp
+from .machinery.propagation import PropagationMode, in_graph, linear_call, norm_affine, reduce_to, vjp
 
 
 def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
@@ -418,6 +418,7 @@ class LRP(Method):
     name, title, family = "lrp", "Layer-wise relevance propagation", "propagation"
     needs_layers = True
     defaults = {"composite": "epsilon-plus-flat", "epsilon": 1e-6, "rules": None, "input_rule": None}
+    bounds = {"composite": tuple(COMPOSITES), "epsilon": (0.0, None)}
     reference = "Bach et al. 2015; Montavon et al. 2019"
     completeness = True  # relevance sums to the score, less what biases absorb
 

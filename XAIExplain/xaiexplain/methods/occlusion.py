@@ -5,8 +5,9 @@ import itertools
 
 import torch
 
-from .base import Method, register
-from .perturb import (Scorer, baseline_of, box, check_score, compose, describe_baseline, region_index,
+from ..core.baselines import baseline_for, describe_baseline
+from .base import BASELINE, Method, register
+from .machinery.perturbation import (SCORES, Scorer, box, check_score, compose, region_index,
                       region_scores_map)
 
 
@@ -108,6 +109,8 @@ class PatchOcclusion(Method):
     needs_gradients = False
     defaults = {"window": 16, "stride": 8, "refine": 2, "baseline": "blur", "score": "probability",
                 "batch_size": None}
+    bounds = {"window": (1, None), "stride": (1, None), "refine": (0, 8), "baseline": BASELINE,
+              "score": SCORES, "batch_size": (1, None)}
     reference = "Zeiler & Fergus 2014"
 
     def cost(self, params):
@@ -120,7 +123,7 @@ class PatchOcclusion(Method):
 
     def run(self, ctx, window, stride, refine, baseline, score, batch_size):
         check_score(score)
-        base_all = baseline_of(ctx, baseline)
+        base_all = baseline_for(ctx.x, baseline)
         shape = tuple(ctx.x.shape[2:])
         spots = windows(shape, window, stride)
         levels = refinement_windows(shape, window, stride, refine)
@@ -168,6 +171,7 @@ class RegionOcclusion(Method):
     name, title, family = "occlusion-regions", "Region occlusion (one anatomical region at a time)", "perturbation"
     needs_gradients, needs_regions = False, True
     defaults = {"baseline": "blur", "score": "probability", "keep_only": False, "batch_size": None}
+    bounds = {"baseline": BASELINE, "score": SCORES, "batch_size": (1, None)}
     reference = "Zeiler & Fergus 2014; Ribeiro et al. 2016 (feature ablation)"
 
     def cost(self, params):
@@ -178,7 +182,7 @@ class RegionOcclusion(Method):
 
     def run(self, ctx, baseline, score, keep_only, batch_size):
         check_score(score)
-        base_all = baseline_of(ctx, baseline)
+        base_all = baseline_for(ctx.x, baseline)
         compact, ids = region_index(ctx)
         k = len(ids)
         shape = tuple(ctx.x.shape[2:])

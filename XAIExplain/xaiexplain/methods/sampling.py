@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import XAIError
-from .base import Method, register
-from .perturb import (Scorer, baseline_of, check_score, compose, describe_baseline, region_index,
+from ..core.baselines import baseline_for, describe_baseline
+from .base import BASELINE, Method, register
+from .machinery.perturbation import (SCORES, Scorer, check_score, compose, region_index,
                       region_scores_map)
 
 
@@ -43,6 +44,8 @@ class RISE(Method):
     # model reads as lesion-like everywhere (peak 44-52 voxels off the lesion; with blur 0-1 voxel).
     defaults = {"masks": 1000, "cells": 8, "keep": 0.5, "baseline": "blur", "score": "probability",
                 "batch_size": None}
+    bounds = {"masks": (1, None), "cells": (1, None), "keep": (0.0, 1.0), "baseline": BASELINE, "score": SCORES,
+              "batch_size": (1, None)}
     reference = "Petsiuk et al. 2018"
 
     def cost(self, params):
@@ -50,7 +53,7 @@ class RISE(Method):
 
     def run(self, ctx, masks, cells, keep, baseline, score, batch_size):
         check_score(score)
-        base_all = baseline_of(ctx, baseline)
+        base_all = baseline_for(ctx.x, baseline)
         shape = tuple(ctx.x.shape[2:])
         maps = []
         for n in range(ctx.x.shape[0]):
@@ -85,6 +88,8 @@ class LIME(Method):
     needs_gradients, needs_regions = False, True
     defaults = {"samples": 1000, "kernel_width": 0.25, "alpha": 1.0, "baseline": "blur", "score": "probability",
                 "batch_size": None}
+    bounds = {"samples": (1, None), "kernel_width": (0.0, None), "alpha": (0.0, None), "baseline": BASELINE,
+              "score": SCORES, "batch_size": (1, None)}
     reference = "Ribeiro et al. 2016"
 
     def cost(self, params):
@@ -92,7 +97,7 @@ class LIME(Method):
 
     def run(self, ctx, samples, kernel_width, alpha, baseline, score, batch_size):
         check_score(score)
-        base_all = baseline_of(ctx, baseline)
+        base_all = baseline_for(ctx.x, baseline)
         compact, ids = region_index(ctx)
         k = len(ids)
         maps, scores, fits = [], [], []
@@ -163,6 +168,7 @@ class KernelSHAP(Method):
     name, title, family = "kernel-shap", "KernelSHAP over regions (Shapley values)", "perturbation"
     needs_gradients, needs_regions = False, True
     defaults = {"samples": 2048, "baseline": "blur", "score": "probability", "batch_size": None}
+    bounds = {"samples": (1, None), "baseline": BASELINE, "score": SCORES, "batch_size": (1, None)}
     reference = "Lundberg & Lee 2017"
 
     def cost(self, params):
@@ -174,7 +180,7 @@ class KernelSHAP(Method):
 
     def run(self, ctx, samples, baseline, score, batch_size):
         check_score(score)
-        base_all = baseline_of(ctx, baseline)
+        base_all = baseline_for(ctx.x, baseline)
         compact, ids = region_index(ctx)
         k = len(ids)
         if k == 0:

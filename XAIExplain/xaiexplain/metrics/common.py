@@ -11,11 +11,10 @@ import torch
 from scipy import ndimage, stats
 
 from ..errors import XAIError
-from ..explain import evaluation_mode
+from ..core.models import evaluation_mode
 from ..methods.base import batched
-from ..methods.gradients import baseline_for
-from ..models import LoadedModel, load_model, model_output, probabilities
-from ..targets import ClassTarget
+from ..core.models import LoadedModel, load_model, model_output, probabilities
+from ..core.targets import ClassTarget
 
 
 def loaded(model) -> LoadedModel:
@@ -71,15 +70,6 @@ class Scorer:
             out.append(self.target.score(logits, ref).double().cpu())
             self.passes += int(chunk.shape[0])
         return torch.cat(out).numpy()
-
-
-def substrate(x: torch.Tensor, kind="blur", value: float = 0.0) -> torch.Tensor:
-    """What removed voxels become: 'blur' (Gaussian, sigma 5 voxels), 'constant' (``value``) or a volume."""
-    if isinstance(kind, str) and kind == "constant":
-        return torch.full_like(x, float(value))
-    if isinstance(kind, str) and kind not in ("blur",):
-        raise XAIError(f"unknown substrate '{kind}'", "use blur, constant, or pass a reference volume")
-    return baseline_for(x, kind).to(x.dtype)
 
 
 def descending_order(a: np.ndarray) -> np.ndarray:

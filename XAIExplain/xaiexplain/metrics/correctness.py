@@ -13,7 +13,8 @@ import torch
 from ..errors import XAIError
 from ..methods import get_method
 from ..methods.base import batched
-from .common import Scorer, descending_order, fraction_count, substrate, voxel_map
+from ..core.baselines import substrate
+from .common import Scorer, descending_order, fraction_count, voxel_map
 
 
 def _auc(fractions: np.ndarray, scores: np.ndarray) -> float:

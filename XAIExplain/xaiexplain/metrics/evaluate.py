@@ -13,10 +13,10 @@ import numpy as np
 import torch
 
 from ..errors import XAIError
-from ..explain import attribute
+from ..core.explain import attribute
 from ..methods import get_method
-from ..provenance import versions
-from ..result import _jsonable
+from ..core.provenance import versions
+from ..core.result import _jsonable
 from .coherence import coherence, hit_at_k
 from .common import Scorer, loaded
 from .compactness import compactness
@@ -236,10 +236,11 @@ def evaluate_volumes(model, inputs, methods, *, target=None, mask=None, substrat
                      progress=None) -> list[dict]:
     """``evaluate`` from files or Volumes: the inputs, ground-truth mask and substrate volume are moved
     into the model's space with its preprocessing (the mask by nearest neighbour)."""
-    from ..explain import check_volume, load_inputs
-    from ..models import load_model
-    from ..preprocess import Preprocessor
-    from ..volume import Volume, read_volume
+    from ..core.case import check_volume
+    from ..core.volume import load_inputs
+    from ..core.models import load_model
+    from ..core.preprocess import Preprocessor
+    from ..core.volume import Volume, read_volume
 
     model = load_model(model, device=device)
     volume, _ = load_inputs(inputs)

@@ -18,7 +18,7 @@ import dataclasses
 
 import torch
 
-from ..explain import attribute
+from ..core.explain import attribute
 from ..methods import get_method
 from .common import loaded, map_similarity, voxel_map
 from .robustness import fixed_target

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from ..errors import XAIError
-from ..explain import attribute, evaluation_mode
+from ..core.explain import attribute
+from ..core.models import evaluation_mode
 from ..methods import get_method
 from ..methods.base import batched
-from ..models import model_output
-from ..targets import ClassTarget, SegmentationTarget
+from ..core.models import model_output
+from ..core.targets import ClassTarget, SegmentationTarget
 from .common import loaded, spearman, voxel_map
 
 

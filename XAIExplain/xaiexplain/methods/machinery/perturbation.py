@@ -17,10 +17,9 @@ import time
 import numpy as np
 import torch
 
-from ..errors import XAIError
-from ..models import probabilities
-from .base import Context
-from .gradients import baseline_for
+from ...errors import XAIError
+from ...core.models import probabilities
+from ..base import Context
 from .incremental import IncrementalNetwork
 from .inference import InferenceNetwork, agrees
 
@@ -37,15 +36,6 @@ def check_score(score: str) -> str:
     if score not in SCORES:
         raise XAIError(f"unknown score '{score}'", f"use one of: {', '.join(SCORES)}")
     return score
-
-
-def baseline_of(ctx: Context, kind) -> torch.Tensor:
-    """The replacement values (N, C, X, Y, Z) on the model's device: zeros, mean, blur or a reference volume."""
-    return baseline_for(ctx.x, kind)
-
-
-def describe_baseline(kind) -> str:
-    return kind if isinstance(kind, str) else f"reference volume {tuple(torch.as_tensor(kind).shape)}"
 
 
 def free_memory(device: torch.device) -> int:

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .preview import render_preview
-from .result import Attribution
-from .volume import Volume, write_volume
+from ..core.result import Attribution
+from ..core.volume import Volume, write_volume
 
 
 def write_results(out_dir, volume: Volume, attributions: list[Attribution], summary_extra: dict | None = None,

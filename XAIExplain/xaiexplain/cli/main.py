@@ -6,7 +6,7 @@ import json
 import signal
 import sys
 
-from .errors import XAIError
+from ..errors import XAIError
 
 
 class ProgressBar:
@@ -87,7 +87,7 @@ def _preprocessing_overrides(args) -> dict:
 
 def _regions(args, volume):
     """The region source named by --atlas / --regions / --supervoxels (None: none given)."""
-    from .regions import harvard_oxford_regions, label_regions, supervoxel_regions
+    from ..regions import harvard_oxford_regions, label_regions, supervoxel_regions
 
     given = [flag for flag, value in (("--atlas", args.atlas), ("--regions", args.regions),
                                       ("--supervoxels", args.supervoxels)) if value]
@@ -107,7 +107,7 @@ def _regions(args, volume):
 
 def _with_baseline(params: dict, methods: list[str], baseline: str | None) -> dict:
     """--baseline sets the ``baseline`` parameter of every chosen method that has one (--param wins)."""
-    from .methods import get_method
+    from ..methods import get_method
 
     if baseline is None:
         return params
@@ -121,9 +121,9 @@ def _with_baseline(params: dict, methods: list[str], baseline: str | None) -> di
 
 
 def cmd_explain(args) -> int:
-    from .explain import explain
-    from .outputs import write_results
-    from .volume import read_volume
+    from ..core.explain import explain
+    from ..io.outputs import write_results
+    from ..core.volume import read_volume
 
     volumes = [read_volume(path) for path in args.input]
     bar = ProgressLines() if args.progress_lines else ProgressBar(not args.quiet)
@@ -151,7 +151,7 @@ def cmd_explain(args) -> int:
 
 
 def cmd_methods(args) -> int:
-    from .methods import REGISTRY
+    from ..methods import REGISTRY
 
     if args.json:
         print(json.dumps([m.describe() for m in REGISTRY.values()], indent=2))
@@ -166,7 +166,7 @@ def cmd_methods(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from ..synthlesion.demo import run_demo
 
     run_demo(args.out, seed=args.seed, methods=args.method or None, device=args.device, quiet=args.quiet)
     return 0
@@ -176,7 +176,7 @@ def cmd_evaluate(args) -> int:
     import csv
     from pathlib import Path
 
-    from .metrics.evaluate import evaluate_volumes, summary_row
+    from ..metrics.evaluate import evaluate_volumes, summary_row
 
     bar = ProgressBar(not args.quiet)
     try:
@@ -207,8 +207,8 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import run_benchmark
-    from .report import write_report
+    from ..synthlesion.benchmark import run_benchmark
+    from ..synthlesion.report import write_report
 
     bar = ProgressBar(not args.quiet)
     try:

@@ -3,15 +3,14 @@
 64^3 input -> features at 16^3 (PReLU residual units, then a 1x1 convolution
 with ReLU: the Grad-CAM layer, 12 mm cells at 3 mm voxels) -> global max
 pooling -> linear. Weights trained by
-``xaiexplain.train`` ship as MONAI bundles under ``Resources/Models``.
+``xaiexplain.synthlesion.train`` ship as MONAI bundles under ``Resources/Models``.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
+
 
 CLASS_NAMES = ["healthy", "lesion"]
 
@@ -40,18 +39,3 @@ class SynthLesionNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(self.pool(self.features(x))))
 
-
-def models_dir() -> Path:
-    """Where the shipped demo bundles live (repo checkout or Slicer module install)."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "Resources" / "Models", here.parent.parent / "Resources" / "Models",
-                      here.parent / "Resources" / "Models"):
-        if candidate.is_dir():
-            return candidate
-    from .errors import XAIError
-    raise XAIError("the demo models are not installed next to the engine", "reinstall XAIExplain from its repository")
-
-
-def demo_bundle(name: str = "synthlesion_classifier") -> Path:
-    """Path of a shipped demo bundle: 'synthlesion_classifier' or 'synthlesion_shortcut'."""
-    return models_dir() / name

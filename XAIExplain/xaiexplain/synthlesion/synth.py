@@ -13,14 +13,14 @@ import json
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .atlas import harvard_oxford_labels, mni152_path
-from .volume import Volume
+from ..regions.atlas import harvard_oxford_labels, mni152_path
+from ..core.volume import Volume
+from ..protocol import cache_dir
 
 GRID_SHAPE = (64, 64, 64)
 GRID_SPACING = 3.0
@@ -39,11 +39,6 @@ def grid() -> Volume:
 
 
 CACHE_VERSION = 1
-
-
-def cache_dir() -> Path:
-    """Where derived data is cached: $XAIEXPLAIN_CACHE or ~/.cache/xaiexplain."""
-    return Path(os.environ.get("XAIEXPLAIN_CACHE") or Path.home() / ".cache" / "xaiexplain")
 
 
 @lru_cache(maxsize=1)
@@ -180,7 +175,7 @@ def generate_case(seed: int, positive: bool | None = None, region: int | str | N
         if isinstance(region, str):
             by_name = {v.lower(): k for k, v in names.items()}
             if region.lower() not in by_name:
-                from .errors import XAIError
+                from ..errors import XAIError
                 raise XAIError(f"unknown Harvard-Oxford region '{region}'", "use a name from the atlas labels")
             region = by_name[region.lower()]
         region_id = int(region) if region is not None else int(rng.choice(lesion_regions()))

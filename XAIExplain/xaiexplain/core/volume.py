@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import XAIError
+from ..errors import XAIError
 
 # Physical LPS -> RAS is a sign flip of x and y.
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -191,3 +191,9 @@ def write_volume(volume: Volume, path: str | os.PathLike, channel: int = 0, comp
     if not detached:
         os.replace(tmp, path)
     return path
+
+
+def load_inputs(inputs) -> tuple[Volume, list[str]]:
+    """One Volume from a Volume, a path, or a list of them (as channels on the first one's grid), and notes."""
+    items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    return stack_channels([item if isinstance(item, Volume) else read_volume(item) for item in items])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .result import _jsonable
+from ..core.result import _jsonable
 
 # (column, heading, digits): the headline table, one row per method.
 HEADLINE = (("deletion_auc", "deletion AUC ↓", 3), ("insertion_auc", "insertion AUC ↑", 3),

@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 from monai.transforms import (Compose, NormalizeIntensity, Orientation, ResizeWithPadOrCrop, ScaleIntensityRange,
                               ScaleIntensityRangePercentiles, Spacing)
 
-from .errors import XAIError
+from ..errors import XAIError
 from .volume import Volume
 
 INTENSITY_KINDS = ("range", "percentiles", "zscore")

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import XAIError
+from ..errors import XAIError
 
 
 def _check_class(index: int, n_classes: int, what: str = "class") -> int:

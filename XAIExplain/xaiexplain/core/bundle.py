@@ -13,7 +13,7 @@ import monai
 import numpy as np
 import torch
 
-from .errors import XAIError
+from ..errors import XAIError
 from .preprocess import PreprocessSpec
 
 # Loading / typing steps that change nothing a map depends on (the spatial and intensity ones are parsed).

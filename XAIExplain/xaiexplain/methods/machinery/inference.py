@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models import model_output
+from ...core.models import model_output
 
 # Relative to the output's scale: float32 rounding of a folded convolution on a CPU stays far below
 # 1e-4; GPU convolutions run in TF32 by default (10-bit mantissa), about 1e-3.

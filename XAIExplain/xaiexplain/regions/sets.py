@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import XAIError
-from .volume import Volume, read_volume, resample_to
+from ..errors import XAIError
+from ..core.volume import Volume, read_volume, resample_to
 
 MIN_COVERAGE = 0.5  # share of a label volume's labelled voxels that must land inside the input volume
 

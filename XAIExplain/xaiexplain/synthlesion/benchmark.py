@@ -18,14 +18,15 @@ import time
 import numpy as np
 import torch
 
-from .demo_model import demo_bundle
-from .explain import attribute, evaluation_mode
-from .methods import REGISTRY, get_method
-from .metrics import evaluate, summary_row, top_mass_share
-from .metrics.evaluate import DEFAULTS
-from .models import load_model, probabilities
-from .preprocess import Preprocessor
-from .provenance import versions
+from ..protocol import demo_bundle
+from ..core.explain import attribute
+from ..core.models import evaluation_mode
+from ..methods import REGISTRY, get_method
+from ..metrics import evaluate, summary_row, top_mass_share
+from ..metrics.evaluate import DEFAULTS
+from ..core.models import load_model, probabilities
+from ..core.preprocess import Preprocessor
+from ..core.provenance import versions
 from .synth import generate_case, marker_mask
 from .train import EVAL_SEED_START
 

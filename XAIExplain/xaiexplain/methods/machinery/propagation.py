@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from ..errors import XAIError
+from ...errors import XAIError
 
 
 def _collect(*pairs) -> set:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .volume import Volume
+from ..core.volume import Volume
 
 
 def _ras_array(volume: Volume, channel: int = 0) -> tuple[np.ndarray, np.ndarray]:

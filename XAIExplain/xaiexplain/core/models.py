@@ -13,13 +13,14 @@ import hashlib
 import json
 import warnings
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .errors import XAIError
+from ..errors import XAIError
 from .preprocess import PreprocessSpec
 
 FORMATS = ("module", "bundle", "export", "torchscript")
@@ -63,6 +64,49 @@ class LoadedModel:
             raise XAIError("this method needs the model's layers, which a TorchScript file hides",
                            "give the model as a MONAI bundle, a torch.export .pt2 file or a torch.nn.Module")
         return dict(self.network.named_modules())
+
+    def output(self, x: torch.Tensor) -> torch.Tensor:
+        """The network's output (float, detached) for a model-space batch, in eval mode without autograd."""
+        with torch.inference_mode(), evaluation_mode(self):
+            try:
+                out = model_output(self.network(x.to(self.device))).float()
+            except RuntimeError as err:
+                raise XAIError(f"the model failed on the input ({str(err).splitlines()[0][:160]})",
+                               "check channels, size and preprocessing (--spacing/--size) against the model") from None
+        return out.clone()  # a normal tensor: inference tensors cannot enter autograd later
+
+    def predict(self, x: torch.Tensor) -> dict:
+        """What the model says about a model-space volume (1, C, X, Y, Z): see :func:`prediction`."""
+        return prediction(self.output(x), self.class_names)
+
+
+@contextmanager
+def evaluation_mode(model: LoadedModel):
+    """Run in eval mode (BatchNorm statistics frozen, dropout off); give the model back as it was."""
+    modes = [(m, m.training) for m in model.network.modules()]  # per module: some may be frozen already
+    model.network.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def prediction(logits: torch.Tensor, class_names) -> dict:
+    """A classifier's predicted class and probabilities, or a segmentation's voxels per class (sample 0)."""
+    if logits.ndim == 2:
+        probs = probabilities(logits.double())[0]
+        if probs.numel() == 1:  # a single logit: the probability of class 1
+            probs = torch.cat([1 - probs, probs])
+        k = int(probs.argmax())
+        return {"task": "classification", "predicted_class": k,
+                "predicted_name": class_names[k] if class_names else str(k),
+                "probabilities": [round(float(p), 6) for p in probs], "logits": [float(v) for v in logits[0]],
+                "class_names": class_names}
+    labels = logits[0].argmax(0)
+    counts = torch.bincount(labels.flatten(), minlength=logits.shape[1])
+    return {"task": "segmentation", "voxels_per_class_model_space": [int(c) for c in counts],
+            "class_names": class_names}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

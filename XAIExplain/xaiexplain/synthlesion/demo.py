@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .cli import ProgressBar
-from .demo_model import demo_bundle
-from .explain import explain
-from .methods import REGISTRY
-from .models import load_model
-from .outputs import write_results
+from ..cli.main import ProgressBar
+from ..protocol import demo_bundle
+from ..core.explain import explain
+from ..methods import REGISTRY
+from ..core.models import load_model
+from ..io.outputs import write_results
 from .synth import generate_case
-from .volume import write_volume
+from ..core.volume import write_volume
 
 
 def peak_in_mask(attribution, mask: np.ndarray, dilate: float = 2) -> bool:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import model_output
+from ...core.models import model_output
 
 # Layers that act voxel by voxel: their output box is their input box.
 POINTWISE_ALWAYS = (nn.ReLU, nn.PReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,

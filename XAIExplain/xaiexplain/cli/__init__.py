@@ -1,0 +1,4 @@
+"""The ``xaiexplain`` command."""
+from .main import main
+
+__all__ = ["main"]

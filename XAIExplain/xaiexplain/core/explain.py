@@ -1,0 +1,165 @@
+"""The engine's front door: volumes + model + target + methods -> attributions on the input grid."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ..errors import XAIError
+from ..methods import Context, get_method
+from .case import PreparedCase, prepare_case
+from .models import LoadedModel, evaluation_mode, load_model, prediction
+from .provenance import versions
+from .result import Attribution
+from .targets import ClassTarget, ContrastTarget, SegmentationTarget
+
+
+def _target(target, versus, roi_model_space, logits, class_names):
+    if logits.ndim > 2:
+        if target is None:
+            raise XAIError("a segmentation model needs a target class", "give --target CLASS (index or name)")
+        spec = SegmentationTarget(target, roi_model_space)
+    elif roi_model_space is not None:
+        raise XAIError("--roi needs a segmentation model; this model outputs one score per class",
+                       "drop --roi for a classifier")
+    elif versus is not None:
+        spec = ContrastTarget(target if target is not None else int(logits.argmax(1)[0]), versus)
+    else:
+        spec = ClassTarget(target)
+    return spec.resolve(logits, class_names)
+
+
+def attribute(model, x: torch.Tensor, method, *, target=None, layer: str | None = None, params: dict | None = None,
+              seed: int = 0, reference: torch.Tensor | None = None, references: torch.Tensor | None = None,
+              progress=None, cancel=None, regions: torch.Tensor | None = None):
+    """Model-space attributions for a batch ``x`` (N, C, X, Y, Z) already in model space.
+
+    ``references``: reference volumes (R, C, X, Y, Z) in model space, for DeepSHAP.
+
+    ``target``: a target object (ClassTarget, ContrastTarget, SegmentationTarget) or a class
+    index/name (None: each sample's predicted class). ``regions``: integer labels (X, Y, Z)
+    in model space for the region methods (0 = background). Returns ``(maps, info, context)``;
+    ``context.passes`` counts forward and backward passes in volumes.
+    """
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=None)
+    method = get_method(method) if isinstance(method, str) else method
+    chosen = method.params(params)
+    if reference is None:
+        reference = loaded.output(x)
+    if not hasattr(target, "score"):
+        target = ClassTarget(target)
+    resolved = target.resolve(reference, loaded.class_names)
+    if regions is not None:
+        regions = torch.as_tensor(regions, device=x.device)
+    ctx = Context(loaded, x, resolved, reference, layer=layer, seed=seed, progress=progress, cancel=cancel,
+                  references=None if references is None else references.to(x), regions=regions)
+    torch.manual_seed(seed)
+    with evaluation_mode(loaded):
+        maps, info = method.run(ctx, **chosen)
+    return maps, info, ctx
+
+
+def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, roi=None, layer: str | None = None,
+            params: dict | None = None, seed: int = 0, device="auto", preprocessing: dict | None = None,
+            references=None, progress=None, cancel=None, regions=None, region_names=None) -> list[Attribution]:
+    """Explain ``model``'s decision on ``inputs`` with each of ``methods``.
+
+    ``model``: a path (TorchScript, .pt2, MONAI bundle folder), an ``nn.Module``, a
+    :class:`LoadedModel`; ``inputs``: a path or :class:`Volume`, or a list of them
+    (channels), or a :class:`PreparedCase` (then the case's own ROI, regions and references
+    are used). ``target``: class index or name (default: the predicted class);
+    ``versus``: a second class for a contrast; ``roi``: a mask (path or Volume on
+    the input grid) for segmentation models, or ``"predicted"``. ``params``:
+    ``{method: {parameter: value}}``. ``preprocessing``: overrides of the model's
+    orientation / spacing / spatial_size / intensity. ``regions``: "harvard-oxford" (registered
+    into the volume), "supervoxels", a label volume (path or Volume, with ``region_names``: a
+    names file or {label: name}) or a :class:`Regions`; every result then carries a region
+    table, and region methods (occlusion-regions, LIME, KernelSHAP) score these regions
+    (SLIC supervoxels when none are given). A method parameter ``baseline`` may be a
+    reference volume (path or Volume on the input grid); ``references``: a set of them
+    for DeepSHAP. Nothing given is modified.
+    """
+    chosen = [get_method(m) for m in ([methods] if isinstance(methods, str) else methods)]
+    params = {get_method(k).name: v for k, v in (params or {}).items()}
+    if isinstance(inputs, PreparedCase):
+        case = inputs
+        _check_methods(chosen, params, case.model)
+    else:
+        loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
+        _check_methods(chosen, params, loaded)
+        case = prepare_case(loaded, inputs, preprocessing=preprocessing, roi=roi, regions=regions,
+                            region_names=region_names, references=references,
+                            needs_regions=any(m.needs_regions for m in chosen), seed=seed, device=device)
+    loaded = case.model
+    params, recorded_params = case.baselines(params)
+    start = time.perf_counter()
+    logits = case.output()
+    forward_seconds = time.perf_counter() - start
+    if loaded.task is None:
+        loaded.task = "segmentation" if logits.ndim > 2 else "classification"
+    resolved = _target(target, versus, case.roi_model, logits, loaded.class_names)
+    predicted = prediction(logits, loaded.class_names)
+    target_info = resolved.describe(logits, loaded.class_names)
+    results = []
+    with evaluation_mode(loaded):
+        for number, method in enumerate(chosen):
+            if isinstance(resolved, SegmentationTarget) and not method.segmentation:
+                raise XAIError(f"method '{method.name}' does not apply to segmentation targets",
+                               "choose gradcam or a gradient method")
+            chosen_params = method.params(params.get(method.name))
+            cost = method.estimate(chosen_params, tuple(case.x.shape[2:]), case.n_regions)
+            estimate = forward_seconds * (cost["forward"] + 2 * cost["backward"])
+
+            def report(fraction, message, number=number):
+                if progress is not None:
+                    progress((number + fraction) / len(chosen), message)
+
+            report(0.0, f"{method.name}: about {estimate:.1f} s ({cost['forward']} forward, {cost['backward']} backward passes)")
+            start = time.perf_counter()
+            maps, info, ctx = attribute(loaded, case.x, method, target=resolved, layer=layer, params=chosen_params,
+                                        seed=seed, reference=logits, references=case.references_model,
+                                        progress=report, cancel=cancel, regions=case.regions_model)
+            seconds = time.perf_counter() - start
+            results.append(_on_input_grid(case, method, maps, info, Attribution(
+                map=None, method=method.name, signed=method.signed,
+                params={**chosen_params, **recorded_params.get(method.name, {})}, target=target_info,
+                prediction=predicted,
+                timings={"seconds": round(seconds, 4), "estimated_seconds": round(estimate, 4),
+                         "forward_seconds": round(forward_seconds, 4), **ctx.passes},
+                versions=versions(), seed=seed, model={**loaded.describe(), "device": str(case.device)})))
+            report(1.0, f"{method.name}: done in {seconds:.2f} s")
+    return results
+
+
+def _check_methods(chosen, params: dict, loaded: LoadedModel) -> None:
+    """Before any computation: layer methods on a model with layers, known parameters."""
+    for method in chosen:
+        if method.needs_layers and not loaded.has_layers:
+            loaded.named_layers()  # raises the clear TorchScript message
+        method.params(params.get(method.name))
+
+
+def _on_input_grid(case: PreparedCase, method, maps, info: dict, result: Attribution) -> Attribution:
+    """Fill ``result`` with the model-space ``maps`` brought back onto the input grid, and the region table."""
+    from ..regions import paint, region_table
+
+    region_scores = info.pop("region_scores", None)
+    region_columns = info.pop("region_columns", None)
+    if region_scores is not None:  # region scores are painted on the input grid's own labels, exactly
+        back = paint(case.regions.labels.array[0], region_scores[0], fill=0.0)[None]
+    else:
+        back = case.to_input_grid(maps[0].float())
+    total = back.sum(0, keepdims=True)
+    volume = case.volume
+    if case.regions is not None:
+        table = region_table(total[0], case.regions, region_scores[0] if region_scores else None)
+        for column, values in (region_columns[0] if region_columns else {}).items():
+            for row in table:
+                row[column] = values.get(row["id"], float("nan"))
+        info["regions"] = case.regions.describe()
+        result.regions, result.region_labels = table, case.regions.labels
+    result.map = volume.with_array(total, [method.name])
+    result.channel_maps = volume.with_array(back, list(volume.channel_names)) if back.shape[0] > 1 else None
+    result.info = {**info, "preprocessing": case.spec.to_dict(), "channels": list(volume.channel_names)}
+    result.notes = list(case.notes)
+    return result
