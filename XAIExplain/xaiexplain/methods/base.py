@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar
 
+import numpy as np
 import torch
 
 from ..core.baselines import BASELINES
@@ -135,6 +136,15 @@ class Method:
                 "needs_regions": self.needs_regions, "defaults": dict(self.defaults),
                 "parameters": self.parameters(), "cost": self.cost(self.params({})),
                 "reference": self.reference}
+
+
+def completeness_error(sums, deltas) -> np.ndarray:
+    """The completeness axiom's relative error per sample: |sum of the map - delta| / |delta|, where delta is
+    score(x) - score(baseline) (the score itself for methods measured from a score of 0). One definition
+    for every method that has the property (IG, LRP, DeepLIFT, DeepSHAP, KernelSHAP) and for the metric."""
+    sums = np.asarray(sums, np.float64).reshape(-1)
+    deltas = np.asarray(deltas, np.float64).reshape(-1)
+    return np.abs(sums - deltas) / np.maximum(np.abs(deltas), 1e-12)
 
 
 REGISTRY: dict[str, Method] = {}
