@@ -36,7 +36,7 @@ def test_explain_writes_maps_previews_and_summary_on_the_input_grid(tmp_path, po
     assert ig["target"] == {"kind": "class", "class": 1, "name": "lesion", "chosen": "given"}
     assert ig["versions"]["torch"] and ig["versions"]["monai"] and ig["seed"] == 0
     assert ig["model"]["format"] == "bundle" and len(ig["model"]["sha256"]) == 64
-    assert ig["timings"]["backward"] == 8 and ig["info"]["completeness_relative_error"] < 0.1
+    assert ig["timings"]["backward"] == 8 and ig["info"]["completeness_error"] < 0.1
     gc = read_volume(out / "gradcam.nrrd").array[0]
     assert summary["results"][0]["map"]["peak_index"] == list(np.unravel_index(int(gc.argmax()), gc.shape))
     assert "prediction:" in capsys.readouterr().out
@@ -139,8 +139,8 @@ def test_lrp_and_deepshap_with_reference_volumes(tmp_path, positive_case, capsys
     summary = json.loads((out / "summary.json").read_text())
     lrp, shap, lift = summary["results"]
     assert lrp["params"]["composite"] == "alpha2-beta1" and lrp["info"]["rules_applied"]["alpha2-beta1"] > 0
-    assert shap["info"]["references"] == 2 and shap["info"]["summation_relative_error"] < 0.01
-    assert lift["info"]["references"] == 1 and lift["info"]["summation_relative_error"] < 0.01
+    assert shap["info"]["references"] == 2 and shap["info"]["completeness_error"] < 0.01
+    assert lift["info"]["references"] == 1 and lift["info"]["completeness_error"] < 0.01
     assert lift["params"]["baseline"] == str(healthy)
     # against the counterfactual, the change lies in the lesion: the peak is there
     lesion = positive_case.lesion_mask.array[0] > 0

@@ -7,7 +7,8 @@ from monai.networks import nets
 from torch import nn
 
 from xaiexplain import attribute
-from xaiexplain.methods import incremental, perturb
+from xaiexplain.methods.machinery import incremental
+from xaiexplain.methods.machinery import perturbation as perturb
 from xaiexplain.methods.machinery.incremental import Base, IncrementalNetwork, Patch
 from xaiexplain.methods.machinery.perturbation import paste
 

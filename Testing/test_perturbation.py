@@ -75,7 +75,7 @@ def test_region_methods_are_exact_on_a_linear_model(x, labels):
         assert np.allclose([info["region_scores"][0][k] for k in ids], [truth[k] for k in ids], rtol=1e-4, atol=1e-3)
     assert lime["surrogate_r2"] > 0.999999
     assert exact["exact"] and not sampled["exact"]
-    assert exact["efficiency_relative_error"] < 0.02 and sampled["efficiency_relative_error"] < 0.02
+    assert exact["completeness_error"] < 0.02 and sampled["completeness_error"] < 0.02
 
 
 def test_kernel_shap_gives_the_exact_shapley_values_of_a_nonlinear_network(x, labels):

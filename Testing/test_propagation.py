@@ -90,7 +90,7 @@ def _check_conservation(make, target, size=32):
     assert torch.isfinite(relevance).all()
     assert info["relevance_sum"][0] == pytest.approx(info["score"][0], rel=0.01)
     dl, dinfo, _ = attribute(net, x, "deeplift", target=target, params={"baseline": "blur"})
-    assert dinfo["summation_relative_error"] < 0.01
+    assert dinfo["completeness_error"] < 0.01
     assert float(dl.sum()) == pytest.approx(dinfo["score_difference"][0], rel=0.01)
 
 
@@ -125,7 +125,7 @@ def test_deepshap_batches_and_averages(demo, demo_x):
     ctx_refs = refs.clone()
     maps, info, ctx = attribute(demo, demo_x, "deepshap", params={"batch_size": 2}, references=ctx_refs)
     assert torch.allclose(maps, torch.stack(one_by_one).mean(0), atol=1e-5 * float(maps.abs().max()))
-    assert info["references"] == 3 and info["summation_relative_error"] < 0.01
+    assert info["references"] == 3 and info["completeness_error"] < 0.01
     assert torch.equal(ctx_refs, refs)  # the caller's references are untouched
     assert ctx.passes["forward"] >= 6
 
@@ -195,7 +195,7 @@ def test_deeplift_max_pooling_sums_to_delta():
     with torch.no_grad():
         delta = float(net(x)[0, 0] - net(base)[0, 0])
     assert float(ours.sum()) == pytest.approx(delta, rel=1e-4)
-    assert info["summation_relative_error"] < 1e-4
+    assert info["completeness_error"] < 1e-4
 
 
 # --- coverage: unsupported layers fail loudly, per-layer rules, inplace flags restored

@@ -6,44 +6,9 @@ import json
 import signal
 import sys
 
+from .. import __version__
 from ..errors import XAIError
-
-
-class ProgressBar:
-    """A tqdm bar fed by the engine's (fraction, message) callback; messages also go to stderr lines."""
-
-    def __init__(self, enabled: bool = True):
-        self.bar = None
-        self.enabled = enabled
-
-    def __call__(self, fraction: float, message: str) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=1000, unit="‰", file=sys.stderr, dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {elapsed}<{remaining}")
-        self.bar.n = int(1000 * min(max(fraction, 0.0), 1.0))
-        self.bar.set_description_str(message[:60])
-        self.bar.refresh()
-
-    def close(self):
-        if self.bar is not None:
-            self.bar.close()
-
-
-class ProgressLines:
-    """Machine-readable progress for a parent process: one JSON object per line on stdout, flushed."""
-
-    PREFIX = "xaiexplain-progress "
-
-    def __call__(self, fraction: float, message: str) -> None:
-        line = json.dumps({"fraction": round(min(max(fraction, 0.0), 1.0), 4), "message": message})
-        print(self.PREFIX + line, flush=True)
-
-    def close(self):
-        pass
+from .progress import ProgressBar, ProgressLines
 
 
 def _parse_params(items: list[str]) -> dict:
@@ -107,14 +72,15 @@ def _regions(args, volume):
 
 def _with_baseline(params: dict, methods: list[str], baseline: str | None) -> dict:
     """--baseline sets the ``baseline`` parameter of every chosen method that has one (--param wins)."""
-    from ..methods import get_method
+    from ..methods import REGISTRY, get_method
 
     if baseline is None:
         return params
     takers = [get_method(m) for m in methods if "baseline" in get_method(m).defaults]
     if not takers:
+        users = [name for name, m in REGISTRY.items() if "baseline" in m.defaults]
         raise XAIError("--baseline was given but no chosen method uses a baseline",
-                       "drop --baseline, or choose occlusion, RISE, LIME, KernelSHAP or integrated-gradients")
+                       f"drop --baseline, or choose one of: {', '.join(users)}")
     for method in takers:
         params.setdefault(method.name, {}).setdefault("baseline", baseline)
     return params
@@ -168,7 +134,11 @@ def cmd_methods(args) -> int:
 def cmd_demo(args) -> int:
     from ..synthlesion.demo import run_demo
 
-    run_demo(args.out, seed=args.seed, methods=args.method or None, device=args.device, quiet=args.quiet)
+    bar = ProgressBar(not args.quiet)
+    try:
+        run_demo(args.out, seed=args.seed, methods=args.method or None, device=args.device, progress=bar)
+    finally:
+        bar.close()
     return 0
 
 
@@ -224,6 +194,7 @@ def cmd_benchmark(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xaiexplain", description="Explain 3D medical-imaging models.")
+    parser.add_argument("--version", action="version", version=f"xaiexplain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     ex = sub.add_parser("explain", help="compute attribution maps for one case")

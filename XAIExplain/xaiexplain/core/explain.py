@@ -107,8 +107,9 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
                 raise XAIError(f"method '{method.name}' does not apply to segmentation targets",
                                "choose gradcam or a gradient method")
             chosen_params = method.params(params.get(method.name))
-            cost = method.estimate(chosen_params, tuple(case.x.shape[2:]), case.n_regions)
-            estimate = forward_seconds * (cost["forward"] + 2 * cost["backward"])
+            shape = tuple(case.x.shape[2:])
+            cost = method.estimate(chosen_params, shape, case.n_regions)
+            estimate = forward_seconds * method.forward_equivalents(chosen_params, shape, case.n_regions)
 
             def report(fraction, message, number=number):
                 if progress is not None:

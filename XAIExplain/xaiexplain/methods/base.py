@@ -102,6 +102,12 @@ class Method:
         """Passes per input volume of this ``shape`` (X, Y, Z) with ``n_regions`` regions."""
         return self.cost(params)
 
+    def forward_equivalents(self, params: dict, shape: tuple[int, ...], n_regions: int = 0) -> int:
+        """The cost in forward passes of one volume (a backward pass costs about two): what time estimates
+        multiply by the measured forward time, and what decides whether a run is quick."""
+        cost = self.estimate(params, shape, n_regions)
+        return int(cost["forward"]) + 2 * int(cost["backward"])
+
     def run(self, ctx: Context, **params) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 

@@ -30,7 +30,7 @@ from ..core.baselines import baseline_for
 from ..errors import XAIError
 from ..core.models import model_output
 from .backprop import _out_of_place
-from .base import BASELINE, Method, batched, register
+from .base import BASELINE, Method, batched, completeness_error, register
 from .machinery.propagation import PropagationMode, batch_norm_in_eval, bind, in_graph, norm_affine, reduce_to, vjp
 
 TINY = 1e-6
@@ -242,8 +242,8 @@ def deeplift(ctx, references: torch.Tensor, batch_size: int, label: str, paired:
     deltas /= n_refs
     own /= n_refs
     sums = maps.flatten(1).sum(1).cpu()
-    error = (sums - deltas).abs() / deltas.abs().clamp_min(1e-12)
-    return maps, {"references": n_refs, "summation_relative_error": float(error.max()),
+    error = completeness_error(sums, deltas)  # summation to delta
+    return maps, {"references": n_refs, "completeness_error": float(error.max()),
                   "score_difference": [float(d) for d in deltas],
                   "reference_score_own_statistics": [float(s) for s in own]}
 
@@ -273,7 +273,7 @@ class DeepShap(Method):
     bounds = {"batch_size": (1, None)}
     reference = "Lundberg and Lee 2017"
     # sums to score(x) minus the *mean* reference score, which no single baseline input gives;
-    # its summation error is recorded in info instead
+    # its completeness error is recorded in info instead
     completeness = False
 
     def cost(self, params):

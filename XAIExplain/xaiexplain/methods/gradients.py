@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ..core.baselines import baseline_for
-from .base import BASELINE, Context, Method, batched, register
+from .base import BASELINE, Context, Method, batched, completeness_error, register
 
 
 def _repeat_rows(ctx: Context, rows_per_sample: int) -> torch.Tensor:
@@ -91,8 +91,8 @@ class IntegratedGradients(Method):
         attributions = total * diff
         with torch.no_grad():
             delta = ctx.score(ctx.forward(ctx.x)) - ctx.score(ctx.forward(base))
-        error = (attributions.flatten(1).sum(1) - delta).abs() / delta.abs().clamp_min(1e-12)
-        return attributions, {"completeness_relative_error": float(error.max()),
+        error = completeness_error(attributions.flatten(1).sum(1).cpu(), delta.cpu())
+        return attributions, {"completeness_error": float(error.max()),
                               "score_difference": [float(d) for d in delta]}
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..errors import XAIError
 from .backprop import _out_of_place
-from .base import Method, register
+from .base import Method, completeness_error, register
 from .machinery.propagation import PropagationMode, in_graph, linear_call, norm_affine, reduce_to, vjp
 
 
@@ -410,6 +410,7 @@ def lrp(ctx, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule
     totals, scores = relevance.flatten(1).sum(1), scores.detach()
     absorbed = 1 - totals / scores
     return relevance, {"composite": composite, "epsilon": epsilon, "rules_applied": dict(sorted(mode.used.items())),
+                       "completeness_error": float(completeness_error(totals.cpu(), scores.cpu()).max()),
                        "relevance_sum": [float(t) for t in totals], "score": [float(s) for s in scores],
                        "absorbed_share": [float(a) for a in absorbed]}
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..errors import XAIError
 from ..core.baselines import baseline_for, describe_baseline
-from .base import BASELINE, Method, register
+from .base import BASELINE, Method, completeness_error, register
 from .machinery.perturbation import (SCORES, Scorer, check_score, compose, region_index,
                       region_scores_map)
 
@@ -199,14 +199,14 @@ class KernelSHAP(Method):
                 y[part] = scorer.pick(logits, probs, score).numpy()
             f0, f1 = float(y[0]), scorer.reference(score)
             phi = constrained_shapley(z, y[1:], weights, f0, f1)
-            error = abs(float(phi.sum()) - (f1 - f0)) / max(abs(f1 - f0), 1e-12)
+            error = float(completeness_error(phi.sum(), f1 - f0)[0])  # Shapley efficiency
             maps.append(region_scores_map(compact, phi))
             scores.append({ids[i]: float(phi[i]) for i in range(k)})
             checks.append({"sum_of_values": float(phi.sum()), "f_input": f1, "f_baseline": f0,
-                           "efficiency_relative_error": error})
+                           "completeness_error": error})
         return torch.cat(maps), {**scorer.facts, "seed": ctx.seed, "coalitions": int(len(z)),
                                  "exact": bool(len(z) == 2 ** k - 2), "regions_scored": k,
-                                 "efficiency_relative_error": max(c["efficiency_relative_error"] for c in checks),
+                                 "completeness_error": max(c["completeness_error"] for c in checks),
                                  "efficiency": checks, "baseline": describe_baseline(baseline), "score": score,
                                  "region_scores": scores}
 

@@ -122,7 +122,10 @@ def label_regions(labels, names, reference: Volume) -> Regions:
     return Regions(volume, {v: names[v] for v in present}, f"labels:{Path(where).name}", {"notes": notes})
 
 
-def supervoxel_regions(volume: Volume, n_segments: int = 200, compactness: float = 0.1) -> Regions:
+SUPERVOXELS = 200  # regions when a region method is given none
+
+
+def supervoxel_regions(volume: Volume, n_segments: int = SUPERVOXELS, compactness: float = 0.1) -> Regions:
     """3D SLIC supervoxels of the volume's foreground (all channels, each scaled to its 1-99th percentiles)."""
     from skimage.filters import threshold_otsu
     from skimage.segmentation import slic

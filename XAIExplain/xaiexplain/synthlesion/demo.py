@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..cli.main import ProgressBar
 from ..protocol import demo_bundle
 from ..core.explain import explain
 from ..methods import REGISTRY
 from ..core.models import load_model
 from ..io.outputs import write_results
+from ..regions import SUPERVOXELS
 from .synth import generate_case
 from ..core.volume import write_volume
 
@@ -27,13 +27,18 @@ def peak_in_mask(attribution, mask: np.ndarray, dilate: float = 2) -> bool:
     return bool(distance[attribution.peak_index()] <= dilate)
 
 
-def run_demo(out="demo-output", seed: int = 1000003, methods=None, device="auto", quiet=False) -> list:
+QUICK_PASSES = 200  # forward-pass equivalents: every gradient, CAM and propagation method, no perturbation
+
+
+def run_demo(out="demo-output", seed: int = 1000003, methods=None, device="auto", progress=None) -> list:
     out = Path(out)
     case = generate_case(seed, positive=True)
     model = load_model(demo_bundle(), device=device)
-    methods = methods or [name for name, m in REGISTRY.items() if m.family != "perturbation"]  # seconds, not minutes
+    shape = tuple(case.volume.shape)  # the demo model takes the SynthLesion grid as it is
+    methods = methods or [name for name, m in REGISTRY.items()  # seconds, not minutes
+                          if m.forward_equivalents(m.params({}), shape, SUPERVOXELS) <= QUICK_PASSES]
     results = explain(model, case.volume, methods, seed=0, references=[case.counterfactual],
-                      progress=ProgressBar(not quiet))
+                      progress=progress)
     mask = case.lesion_mask.array[0]
     checks = {r.method: {"peak_in_dilated_lesion": peak_in_mask(r, mask)} for r in results}
     write_results(out, case.volume, results, {

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ...core.models import model_output
+from .folding import folded_copy
 
 # Relative to the output's scale: float32 rounding of a folded convolution on a CPU stays far below
 # 1e-4; GPU convolutions run in TF32 by default (10-bit mantissa), about 1e-3.
@@ -41,9 +42,7 @@ class InferenceNetwork:
             self.how = "as given (TorchScript: its layers cannot be folded)"
             return
         try:
-            # fuse() traces the network (torch.fx) and folds Conv+BatchNorm pairs into a copy
-            from torch.fx.experimental.optimization import fuse
-            fast = fuse(network)
+            fast = folded_copy(network)
         except Exception as err:  # noqa: BLE001 - any trace failure means: use the network as it is
             self.how = f"as given (could not be traced for folding: {type(err).__name__})"
             return

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ...errors import XAIError
+from .folding import fold_into
 
 
 def _collect(*pairs) -> set:
@@ -281,14 +282,9 @@ class LinearOp:
 
     def scale_outputs(self, weight, bias, scale, shift):
         """Weights and bias of this layer followed by a per-channel affine map (a merged BatchNorm)."""
-        if self.kind == "conv" and self.spec["transposed"]:
-            groups = self.spec["groups"]
-            w = weight.unflatten(0, (groups, -1)) * scale.view(groups, 1, -1, *([1] * (weight.ndim - 2)))
-            weight = w.flatten(0, 1)
-        else:
-            weight = weight * scale.view(-1, *([1] * (weight.ndim - 1)))
-        bias = shift if bias is None else bias * scale + shift
-        return weight, bias
+        transposed = self.kind == "conv" and self.spec["transposed"]
+        return fold_into(weight, bias, scale, shift, transposed=transposed,
+                         groups=self.spec["groups"] if transposed else 1)
 
 
 def vjp(fn, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
