@@ -60,10 +60,6 @@ class PreprocessSpec:
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
-    @property
-    def is_identity(self) -> bool:
-        return not self.to_dict()
-
 
 def intensity_transform(intensity: dict | None):
     """The MONAI intensity transform for a spec's ``intensity`` entry (identity for None)."""

@@ -62,5 +62,6 @@ def folded_copy(network: nn.Module) -> fx.GraphModule:
         node.replace_all_uses_with(source)
         traced.graph.erase_node(node)
     traced.graph.lint()
+    traced.delete_all_unused_submodules()
     traced.recompile()
     return traced
