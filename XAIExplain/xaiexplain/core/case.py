@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
 import SimpleITK as sitk
+import numpy as np
 import torch
 
 from ..errors import XAIError

@@ -11,8 +11,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
+import numpy as np
 
 from ..errors import XAIError
 

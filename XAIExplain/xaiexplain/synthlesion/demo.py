@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from ..protocol import demo_bundle
 from ..core.explain import explain
-from ..methods import REGISTRY
 from ..core.models import load_model
+from ..core.volume import write_volume
 from ..io.outputs import write_results
+from ..methods import REGISTRY
+from ..protocol import demo_bundle
 from ..regions import SUPERVOXELS
 from .synth import generate_case
-from ..core.volume import write_volume
 
 
 def peak_in_mask(attribution, mask: np.ndarray, dilate: float = 2) -> bool:

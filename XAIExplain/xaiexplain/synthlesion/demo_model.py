@@ -11,7 +11,6 @@ import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
-
 CLASS_NAMES = ["healthy", "lesion"]
 
 

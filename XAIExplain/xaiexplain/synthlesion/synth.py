@@ -14,13 +14,13 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-import numpy as np
 import SimpleITK as sitk
+import numpy as np
 from scipy import ndimage
 
-from ..regions.atlas import harvard_oxford_labels, mni152_path
 from ..core.volume import Volume
 from ..protocol import cache_dir
+from ..regions.atlas import harvard_oxford_labels, mni152_path
 
 GRID_SHAPE = (64, 64, 64)
 GRID_SPACING = 3.0

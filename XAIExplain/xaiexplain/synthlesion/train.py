@@ -20,9 +20,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from ..core import bundle
+from ..core.preprocess import intensity_transform
 from . import synth
 from .demo_model import CLASS_NAMES, SynthLesionNet
-from ..core.preprocess import intensity_transform
 
 DEMO_PREPROCESSING = {"orientation": "RAS", "spacing": [3.0, 3.0, 3.0], "spatial_size": [64, 64, 64],
                       "intensity": {"kind": "percentiles", "lower": 1.0, "upper": 99.0, "b_min": 0.0, "b_max": 1.0}}
