@@ -8,7 +8,7 @@ from torch import nn
 
 from xaiexplain import attribute
 from xaiexplain.methods.machinery import incremental
-from xaiexplain.methods.machinery import perturbation as perturb
+from xaiexplain.methods.machinery import scoring as perturb  # the perturbation scorer and its settings
 from xaiexplain.methods.machinery.incremental import Base, IncrementalNetwork, Patch
 from xaiexplain.methods.machinery.perturbation import paste
 

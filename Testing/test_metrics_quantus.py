@@ -104,7 +104,7 @@ def test_faithfulness_correlation_with_the_same_subsets(net, data, monkeypatch):
                  net, x, y, a.astype(np.float32))
     drawn = np.array(drawn).reshape(runs, len(y), size)
     model = load_model(net, device="cpu")
-    ours = [faithfulness_correlation(Scorer(model, torch.as_tensor(x[i:i + 1]), target=int(y[i])),
+    ours = [faithfulness_correlation(Scorer.for_model(model, torch.as_tensor(x[i:i + 1]), target=int(y[i])),
                                      a[i].astype(np.float32), subsets=drawn[:, i], substrate_kind="constant")
             ["correlation"] for i in range(len(y))]
     np.testing.assert_allclose(ours, theirs, atol=1e-6)

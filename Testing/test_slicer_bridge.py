@@ -12,7 +12,7 @@ import pytest
 slicer = pytest.importorskip("slicer")
 
 from XAIExplainLib import colormaps, display, regions, volumenodes  # noqa: E402
-from XAIExplainLib.job import readVolumeFile, writeVolumeFile  # noqa: E402
+from XAIExplainLib.volumenodes import readVolumeFile, writeVolumeFile  # noqa: E402
 
 
 def rotation(ax, ay, az):
@@ -271,7 +271,9 @@ def test_region_table_label_map_and_centering(harness, scene):
 def test_region_csv(tmp_path):
     path = tmp_path / "regions.csv"
     path.write_text("id,name,volume_ml,score,rank\n3,Right Putamen,5.5,0.05,2\n7,\"Left Hippocampus\",4.25,0.31,1\n")
-    rows = regions.readRegionsCsv(path)
+    from xaiexplain.io.outputs import read_region_table
+
+    rows = regions.asRows(read_region_table(path))
     assert [r.name for r in rows] == ["Left Hippocampus", "Right Putamen"] and rows[0].volume_ml == 4.25
 
 

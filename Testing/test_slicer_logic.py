@@ -20,7 +20,10 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from XAIExplainLib import colormaps, dependencies, display, job, regions, volumenodes  # noqa: E402
+from XAIExplainLib import colormaps, dependencies, display, regions, volumenodes  # noqa: E402
+from XAIExplainLib.request import ExplainRequest  # noqa: E402
+from XAIExplainLib.results import addRegionResults  # noqa: E402
+from XAIExplainLib.runners import WorkerRunner  # noqa: E402
 from XAIExplainLib.logic import QUICK_PASSES, ExplainLogicBase  # noqa: E402
 
 
@@ -58,6 +61,44 @@ def test_quick_methods_run_in_process_long_ones_in_a_worker(logic):
     described = logic.methodDescriptions()
     assert {"gradcam", "integrated-gradients"} <= {m["name"] for m in described}
     assert all({"name", "title", "family", "signed", "reference"} <= set(m) for m in described)
+
+
+def test_worker_or_in_process_by_cost_and_panel_parameters_from_the_registry(logic):
+    from xaiexplain.methods.base import REGISTRY, Method
+
+    class Cheap(Method):  # a perturbation method whose cost is small and fixed: in-process, whatever its family
+        name, title, family, defaults = "test-cheap", "test", "perturbation", {}
+
+        def cost(self, params):
+            return {"forward": 3, "backward": 0}
+
+    REGISTRY["test-cheap"] = Cheap()
+    try:
+        assert not logic.shouldUseWorker(["test-cheap"])
+    finally:
+        del REGISTRY["test-cheap"]
+    assert logic.describeCost(["gradcam"]) == "About 2 forward/backward passes, run in Slicer."
+    assert logic.describeCost(["occlusion"]).endswith("per window, run in a separate process.")
+    # the panel's fields are the registry's parameters, typed and bounded; 'object' ones stay console-only
+    specs = {s["name"]: s for s in logic.methodParameters("smoothgrad")}
+    assert specs["samples"]["type"] == "int" and specs["samples"]["min"] == 1 and specs["samples"]["default"] == 25
+    assert {s["name"] for s in logic.methodParameters("lrp")} == {"composite", "epsilon"}
+    samples = logic.parameterField(specs["samples"])
+    assert samples["kind"] == "int" and samples["low"] == 1 and not samples["auto"]
+    batch = logic.parameterField({s["name"]: s for s in logic.methodParameters("occlusion")}["batch_size"])
+    assert batch["auto"] and batch["low"] == 0 and logic.parameterValue(batch, 0) is None
+    assert logic.parameterValue(batch, 7) == 7
+    epsilon = logic.parameterField({s["name"]: s for s in logic.methodParameters("lrp")}["epsilon"])
+    assert epsilon["kind"] == "float" and epsilon["decimals"] >= 7 and epsilon["low"] == 0.0
+    baseline = logic.parameterField({s["name"]: s for s in logic.methodParameters("integrated-gradients")}["baseline"])
+    assert baseline == {"kind": "choice", "choices": ["zeros", "mean", "blur"]}
+    text = logic.withMethodParameter("", "smoothgrad", "samples", 50)
+    text = logic.withMethodParameter(text, "smoothgrad", "gone", 1)  # e.g. saved by another version
+    assert logic.methodParametersFromText(text, ["smoothgrad", "gradcam"]) == {"smoothgrad": {"samples": 50}}
+    assert logic.methodParametersFromText(text, ["gradcam"]) == {}
+    values = {"smoothgrad": {"samples": 50}}
+    assert ("smoothgrad", specs["samples"], 50) in logic.panelParameters(["smoothgrad"], values)
+    assert logic.shouldUseWorker(["smoothgrad"], values) and logic.estimatePasses(["smoothgrad"], values) == 100
 
 
 def test_in_process_run_from_the_console(harness, logic, t1, demo):
@@ -183,8 +224,8 @@ def test_region_results_and_centering(harness, logic):
     labels[10:20, 12:20, 14:24] = 9
     rows = [{"id": 9, "name": "Frontal Pole", "volume_ml": 4.8, "score": 0.4, "rank": 1, "sum": 3.0},
             {"id": 4, "name": "Insular Cortex", "volume_ml": 0.38, "score": None, "rank": 2}]
-    table, labelNode = job.addRegionResults(logic.scene, result, rows, Volume(labels[None], (2.0, 1.0, 3.0), (5, 6, 7)),
-                                            prefix="map")
+    table, labelNode = addRegionResults(logic.scene, result, rows, Volume(labels[None], (2.0, 1.0, 3.0), (5, 6, 7)),
+                                        prefix="map")
     assert labelNode.GetDisplayNode().GetColorNode().GetColorName(9) == "Frontal Pole"
     assert np.isnan(regions.regionRowsFromTable(table)[1].score)  # not scored: NaN, not a crash
     center = logic.centerOnRegion(result, 0)  # row 0: rank 1, the Frontal Pole
@@ -218,11 +259,11 @@ def test_regions_from_a_segmentation_go_to_the_worker_with_their_names(logic):
         seen["names"] = Path(command[command.index("--region-names") + 1]).read_text()
         return subprocess.Popen([sys.executable, "-c", "raise SystemExit(0)"], **kwargs)
 
-    run = job.ExplainJob(logic.scene, job.ExplainRequest([reference], "m", ["occlusion-regions"], regions=segmentation),
-                         python="py", popen=popen).start()
+    run = WorkerRunner(logic.scene, ExplainRequest([reference], "m", ["occlusion-regions"], regions=segmentation),
+                       python="py", popen=popen).start()
     run.worker.wait(30)
     assert seen["names"].splitlines() == ["id,name", "1,Liver", "2,Left Kidney"]
-    exported = run.regionLabels
+    exported = run.case.regionLabels
     assert exported.IsA("vtkMRMLLabelMapVolumeNode") and volumenodes.sameGrid(exported, reference)
     assert np.array_equal(volumenodes.arrayFromNode(exported)[0], labels)
     run.cancel()
@@ -237,7 +278,7 @@ def test_region_table_goes_to_slicers_table_view(harness, logic):
     result = volumenodes.addVolumeNode(logic.scene, np.ones((5, 5, 5), np.float32), "map")
     display.markResult(result, method="occlusion-regions", signed=True)
     assert not logic.showRegionTable(result)  # no regions: nothing to show
-    table, _ = job.addRegionResults(logic.scene, result, [(1, "a", 1.0, 0.5, 1)], prefix="map")
+    table, _ = addRegionResults(logic.scene, result, [(1, "a", 1.0, 0.5, 1)], prefix="map")
     assert logic.showRegionTable(result)
     assert harness.appLogic.GetSelectionNode().GetActiveTableID() == table.GetID()
     assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView

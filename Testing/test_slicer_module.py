@@ -69,7 +69,7 @@ def module(monkeypatch):
     monkeypatch.setattr(slicer, "mrmlScene", harness.scene, raising=False)
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(
         connect=lambda signal, slot: connections.append((signal, slot)),
-        applicationLogic=lambda: harness.appLogic), raising=False)
+        applicationLogic=lambda: harness.appLogic, processEvents=lambda: None), raising=False)
     monkeypatch.setattr(slicer, "modules", types.SimpleNamespace(
         volumerendering=types.SimpleNamespace(logic=lambda: harness.vrLogic)), raising=False)
     spec = importlib.util.spec_from_file_location("XAIExplain", MODULE_DIR / "XAIExplain.py")

@@ -12,8 +12,11 @@ import pytest
 
 slicer = pytest.importorskip("slicer")
 
-from XAIExplainLib import display, job, regions, volumenodes  # noqa: E402
-from XAIExplainLib.worker import WorkerProcess, parseProgressLine  # noqa: E402
+from xaiexplain.protocol import parse_progress_line as parseProgressLine  # noqa: E402
+from XAIExplainLib import display, regions, runners, volumenodes  # noqa: E402
+from XAIExplainLib.request import ExplainRequest  # noqa: E402
+from XAIExplainLib.results import addResultNodes  # noqa: E402
+from XAIExplainLib.worker import WorkerProcess  # noqa: E402
 
 
 def alive(pid: int) -> bool:
@@ -115,8 +118,8 @@ def test_job_failure_leaves_no_folder_and_no_nodes(scene, tmp_path):
         return subprocess.Popen([sys.executable, "-c", fail], **kwargs)
 
     before = scene.GetNumberOfNodes()
-    request = job.ExplainRequest([node], "model-folder", ["nope"], target="lesion", params={"smoothgrad": {"samples": 5}})
-    run = job.ExplainJob(scene, request, python="PythonSlicer", popen=popen, tempRoot=tmp_path).start()
+    request = ExplainRequest([node], "model-folder", ["nope"], target="lesion", params={"smoothgrad": {"samples": 5}})
+    run = runners.WorkerRunner(scene, request, python="PythonSlicer", popen=popen, tempRoot=tmp_path).start()
     folder = run.tempDir
     assert (folder / "input0.nrrd").exists()
     with pytest.raises(RuntimeError, match="unknown method 'nope'"):
@@ -125,7 +128,7 @@ def test_job_failure_leaves_no_folder_and_no_nodes(scene, tmp_path):
     assert scene.GetNumberOfNodes() == before
     command = seen["command"]
     assert command[0] == "PythonSlicer" and command[1] == "-c" and command[3] == "explain"
-    assert str(job.ENGINE_PARENT) in command[2] and "xaiexplain.cli.main import main" in command[2]
+    assert str(runners.ENGINE_PARENT) in command[2] and "xaiexplain.cli.main import main" in command[2]
     assert command[command.index("--target") + 1] == "lesion"
     assert "smoothgrad.samples=5" in command and "--progress-lines" in command
     assert command[command.index("--out") + 1] == str(folder / "out")
@@ -133,9 +136,9 @@ def test_job_failure_leaves_no_folder_and_no_nodes(scene, tmp_path):
 
 def test_request_validation(scene):
     with pytest.raises(ValueError, match="input volume"):
-        job.ExplainJob(scene, job.ExplainRequest([], "m", ["gradcam"]))
+        runners.WorkerRunner(scene, ExplainRequest([], "m", ["gradcam"]))
     with pytest.raises(ValueError, match="method"):
-        job.ExplainJob(scene, job.ExplainRequest([object()], "m", []))
+        runners.InProcessRunner(scene, ExplainRequest([object()], "m", []))
 
 
 def test_engine_cli_in_a_worker_process(scene, positive_case, demo, tmp_path):
@@ -146,11 +149,11 @@ def test_engine_cli_in_a_worker_process(scene, positive_case, demo, tmp_path):
     volume = positive_case.volume
     node = volumenodes.addVolumeNode(scene, volume.array[0], "T1", volume=volume)
     progress = []
-    request = job.ExplainRequest([node], str(demo_bundle()), ["gradcam"], target="lesion", device="cpu")
-    run = job.ExplainJob(scene, request, python=sys.executable, onProgress=lambda f, m: progress.append((f, m)),
-                         tempRoot=tmp_path).start()
+    request = ExplainRequest([node], str(demo_bundle()), ["gradcam"], target="lesion", device="cpu")
+    run = runners.WorkerRunner(scene, request, python=sys.executable, onProgress=lambda f, m: progress.append((f, m)),
+                               tempRoot=tmp_path).start()
     folder = run.tempDir
-    nodes = run.wait(300)
+    nodes = addResultNodes(scene, run.wait(300), request)
     assert run.status == "done" and not folder.exists()
     fractions = [f for f, _ in progress]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
@@ -169,7 +172,7 @@ def test_loaded_results_bring_the_engine_region_labels(scene, positive_case, dem
     """An output folder with regions.csv and regions.nrrd (as the CLI writes them for --atlas or --regions)
     becomes a result with its region table and a label map of the regions in the subject."""
     from xaiexplain import explain
-    from xaiexplain.io.outputs import write_results
+    from xaiexplain.io.outputs import read_results, write_results
     from xaiexplain.synthlesion.synth import region_names
 
     volume = positive_case.volume
@@ -178,7 +181,7 @@ def test_loaded_results_bring_the_engine_region_labels(scene, positive_case, dem
                       region_names=names)
     write_results(tmp_path / "out", volume, results, previews=False)
     node = volumenodes.addVolumeNode(scene, volume.array[0], "T1", volume=volume)
-    (result,) = job.loadResults(scene, tmp_path / "out", node)
+    (result,) = addResultNodes(scene, read_results(tmp_path / "out"), ExplainRequest([node], "m", ["gradient"]))
     table = result.GetNodeReference(regions.REGIONS_REFERENCE)
     labels = table.GetNodeReference(regions.LABELS_REFERENCE)
     assert labels is not None and labels.IsA("vtkMRMLLabelMapVolumeNode")
@@ -195,9 +198,9 @@ def test_cancelling_the_engine_cli(scene, positive_case, tmp_path):
 
     node = volumenodes.addVolumeNode(scene, positive_case.volume.array[0], "T1", volume=positive_case.volume)
     progress = []
-    request = job.ExplainRequest([node], str(demo_bundle()), ["smoothgrad"], params={"smoothgrad": {"samples": 400}})
-    run = job.ExplainJob(scene, request, python=sys.executable, onProgress=lambda f, m: progress.append(f),
-                         tempRoot=tmp_path).start()
+    request = ExplainRequest([node], str(demo_bundle()), ["smoothgrad"], params={"smoothgrad": {"samples": 400}})
+    run = runners.WorkerRunner(scene, request, python=sys.executable, onProgress=lambda f, m: progress.append(f),
+                               tempRoot=tmp_path).start()
     folder, before = run.tempDir, scene.GetNumberOfNodes()
     deadline = time.monotonic() + 240
     while len(progress) < 2 and time.monotonic() < deadline:  # working: past the estimate line

@@ -1,10 +1,8 @@
 """XAIExplain: explain 3D medical-imaging deep-learning models inside 3D Slicer.
 
-This file is thin on purpose: the module, its parameter node, the panel (which only
-passes values between widgets and the logic), the logic (which adds Slicer's own
-singletons to the Qt-free logic of XAIExplainLib) and the self-test. The computation
-lives in the pure-Python ``xaiexplain`` engine beside this file; it is imported only
-when needed, after its Python dependencies have been checked.
+Thin on purpose: the module, its parameter node, the panel (widgets <-> logic), the logic (Slicer's singletons
+added to XAIExplainLib's Qt-free logic) and the self-test. The computation is the ``xaiexplain`` engine beside
+this file, imported only when needed, after its Python dependencies have been checked.
 """
 import logging
 from typing import Annotated
@@ -17,7 +15,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from XAIExplainLib import dependencies, display, sampledata
+from XAIExplainLib import dependencies, display, sampledata, volumenodes
 from XAIExplainLib.logic import ExplainLogicBase
 
 
@@ -33,33 +31,25 @@ class XAIExplain(ScriptedLoadableModule):
         self.parent.helpText = """
 Explainable AI for 3D medical-imaging models: XAIExplain computes attribution maps that show which voxels
 of the input volume drove a model's output (a class score, a contrast between two classes, or a segmentation
-region), and returns them as volumes on the input volume's own grid, overlaid in the slice views and, on
-request, volume rendered in 3D.
-<p>Methods, by family:</p>
-<ul>
-<li><b>Gradients</b>: vanilla gradient (saliency; Simonyan et al. 2014), gradient &times; input (Shrikumar et al.
-2016), SmoothGrad (Smilkov et al. 2017), Integrated Gradients (Sundararajan et al. 2017).</li>
-<li><b>CAM family</b>: CAM (Zhou et al. 2016), Grad-CAM and Guided Grad-CAM (Selvaraju et al. 2017), Grad-CAM++
-(Chattopadhay et al. 2018).</li>
-<li><b>Backprop</b> (modified backward rules): guided backpropagation (Springenberg et al. 2015), DeconvNet
-(Zeiler &amp; Fergus 2014).</li>
-</ul>
+region), and returns them as volumes on the input's own grid, overlaid in the slice views and, on request,
+volume rendered in 3D.
+<p>The methods are the engine's registry: the panel's method list shows each with its title, family (gradient,
+CAM, backprop, propagation, perturbation) and publication (e.g. Simonyan et al. 2014, Selvaraju et al. 2017 for
+Grad-CAM, Sundararajan et al. 2017); Advanced offers the checked methods' parameters, with their ranges and
+choices (<code>xaiexplain methods</code> lists them too).</p>
 <p>Unsigned maps use an Inferno colour map; signed maps a diverging blue-red map whose centre is transparent.
-Quick methods run inside Slicer; long ones run in a separate process, so Slicer stays responsive and Cancel
-stops them at once. Everything in the panel is also available from the Python console:
+Quick methods (by each method's cost in forward and backward passes) run inside Slicer; long ones run in a
+separate process, so Slicer stays responsive and Cancel stops them at once. Everything in the panel is also
+available from the Python console:
 <code>slicer.util.getModuleLogic("XAIExplain").process(volumeNode, modelPath, ["gradcam"])</code>.</p>
-<p>The computation is done by the <code>xaiexplain</code> engine, a pure-Python package on PyTorch, MONAI and
-SimpleITK that does not depend on Slicer; the same engine runs from the command line as <code>xaiexplain</code>.
-PyTorch is provided by the PyTorch extension; the other Python packages are installed on first use, after
-asking.</p>
+<p>The computation is done by the <code>xaiexplain</code> engine, a pure-Python package on PyTorch, MONAI and SimpleITK
+that does not depend on Slicer (it runs from the command line as <code>xaiexplain</code> too). PyTorch is provided
+by the PyTorch extension; the other Python packages are installed on first use, after asking.</p>
 """
         self.parent.helpText += self.getDefaultModuleDocumentationLink()
         self.parent.acknowledgementText = """
-XAIExplain is built on 3D Slicer, PyTorch (through the Slicer PyTorch extension), MONAI and SimpleITK.
-The methods implemented follow their original publications: Simonyan et al. 2014 (saliency), Shrikumar et al.
-2016 (gradient &times; input), Smilkov et al. 2017 (SmoothGrad), Sundararajan et al. 2017 (Integrated
-Gradients), Zhou et al. 2016 (CAM), Selvaraju et al. 2017 (Grad-CAM, Guided Grad-CAM), Chattopadhay et al. 2018
-(Grad-CAM++), Springenberg et al. 2015 (guided backpropagation) and Zeiler &amp; Fergus 2014 (DeconvNet).
+XAIExplain is built on 3D Slicer, PyTorch (through the Slicer PyTorch extension), MONAI and SimpleITK. The methods
+follow their original publications (e.g. Selvaraju et al. 2017 for Grad-CAM), each cited in the panel's method list.
 The SynthLesion sample is made from the MNI152 template and the Harvard-Oxford atlas (FSL).
 """
         slicer.app.connect("startupCompleted()", registerSampleData)
@@ -91,8 +81,7 @@ class XAIExplainParameterNode:
     versus: str = ""
     roiNode: slicer.vtkMRMLNode
     methods: str = "gradcam"  # comma-separated method names
-    smoothgradSamples: Annotated[int, WithinRange(1, 1000)] = 25
-    igSteps: Annotated[int, WithinRange(2, 1000)] = 32
+    methodParameters: str = ""  # JSON {method: {parameter: value}}: the values set in the panel (registry-checked)
     layer: str = ""
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
@@ -215,9 +204,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def modelPath(self) -> str:
         p = self._parameterNode
-        if p is None:
-            return ""
-        return self.logic.demoModelPath() if p.useDemoModel else p.modelPath
+        return "" if p is None else self.logic.demoModelPath() if p.useDemoModel else p.modelPath
 
     def fillMethods(self) -> None:
         """Check boxes for the registered methods (the engine is needed: skipped until it is installed)."""
@@ -227,30 +214,69 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         chosen = set(self._parameterNode.methods.split(",")) if self._parameterNode else set()
         self.ui.methodsListWidget.blockSignals(True)
         self.ui.methodsListWidget.clear()
-        for method in self.logic.methodDescriptions():
-            kind = "signed" if method["signed"] else "unsigned"
-            item = qt.QListWidgetItem(f"{method['name']}  ({method['family']}, {kind})")
+        for method in self.logic.methodChoices():
+            item = qt.QListWidgetItem(method["label"])
             item.setData(qt.Qt.UserRole, method["name"])
-            item.setToolTip(f"{method['title']}. {method['reference']}")
+            item.setToolTip(method["toolTip"])
             item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
             item.setCheckState(qt.Qt.Checked if method["name"] in chosen else qt.Qt.Unchecked)
             self.ui.methodsListWidget.addItem(item)
         self.ui.methodsListWidget.blockSignals(False)
         self.onMethodsChanged()
 
-    def onMethodsChanged(self, item=None) -> None:
+    def checkedMethods(self) -> list:
         widget = self.ui.methodsListWidget
-        names = [widget.item(i).data(qt.Qt.UserRole) for i in range(widget.count)
-                 if widget.item(i).checkState() == qt.Qt.Checked]
+        return [widget.item(i).data(qt.Qt.UserRole) for i in range(widget.count)
+                if widget.item(i).checkState() == qt.Qt.Checked]
+
+    def onMethodsChanged(self, item=None) -> None:
         if self._parameterNode:
-            self._parameterNode.methods = ",".join(names)
-        if names:
-            passes = self.logic.estimatePasses(names, self.methodParams())
-            where = "a separate process" if self.logic.shouldUseWorker(names, self.methodParams(), self.useWorker()) \
-                else "Slicer"
-            self.ui.costLabel.text = f"About {passes} forward/backward passes, run in {where}."
+            self._parameterNode.methods = ",".join(self.checkedMethods())
+        self.fillMethodParameters()
+        self.updateCost()
+
+    def updateCost(self) -> None:
+        self.ui.costLabel.text = self.logic.describeCost(self.checkedMethods(), self.methodParams(), self.useWorker())
+
+    def fillMethodParameters(self) -> None:
+        """One typed, bounded field per parameter of each checked method, as the registry declares them."""
+        layout = self.ui.methodParametersWidget.layout()
+        while layout.rowCount() > 0:
+            layout.removeRow(0)
+        for method, spec, value in self.logic.panelParameters(self.checkedMethods(), self.methodParams()):
+            layout.addRow(f"{method} {spec['name']}:", self.parameterField(method, spec, value))
+
+    def parameterField(self, method: str, spec: dict, value):
+        """A combo box (choices), check box, spin box (bounds; an optional count shows 'auto') or line edit."""
+        field = self.logic.parameterField(spec)
+
+        def setValue(raw):
+            self._parameterNode.methodParameters = self.logic.withMethodParameter(
+                self._parameterNode.methodParameters, method, spec["name"], self.logic.parameterValue(field, raw))
+            self.updateCost()
+
+        if field["kind"] == "choice":
+            widget, signal = qt.QComboBox(), "currentTextChanged(QString)"
+            widget.addItems(field["choices"])
+            widget.currentText = str(value) if str(value) in field["choices"] else field["choices"][0]
+        elif field["kind"] == "bool":
+            widget, signal = qt.QCheckBox(), "toggled(bool)"
+            widget.checked = bool(value)
+        elif field["kind"] in ("int", "float"):
+            widget, signal = (qt.QSpinBox(), "valueChanged(int)") if field["kind"] == "int" else \
+                (qt.QDoubleSpinBox(), "valueChanged(double)")
+            if field["kind"] == "float":
+                widget.decimals = field["decimals"]
+            widget.specialValueText = "auto" if field["auto"] else ""
+            widget.setRange(field["low"], field["high"])
+            widget.singleStep = field["step"]
+            widget.value = field["low"] if value is None else value
         else:
-            self.ui.costLabel.text = "Check at least one method."
+            widget, signal = qt.QLineEdit(), "textChanged(QString)"
+            widget.text = "" if value is None else str(value)
+        widget.connect(signal, setValue)
+        widget.toolTip = f"{method}.{spec['name']} (default: {spec['default']})"
+        return widget
 
     def onModelPathChanged(self, path) -> None:
         if self._parameterNode:
@@ -262,8 +288,9 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.versus = self.ui.versusComboBox.currentData or ""
 
     def methodParams(self) -> dict:
+        """The values set in the panel, for the checked methods."""
         p = self._parameterNode
-        return {"smoothgrad": {"samples": p.smoothgradSamples}, "integrated-gradients": {"steps": p.igSteps}}
+        return self.logic.methodParametersFromText(p.methodParameters, self.checkedMethods()) if p else {}
 
     def useWorker(self):
         return {"auto": None, "worker": True, "in-process": False}[self._parameterNode.execution]
@@ -335,9 +362,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onProgress(self, fraction: float, message: str) -> None:
         self.ui.progressBar.value = int(1000 * fraction)
         self.ui.statusLabel.text = message
-        if self.logic.job is None or self.logic.job.status != "running":  # in-process: Cancel stays clickable
-            self.updateButtons()
-            slicer.app.processEvents()
+        self.updateButtons()
 
     def onCompleted(self, status: str, nodes, error: str) -> None:
         self._timer.stop()
@@ -350,8 +375,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Cancelled: no result was added."
         else:
             self.ui.statusLabel.text = "Failed."
-            if self.logic.runInWorker:  # an in-process failure raises, and tryWithErrorDisplay shows it
-                slicer.util.errorDisplay(f"The explanation failed: {error}")
+            slicer.util.errorDisplay(f"The explanation failed: {error}")
         self.updateButtons()
 
     # -- results -------------------------------------------------------------------------------------
@@ -407,7 +431,8 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic, ExplainLogicBase):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         ExplainLogicBase.__init__(self, slicer.mrmlScene, appLogic=slicer.app.applicationLogic(),
-                                  vrLogic=slicer.modules.volumerendering.logic())
+                                  vrLogic=slicer.modules.volumerendering.logic(),
+                                  processEvents=lambda: slicer.app.processEvents())  # in-process: Cancel clickable
 
     def getParameterNode(self):
         return XAIExplainParameterNode(super().getParameterNode())
@@ -449,13 +474,7 @@ class XAIExplainTest(ScriptedLoadableModuleTest):
         (result,) = logic.process(brain, logic.demoModelPath(), ["gradcam"], target="lesion", device="cpu",
                                   show3D=True)
         self.assertTrue(display.isResult(result))
-        self.assertEqual(result.GetImageData().GetDimensions(), brain.GetImageData().GetDimensions())
-        brainMatrix, resultMatrix = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
-        brain.GetIJKToRASMatrix(brainMatrix)
-        result.GetIJKToRASMatrix(resultMatrix)
-        for r in range(4):
-            for c in range(4):
-                self.assertAlmostEqual(brainMatrix.GetElement(r, c), resultMatrix.GetElement(r, c), places=6)
+        self.assertTrue(volumenodes.sameGrid(result, brain, tolerance=1e-6))  # the input's dimensions and IJK-to-RAS
         composite = slicer.app.layoutManager().sliceWidget("Red").sliceLogic().GetSliceCompositeNode()
         self.assertEqual(composite.GetForegroundVolumeID(), result.GetID())
         self.assertEqual(display.record(result)["prediction"]["predicted_name"], "lesion")

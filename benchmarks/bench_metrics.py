@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from xaiexplain import Preprocessor, load_model
+from xaiexplain import load_model, prepare_case
 from xaiexplain.synthlesion.benchmark import QUICK_PARAMS, QUICK_SETTINGS
 from xaiexplain.protocol import demo_bundle
 from xaiexplain.metrics import evaluate
@@ -51,15 +51,14 @@ def main(argv=None):
     device = torch.device(args.device)
     model = load_model(demo_bundle(), device=device)
     case = generate_case(EVAL_SEED_START + 7, positive=True)
-    pre = Preprocessor(model.preprocessing)
-    x = pre.forward(case.volume)[None].to(device)
-    mask = pre.forward_mask(case.lesion_mask)[0]
+    prepared = prepare_case(model, case.volume)
+    x, mask = prepared.x, prepared.mask_to_model(case.lesion_mask)
     settings = {**(QUICK_SETTINGS if args.quick else {}), "coherence": {"tolerance_mm": 6.0}}
     params = QUICK_PARAMS.get(args.method) if args.quick else None
     one = forward_seconds(model, x)
     start = time.perf_counter()
     record = evaluate(model, x, args.method, target=1, params=params, settings=settings, mask=mask,
-                      spacing=(3.0, 3.0, 3.0))
+                      spacing=prepared.spacing_model())
     total = time.perf_counter() - start
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads; "

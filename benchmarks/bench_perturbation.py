@@ -30,7 +30,7 @@ import torch
 
 from xaiexplain import Preprocessor, attribute, load_model
 from xaiexplain.protocol import demo_bundle
-from xaiexplain.methods.machinery import perturbation as perturb
+from xaiexplain.methods.machinery import scoring as perturb  # the perturbation scorer and its settings
 from xaiexplain.core.provenance import versions
 from xaiexplain.synthlesion.synth import generate_case
 from xaiexplain.synthlesion.train import EVAL_SEED_START

@@ -1,36 +1,48 @@
 """Everything the module does, without Qt: the base of ``XAIExplainLogic``, usable from the Python console.
 
-Runs are in-process when they are quick (a handful of forward/backward passes)
-and in a worker process otherwise, or as asked with ``useWorker``. With
-``waitForCompletion=True`` a call returns the result nodes; with False it returns
-at once and the caller drives the run with :meth:`poll` (the GUI does, from a
-timer), and ``completionCallback(status, nodes, error)`` is called at the end.
+A run is one :class:`~XAIExplainLib.request.ExplainRequest` given to one of two runners
+(:mod:`XAIExplainLib.runners`): in-process when the methods are quick by the registry's
+cost model, in a worker process otherwise (or as asked with ``useWorker``). Both end in
+the engine's attributions, which :func:`~XAIExplainLib.results.addResultNodes` turns into
+result nodes. The caller hears of a run through one callback set: ``progressCallback(fraction,
+message)`` and ``completionCallback(status, nodes, error)``, called once however it ends.
+With ``waitForCompletion=True`` a call returns the result nodes (a failure raises); with
+False it returns the runner at once and the caller drives it with :meth:`poll` (the GUI
+does, from a timer).
 """
 from __future__ import annotations
 
+import json
+import math
 import time
 
-from . import dependencies, display, job, regions, sampledata
+from . import dependencies, display, regions, sampledata
+from .request import ExplainRequest
+from .results import addResultNodes
+from .runners import InProcessRunner, WorkerRunner
 from .volumenodes import volumeFromNode
 
 QUICK_PASSES = 6  # forward + backward passes (per volume) that run in-process without a worker
 DEVICES = ("auto", "cpu", "cuda")
+OFFERED_TYPES = ("int", "float", "str", "bool", "baseline")  # parameter types a panel can offer ("object": console)
 
 
 class ExplainLogicBase:
-    def __init__(self, scene, *, appLogic=None, vrLogic=None, python: str | None = None, popen=None):
+    def __init__(self, scene, *, appLogic=None, vrLogic=None, python: str | None = None, popen=None,
+                 processEvents=None):
         self.scene = scene
         self.appLogic = appLogic
         self.vrLogic = vrLogic
         self.python = python
         self.popen = popen
-        self.job: job.ExplainJob | None = None
+        self.processEvents = processEvents  # run between an in-process run's reports (Slicer's event loop)
+        self.runner = None  # the current or last run
+        self.status = "idle"  # the last run's: running, done, failed, cancelled
         self.lastResults: list = []
-        self._cancelRequested = False
-        self._inProcess = False  # an in-process run is under way (its progress callback may process GUI events)
-        self.runInWorker = False  # where the last run went
         self._models: dict = {}
-        self._callbacks = (None, None)
+        self._exception = None
+        self._display = {}
+        self._completion = None
 
     # -- dependencies ------------------------------------------------------------------------------
     def missingDependencies(self) -> list[str]:
@@ -39,14 +51,13 @@ class ExplainLogicBase:
     # -- models ------------------------------------------------------------------------------------
     @staticmethod
     def demoModelPath(name: str = "synthlesion_classifier") -> str:
-        """A shipped demo bundle (found without importing the engine, so the panel opens without torch)."""
-        engine = job.ENGINE_PARENT / "xaiexplain"
-        # the engine's own lookup (xaiexplain.synthlesion.demo_model.models_dir): installed module, then repository checkout
-        for models in (engine / "Resources" / "Models", engine.parent.parent / "Resources" / "Models",
-                       engine.parent / "Resources" / "Models"):
-            if (models / name).is_dir():
-                return str(models / name)
-        raise FileNotFoundError(f"the demo model '{name}' is not installed next to XAIExplain")
+        """A shipped demo bundle (the engine's torch-free lookup: the panel opens without torch)."""
+        from xaiexplain.protocol import demo_bundle
+
+        path = demo_bundle(name)
+        if not path.is_dir():
+            raise FileNotFoundError(f"the demo model '{name}' is not installed next to XAIExplain")
+        return str(path)
 
     def loadModel(self, model: str, device: str = "auto"):
         """The engine's LoadedModel (cached per path and device): classes, task, channels."""
@@ -63,24 +74,80 @@ class ExplainLogicBase:
 
     def predict(self, inputVolumes, model: str, device: str = "auto") -> dict:
         """The model's prediction on the input (one forward pass, in-process): task, classes, probabilities."""
-        import torch
-        from xaiexplain.core.explain import _prediction, evaluation_mode, load_inputs
-        from xaiexplain.core.models import model_output
-        from xaiexplain.core.preprocess import Preprocessor
+        from xaiexplain import prepare_case
 
-        loaded = self.loadModel(model, device)
-        volume, _ = load_inputs([volumeFromNode(n) for n in self._nodes(inputVolumes)])
-        x = Preprocessor(loaded.preprocessing).forward(volume)[None].to(loaded.device)
-        with torch.inference_mode(), evaluation_mode(loaded):
-            logits = model_output(loaded.network(x)).float()
-        return _prediction(logits, loaded.class_names)
+        volumes = [volumeFromNode(n) for n in self._nodes(inputVolumes)]
+        return prepare_case(self.loadModel(model, device), volumes, device=device).predict()
 
+    # -- methods (all from the engine's registry) ------------------------------------------------------
     @staticmethod
     def methodDescriptions() -> list[dict]:
-        """The registered methods: name, title, family, signed, cost, reference (registry order)."""
+        """The registered methods: name, title, family, signed, cost, reference, parameters (registry order)."""
         from xaiexplain.methods import REGISTRY
 
         return [method.describe() for method in REGISTRY.values()]
+
+    def methodChoices(self) -> list[dict]:
+        """The method list of a panel: name, label (title, name, family, signed) and tooltip (the reference)."""
+        return [{"name": m["name"], "toolTip": f"{m['title']}. {m['reference']}",
+                 "label": f"{m['title']}  [{m['name']}; {m['family']}, {'signed' if m['signed'] else 'unsigned'}]"}
+                for m in self.methodDescriptions()]
+
+    @staticmethod
+    def methodParameters(name: str) -> list[dict]:
+        """A method's parameters a panel can offer: {name, type, default, min, max, choices}, typed and bounded."""
+        from xaiexplain.methods import get_method
+
+        return [p for p in get_method(name).parameters() if p["type"] in OFFERED_TYPES]
+
+    def panelParameters(self, methods, values: dict) -> list[tuple]:
+        """(method, parameter spec, current value) for each offered parameter of ``methods``."""
+        return [(method, spec, values.get(method, {}).get(spec["name"], spec["default"]))
+                for method in methods for spec in self.methodParameters(method)]
+
+    @staticmethod
+    def parameterField(spec: dict) -> dict:
+        """How a panel offers a parameter: ``kind`` (choice, bool, int, float, text) with choices, or bounds,
+        step and ``auto`` (an optional count: one below the minimum stands for None, the method's choice)."""
+        if spec["choices"]:
+            return {"kind": "choice", "choices": [str(c) for c in spec["choices"]]}
+        if spec["type"] not in ("int", "float"):
+            return {"kind": "bool" if spec["type"] == "bool" else "text"}
+        integer, default = spec["type"] == "int", spec["default"]
+        big = 2147483647 if integer else 1e12
+        low = -big if spec["min"] is None else spec["min"]
+        auto = default is None
+        # enough decimals to show the default (1e-6 too) and a tenth of it, the step
+        decimals = 0 if integer else 3 if not default else min(10, max(3, 2 - math.floor(math.log10(abs(default)))))
+        return {"kind": spec["type"], "low": low - 1 if auto else low, "auto": auto, "decimals": decimals,
+                "high": big if spec["max"] is None else spec["max"],
+                "step": 1 if integer else (abs(default) / 10 if default else 0.1)}
+
+    @staticmethod
+    def parameterValue(field: dict, raw):
+        """A panel field's value as the parameter's: typed, None at 'auto'."""
+        kind = field["kind"]
+        if kind == "int":
+            return None if field["auto"] and raw <= field["low"] else int(raw)
+        return float(raw) if kind == "float" else bool(raw) if kind == "bool" else str(raw)
+
+    @staticmethod
+    def withMethodParameter(text: str, method: str, name: str, value) -> str:
+        """The panel's parameter values (JSON text, saved in the parameter node) with one more set."""
+        values = json.loads(text) if text else {}
+        values.setdefault(method, {})[name] = value
+        return json.dumps(values, sort_keys=True)
+
+    def methodParametersFromText(self, text: str, methods) -> dict:
+        """{method: {name: value}} of the panel's values for ``methods``, by the registry's parameters (a value
+        saved by another version for a parameter the method no longer has is left out)."""
+        values, out = json.loads(text) if text else {}, {}
+        for method in methods:
+            offered = {p["name"] for p in self.methodParameters(method)}
+            chosen = {k: v for k, v in (values.get(method) or {}).items() if k in offered}
+            if chosen:
+                out[method] = chosen
+        return out
 
     @staticmethod
     def describePrediction(prediction: dict) -> str:
@@ -102,26 +169,39 @@ class ExplainLogicBase:
 
     # -- cost --------------------------------------------------------------------------------------
     @staticmethod
-    def _costs(methods, params):
+    def _costs(methods, params) -> list[dict]:
+        """Each method's cost model for its parameters (unknown parameters raise here, before any run)."""
         from xaiexplain.methods import get_method
 
+        out = []
         for name in methods:
             method = get_method(name)
-            yield method, method.cost(method.params((params or {}).get(method.name)))
+            given = (params or {}).get(name, (params or {}).get(method.name))
+            out.append(method.cost(method.params(given)))
+        return out
 
     def estimatePasses(self, methods, params: dict | None = None) -> int:
         """Forward + backward passes per volume for ``methods`` (from the method registry; for methods
         that repeat per window or region, the passes of one window or region)."""
-        return sum(int(cost["forward"]) + int(cost["backward"]) for _, cost in self._costs(methods, params))
+        return sum(int(cost["forward"]) + int(cost["backward"]) for cost in self._costs(methods, params))
 
     def shouldUseWorker(self, methods, params=None, useWorker: bool | None = None) -> bool:
-        """Quick methods in-process; perturbation methods, per-window/per-region costs and long runs in a worker."""
+        """By the cost model: a cost per window or region, or more than QUICK_PASSES passes, runs in a worker.
+
+        ``useWorker`` True/False decides instead (the registry is not consulted: the run checks the names).
+        """
         if useWorker is not None:
             return bool(useWorker)
-        for method, cost in self._costs(methods, params):
-            if cost.get("per") or method.family == "perturbation":
-                return True
-        return self.estimatePasses(methods, params) > QUICK_PASSES
+        costs = self._costs(methods, params)
+        return any(cost.get("per") for cost in costs) or self.estimatePasses(methods, params) > QUICK_PASSES
+
+    def describeCost(self, methods, params=None, useWorker: bool | None = None) -> str:
+        if not methods:
+            return "Check at least one method."
+        per = sorted({cost["per"] for cost in self._costs(methods, params) if cost.get("per")})
+        where = "a separate process" if self.shouldUseWorker(methods, params, useWorker) else "Slicer"
+        return (f"About {self.estimatePasses(methods, params)} forward/backward passes"
+                + (f" per {' / '.join(per)}" if per else "") + f", run in {where}.")
 
     # -- running -----------------------------------------------------------------------------------
     @staticmethod
@@ -138,136 +218,71 @@ class ExplainLogicBase:
         ``model``: a MONAI bundle folder, a TorchScript / .pt2 file (``demoModelPath()`` for the demo).
         ``target``/``versus``: class index or name; ``roi``: label map or segmentation node (or
         "predicted") for segmentation models; ``regions``: "harvard-oxford" or a label map node with
-        named colours; ``params``: {method: {name: value}}. Returns the result nodes (one per method)
-        when ``waitForCompletion``, else the running job (see :meth:`poll`).
+        named colours (or a segmentation); ``params``: {method: {name: value}}. Returns the result nodes
+        (one per method) when ``waitForCompletion``, else the runner (see :meth:`poll`).
         """
         if self.isRunning():
             raise RuntimeError("a run is in progress: cancel it or wait for it to finish")
         methods = [methods] if isinstance(methods, str) else list(methods)
-        request = job.ExplainRequest(self._nodes(inputVolumes), str(model) if model else "", methods, target=target,
-                                     versus=versus, roi=roi, layer=layer or None, params=dict(params or {}),
-                                     seed=int(seed), device=device or "auto", regions=regions)
+        request = ExplainRequest(self._nodes(inputVolumes), str(model) if model else "", methods, target=target,
+                                 versus=versus, roi=roi, layer=layer or None, params=dict(params or {}),
+                                 seed=int(seed), device=device or "auto", regions=regions)
         request.validate()
-        self._cancelRequested = False
+        inWorker = self.shouldUseWorker(methods, params, useWorker)  # by default also checks the parameters
         self._display = dict(show=show, show3D=show3D, threshold=threshold, opacity=opacity)
-        self._callbacks = (progressCallback, completionCallback)
-        self.runInWorker = self.shouldUseWorker(methods, params, useWorker)
-        if not self.runInWorker:
-            self._inProcess = True
-            try:
-                nodes = self._processInProcess(request, progressCallback)
-            except Exception as err:
-                if type(err).__name__ != "Cancelled":  # the engine's cancel exception: not an error
-                    self._finished("failed", [], str(err))
-                    raise
-                nodes = None
-            finally:
-                self._inProcess = False
-            if nodes is None:
-                self._finished("cancelled", [], "cancelled")
-                return []
-            self._finished("done", nodes, "")
-            return nodes
-        self.job = job.ExplainJob(self.scene, request, python=self.python, onProgress=progressCallback,
-                                  popen=self.popen).start()
+        self._completion = completionCallback
+        self.lastResults, self._exception = [], None
+        callbacks = dict(onProgress=progressCallback, onFinished=self._onFinished)
+        if inWorker:
+            self.runner = WorkerRunner(self.scene, request, python=self.python, popen=self.popen, **callbacks)
+        else:
+            self.runner = InProcessRunner(self.scene, request, loadModel=self.loadModel,
+                                          processEvents=self.processEvents, **callbacks)
+        self.status = "running"
+        self.runner.start()
         if not waitForCompletion:
-            return self.job
+            return self.runner
         try:
             while self.poll() == "running":
-                time.sleep(0.1)
+                time.sleep(0.05)
         finally:
             if self.isRunning():
                 self.cancel()
-        if self.job.status != "done":
-            raise RuntimeError(self.job.error or self.job.status)
+        if self.status == "failed":
+            raise self._exception if self._exception is not None else RuntimeError("the explanation failed")
         return self.lastResults
 
     def poll(self) -> str:
-        """Drive a worker run (call it every ~100 ms); returns its status, 'idle' without a run."""
-        if self.job is None:
-            return "idle"
-        if self.job.status == "running":
-            status = self.job.poll()
-            if status != "running":
-                self._finished(status, self.job.resultNodes, self.job.error)
-        return self.job.status
+        """Drive the run (call it every ~100 ms); returns its status, 'idle' without a run."""
+        if self.isRunning():
+            self.runner.poll()
+        return self.status
 
     def isRunning(self) -> bool:
-        return self._inProcess or (self.job is not None and self.job.status == "running")
+        return self.runner is not None and self.runner.status == "running"
 
     def cancel(self) -> None:
         """Stop the run: a worker is killed with its children; an in-process run stops at the next batch."""
-        self._cancelRequested = True
-        if self.job is not None and self.job.status == "running":
-            self.job.cancel()
-            self._finished("cancelled", [], "cancelled")
+        if self.isRunning():
+            self.runner.cancel()
 
-    def _finished(self, status: str, nodes, error: str) -> None:
-        self.lastResults = list(nodes) if status == "done" else []
-        if status == "done" and self._display["show"]:
-            for node in self.lastResults:
+    def _onFinished(self, runner) -> None:
+        """The one end of every run: result nodes, display, the completion callback."""
+        status, error, self._exception = runner.status, runner.error, runner.exception
+        nodes = []
+        if status == "done":
+            try:
+                nodes = addResultNodes(self.scene, runner.attributions, runner.request,
+                                       regionLabels=runner.case.regionLabels)
+            except Exception as err:  # noqa: BLE001 (reported like any failure)
+                status, error, self._exception = "failed", str(err), err
+        self.status, self.lastResults = status, nodes
+        if self._display.get("show"):
+            for node in nodes:
                 self.showResult(node, threshold=self._display["threshold"], opacity=self._display["opacity"],
                                 show3D=self._display["show3D"])
-        completion = self._callbacks[1]
-        if completion is not None:
-            completion(status, self.lastResults, error)
-
-    def _processInProcess(self, request: job.ExplainRequest, progressCallback) -> list:
-        from xaiexplain import explain
-
-        volumes = [volumeFromNode(n) for n in request.inputs]
-        reference = request.inputs[0]
-        kwargs = {}
-        roi = request.roi
-        if roi is not None and roi != "predicted":
-            labels, temporary = job.roiLabelMap(self.scene, roi, reference)
-            try:
-                roi = volumeFromNode(labels)
-            finally:
-                if temporary:
-                    self.scene.RemoveNode(labels)
-        labelNode = None
-        if request.regions not in (None, "harvard-oxford"):
-            labelNode = regions.regionLabelMap(self.scene, request.regions, reference)
-        regionSet, labelVolume, regionNames = self._regionSet(request.regions if labelNode is None else labelNode,
-                                                              volumes[0], request.seed)
-        if regionSet is not None:
-            kwargs["regions"] = regionSet
-        results = explain(self.loadModel(request.model, request.device), volumes, request.methods,
-                          target=request.target, versus=request.versus, roi=roi, layer=request.layer,
-                          params=request.params, seed=request.seed, device=request.device,
-                          progress=progressCallback, cancel=lambda: self._cancelRequested, **kwargs)
-        nodes = []
-        for attribution in results:
-            from .volumenodes import addVolumeNode
-
-            node = addVolumeNode(self.scene, attribution.array, f"{reference.GetName()} {attribution.method}",
-                                 reference=reference)
-            display.markResult(node, method=attribution.method, signed=attribution.signed, inputNode=reference,
-                               record=attribution.to_dict())
-            rows = getattr(attribution, "regions", None)
-            if rows:
-                _, labelNode = job.addRegionResults(self.scene, node, rows, labelNode or labelVolume, regionNames,
-                                                    prefix=node.GetName())
-            nodes.append(node)
-        return nodes
-
-    @staticmethod
-    def _regionSet(source, volume, seed):
-        """Regions resolved once (the atlas registration is the slow part) so the label map can be shown too."""
-        if source is None:
-            return None, None, None
-        try:
-            from xaiexplain import regions as engineRegions  # atlas registration, user label maps
-        except ImportError:
-            raise ValueError("this version of the engine has no region support") from None
-
-        if source == "harvard-oxford":
-            found = engineRegions.resolve_regions("harvard-oxford", None, volume, seed=seed)
-        else:
-            names = regions.colorNames(source)
-            found = engineRegions.resolve_regions(volumeFromNode(source), names, volume, seed=seed)
-        return found, found.labels, dict(found.names)
+        if self._completion is not None:
+            self._completion(status, nodes, error)
 
     # -- display -----------------------------------------------------------------------------------
     def showResult(self, resultNode, *, threshold: float | None = None, opacity: float = display.DEFAULT_OPACITY,

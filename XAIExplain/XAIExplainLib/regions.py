@@ -1,15 +1,13 @@
 """Region results: a ranked table node and a label map whose colour table names the regions.
 
-The rows are plain records (``id``, ``name``, ``volume_ml``, ``score``, ``rank``)
-as region methods write them to ``regions.csv``; the labels are a label volume on
+The rows are the engine's region records (``id``, ``name``, ``volume_ml``, ``score``,
+``rank`` and more: an Attribution's ``regions``); the labels are a label volume on
 the input grid (an engine Volume, an array, or an existing label map node).
 """
 from __future__ import annotations
 
 import colorsys
-import csv
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -49,15 +47,6 @@ def asRows(rows) -> list[RegionRow]:
         i, name, volume, score, rank = row
         out.append(RegionRow(_number(i, int), str(name), _number(volume), _number(score), _number(rank, int)))
     return sorted(out, key=lambda r: (r.rank <= 0, r.rank))
-
-
-def readRegionsCsv(path, method: str | None = None) -> list[RegionRow]:
-    """Rows of a ``regions.csv``; with several methods in one file (a ``method`` column), those of ``method``."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if method is not None and rows and "method" in rows[0]:
-        rows = [row for row in rows if row["method"] == method]
-    return asRows(rows)
 
 
 def addRegionTable(scene, rows, name: str = "XAIExplain regions"):
@@ -210,12 +199,3 @@ def showRegionTable(appLogic, table) -> None:
     layout = table.GetScene().GetFirstNodeByClass("vtkMRMLLayoutNode")
     if layout is not None and layout.GetViewArrangement() not in TABLE_LAYOUTS:
         layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
-
-
-def findRegionFiles(folder) -> tuple[Path | None, Path | None]:
-    """``regions.csv`` and a label volume written beside it by a region method, if any."""
-    folder = Path(folder)
-    table = folder / "regions.csv"
-    labels = next((folder / n for n in ("regions.nrrd", "regions.nii.gz", "regions-labels.nrrd")
-                   if (folder / n).exists()), None)
-    return (table if table.exists() else None), labels

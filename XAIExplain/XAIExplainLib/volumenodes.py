@@ -7,6 +7,8 @@ out with i fastest, i.e. (K, J, I) in numpy order; the engine uses (C, I, J, K).
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import vtk
 from vtk.util import numpy_support
@@ -115,3 +117,31 @@ def sameGrid(a, b, tolerance: float = 1e-4) -> bool:
     if ia is None or ib is None or ia.GetDimensions() != ib.GetDimensions():
         return False
     return bool(np.allclose(ijkToRas(a), ijkToRas(b), atol=tolerance))
+
+
+def writeVolumeFile(node, path) -> Path:
+    """Write a volume (or label map) node to NRRD with Slicer's storage node: the file's geometry is what
+    Slicer shows. The node is not changed."""
+    import slicer
+
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(0)  # a temporary file: speed over size
+    if not storage.WriteData(node):
+        raise RuntimeError(f"cannot write '{node.GetName()}' to {path}")
+    return Path(path)
+
+
+def readVolumeFile(scene, path, name: str, className: str = "vtkMRMLScalarVolumeNode"):
+    """A new node read from a volume file by Slicer's storage node."""
+    import slicer
+
+    node = scene.AddNewNodeByClass(className, scene.GenerateUniqueName(name))
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    if className == "vtkMRMLLabelMapVolumeNode":
+        storage.SetCenterImage(0)
+    if not storage.ReadData(node):
+        scene.RemoveNode(node)
+        raise RuntimeError(f"cannot read {path}")
+    return node

@@ -9,7 +9,6 @@ it started (data loaders, compilers), not just the direct child.
 """
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
@@ -19,19 +18,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-
-PROGRESS_PREFIX = "xaiexplain-progress "
-
-
-def parseProgressLine(line: str):
-    """(fraction, message) from an engine progress line, or None for any other line."""
-    if not line.startswith(PROGRESS_PREFIX):
-        return None
-    try:
-        data = json.loads(line[len(PROGRESS_PREFIX):])
-        return float(data["fraction"]), str(data.get("message", ""))
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def pythonSlicerExecutable() -> str:
@@ -85,7 +71,6 @@ class WorkerProcess:
         self.process = None
         self.lines: "queue.Queue[str | None]" = queue.Queue()
         self.log: list[str] = []
-        self.lastProgress = (0.0, "")
         self.cancelled = False
         self._reader = None
         self._eof = False
@@ -109,6 +94,8 @@ class WorkerProcess:
         self.lines.put(None)
 
     def _drain(self, timeout: float | None = None) -> None:
+        from xaiexplain.protocol import parse_progress_line  # the format's one definition (torch-free)
+
         while True:
             try:
                 line = self.lines.get(timeout=timeout) if timeout else self.lines.get_nowait()
@@ -118,9 +105,8 @@ class WorkerProcess:
             if line is None:
                 self._eof = True
                 return
-            progress = parseProgressLine(line)
+            progress = parse_progress_line(line)
             if progress is not None:
-                self.lastProgress = progress
                 if self.onProgress is not None:
                     self.onProgress(*progress)
             elif line.strip():

@@ -1,4 +1,4 @@
-"""The ``xaiexplain`` command: explain, methods, demo, evaluate, benchmark."""
+"""The ``xaiexplain`` command: explain, methods, metrics, demo, evaluate, benchmark."""
 from __future__ import annotations
 
 import argparse
@@ -131,6 +131,20 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_metrics(args) -> int:
+    from ..metrics import REGISTRY
+
+    if args.json:
+        print(json.dumps([m.describe() for m in REGISTRY.values()], indent=2))
+        return 0
+    wide = max([len(m.cost_text) for m in REGISTRY.values()] + [13])
+    print(f"{'name':26} {'property':14} {'cost (passes)':{wide}} settings (defaults)")
+    for m in REGISTRY.values():
+        settings = ", ".join(f"{k}={v}" for k, v in m.defaults.items()) or "-"
+        print(f"{m.name:26} {m.co12:14} {m.cost_text:{wide}} {settings}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from ..synthlesion.demo import run_demo
 
@@ -232,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
     me = sub.add_parser("methods", help="list the registered methods")
     me.add_argument("--json", action="store_true")
     me.set_defaults(func=cmd_methods)
+
+    mt = sub.add_parser("metrics", help="list the registered metrics: property, cost in passes, settings")
+    mt.add_argument("--json", action="store_true")
+    mt.set_defaults(func=cmd_metrics)
 
     de = sub.add_parser("demo", help="generate a SynthLesion case and explain the demo model on it")
     de.add_argument("--out", default="demo-output")

@@ -1,4 +1,7 @@
-"""Write results: <method>.nrrd, <method>.png, regions.csv, regions.nrrd and summary.json, all or nothing."""
+"""Results on disk: <method>.nrrd, <method>.png, regions.csv, regions.nrrd and summary.json, written all or
+nothing (:func:`write_results`) and read back into the same attributions (:func:`read_results`).
+
+The file names are those of :mod:`xaiexplain.protocol`, which the Slicer module's worker shares."""
 from __future__ import annotations
 
 import csv
@@ -11,9 +14,13 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from .preview import render_preview
 from ..core.result import Attribution
-from ..core.volume import Volume, write_volume
+from ..core.volume import Volume, read_volume, write_volume
+from ..errors import XAIError
+from ..protocol import REGIONS_LABELS_FILE, REGIONS_TABLE_FILE, SUMMARY_FILE, map_file, preview_file, read_summary
 
 
 def write_results(out_dir, volume: Volume, attributions: list[Attribution], summary_extra: dict | None = None,
@@ -25,26 +32,25 @@ def write_results(out_dir, volume: Volume, attributions: list[Attribution], summ
     try:
         names = []
         for att in attributions:
-            write_volume(att.map, staging / f"{att.method}.nrrd")
-            names.append(f"{att.method}.nrrd")
+            names.append(map_file(att.method))
+            write_volume(att.map, staging / names[-1])
             if att.channel_maps is not None:
                 for c, channel in enumerate(att.channel_maps.channel_names):
-                    write_volume(att.channel_maps, staging / f"{att.method}.{channel}.nrrd", channel=c)
-                    names.append(f"{att.method}.{channel}.nrrd")
+                    names.append(map_file(att.method, channel))
+                    write_volume(att.channel_maps, staging / names[-1], channel=c)
             if previews:
-                render_preview(volume, att, staging / f"{att.method}.png",
-                               f"{att.method} - target {att.target.get('name')}")
-                names.append(f"{att.method}.png")
+                names.append(preview_file(att.method))
+                render_preview(volume, att, staging / names[-1], f"{att.method} - target {att.target.get('name')}")
         if any(att.regions is not None for att in attributions):
-            write_region_table(staging / "regions.csv", attributions)
-            names.append("regions.csv")
+            write_region_table(staging / REGIONS_TABLE_FILE, attributions)
+            names.append(REGIONS_TABLE_FILE)
         labels = next((att.region_labels for att in attributions if att.region_labels is not None), None)
         if labels is not None:  # the regions in the subject (e.g. the registered atlas), for viewers
-            write_volume(labels, staging / "regions.nrrd")
-            names.append("regions.nrrd")
+            write_volume(labels, staging / REGIONS_LABELS_FILE)
+            names.append(REGIONS_LABELS_FILE)
         summary = {**(summary_extra or {}), "results": [a.to_dict() for a in attributions]}
-        (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        names.append("summary.json")
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        names.append(SUMMARY_FILE)
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         with _uninterrupted():
@@ -77,6 +83,86 @@ def _cell(value):
     if isinstance(value, float):
         return "" if value != value else f"{value:.6g}"
     return value
+
+
+def read_results(folder) -> list[Attribution]:
+    """The attributions an output folder holds, as :func:`write_results` was given them (previews aside).
+
+    Maps (with their grid) and per-channel maps from the NRRD files; the record fields and the region
+    tables from ``summary.json`` (full precision; ``regions.csv`` for a summary without them); the
+    region labels from ``regions.nrrd``.
+    """
+    folder = Path(folder)
+    items = read_summary(folder).get("results", [])
+    labels_path = folder / REGIONS_LABELS_FILE
+    labels = read_volume(labels_path) if labels_path.is_file() else None
+    table_path = folder / REGIONS_TABLE_FILE
+    out = []
+    for item in items:
+        method = item["method"]
+        rows = item.get("regions")
+        if rows is not None:  # JSON has no NaN: write_results stored a region not scored as null
+            rows = [{k: float("nan") if v is None else v for k, v in row.items()} for row in rows]
+        elif table_path.is_file():
+            rows = read_region_table(table_path, method) or None
+        info = dict(item.get("info") or {})
+        out.append(Attribution(
+            map=_read_map(folder, method), method=method, signed=bool(item["signed"]),
+            params=dict(item.get("params") or {}), target=dict(item.get("target") or {}),
+            prediction=dict(item.get("prediction") or {}), timings=dict(item.get("timings") or {}),
+            versions=dict(item.get("versions") or {}), seed=int(item.get("seed", 0)),
+            model=dict(item.get("model") or {}), channel_maps=_read_channel_maps(folder, method, info),
+            info=info, notes=list(item.get("notes") or []), regions=rows,
+            region_labels=labels if rows is not None else None))
+    return out
+
+
+def _read_map(folder: Path, method: str) -> Volume:
+    path = folder / map_file(method)
+    if not path.is_file():
+        raise XAIError(f"{folder} has no map for '{method}' ({path.name})",
+                       "give the complete folder an explain run wrote")
+    volume = read_volume(path)
+    # C order, as explain() makes it: the recorded sum (pairwise summation) then comes out the same
+    return volume.with_array(np.ascontiguousarray(volume.array), [method])
+
+
+def _read_channel_maps(folder: Path, method: str, info: dict) -> Volume | None:
+    """Per-channel maps in the input's channel order (recorded in info); sorted by name if it is not."""
+    channels = list(info.get("channels") or [])
+    if not all((folder / map_file(method, c)).is_file() for c in channels):
+        channels = []
+    if len(channels) < 2:
+        before, after = map_file(method, "\0").split("\0")
+        channels = sorted(p.name[len(before):len(p.name) - len(after)] for p in folder.glob(map_file(method, "*")))
+    if len(channels) < 2:
+        return None
+    parts = [read_volume(folder / map_file(method, c)) for c in channels]
+    return parts[0].with_array(np.ascontiguousarray(np.concatenate([p.array for p in parts])), channels)
+
+
+def read_region_table(path, method: str | None = None) -> list[dict]:
+    """Rows of a ``regions.csv`` (those of ``method`` if given), typed: ids and ranks int, empty cells NaN."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if method is not None and rows and "method" in rows[0]:
+        rows = [row for row in rows if row["method"] == method]
+    # another method's columns are empty in every row of this one: not part of its table
+    keep = [key for key in (rows[0] if rows else {}) if key != "method"
+            and (key in REGION_COLUMNS or any(row[key] != "" for row in rows))]
+    return [{key: _typed(key, row[key]) for key in keep} for row in rows]
+
+
+def _typed(key: str, value: str):
+    if key == "name":
+        return value
+    if value in ("", None):
+        return float("nan")
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if key in ("id", "rank") else number
 
 
 @contextmanager

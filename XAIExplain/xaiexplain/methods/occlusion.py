@@ -7,8 +7,8 @@ import torch
 
 from ..core.baselines import baseline_for, describe_baseline
 from .base import BASELINE, Method, register
-from .machinery.perturbation import (SCORES, Scorer, box, check_score, compose, region_index,
-                      region_scores_map)
+from .machinery.perturbation import SCORES, box, check_score, compose, region_index, region_scores_map
+from .machinery.scoring import Scorer
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from ..errors import XAIError
 from ..core.baselines import baseline_for, describe_baseline
 from .base import BASELINE, Method, completeness_error, register
-from .machinery.perturbation import (SCORES, Scorer, check_score, compose, region_index,
-                      region_scores_map)
+from .machinery.perturbation import SCORES, check_score, compose, region_index, region_scores_map
+from .machinery.scoring import Scorer
 
 
 def rise_draws(generator: torch.Generator, count: int, shape, cells: int, keep: float):

@@ -1,8 +1,10 @@
-"""What every metric shares: a batched, pass-counting scorer, voxel maps, substrates and map similarity.
+"""What every metric shares: the scorer, voxel maps and map similarity.
 
-Metrics work in model space: ``x`` is the (1, C, X, Y, Z) model input and a
-map is a voxel map (X, Y, Z) (channel maps are summed, as ``explain()`` does;
-a perturbation replaces all channels of a voxel together).
+Scores come from the one pass-counting scorer the perturbation methods use
+(``methods.machinery.scoring``, ``Scorer.for_model``). Metrics work in model
+space: ``x`` is the (1, C, X, Y, Z) model input and a map is a voxel map
+(X, Y, Z) (channel maps are summed, as ``explain()`` does; a perturbation
+replaces all channels of a voxel together).
 """
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import numpy as np
 import torch
 from scipy import ndimage, stats
 
+from ..core.models import LoadedModel, load_model
 from ..errors import XAIError
-from ..core.models import evaluation_mode
-from ..methods.base import batched
-from ..core.models import LoadedModel, load_model, model_output, probabilities
-from ..core.targets import ClassTarget
+from ..methods.machinery.scoring import Scorer
+
+__all__ = ["Scorer", "loaded", "voxel_map", "descending_order", "spearman", "ssim", "magnitude", "map_similarity",
+           "fraction_count"]
 
 
 def loaded(model) -> LoadedModel:
@@ -35,41 +38,6 @@ def voxel_map(attribution) -> np.ndarray:
         raise XAIError(f"a map must be 3D (X, Y, Z), possibly with channel axes; got shape {a.shape}",
                        "give the map in model space, e.g. from xaiexplain.attribute")
     return a
-
-
-class Scorer:
-    """The target score of batches of model-space inputs, on the model's device; counts forward passes.
-
-    ``output``: 'logit' (the target's score as the methods explain it) or 'probability'
-    (softmax over the class axis first, sigmoid for a single-logit output, as in the RISE
-    deletion/insertion games).
-    """
-
-    def __init__(self, model, x: torch.Tensor, target=None, output: str = "logit", batch_size: int = 8):
-        if output not in ("logit", "probability"):
-            raise XAIError(f"unknown score output '{output}'", "use logit or probability")
-        self.model = loaded(model)
-        self.x = x.detach().to(self.model.device)
-        self.output, self.batch_size, self.passes = output, batch_size, 0
-        with torch.inference_mode(), evaluation_mode(self.model):
-            self.reference = model_output(self.model.network(self.x)).float().clone()
-        target = target if hasattr(target, "score") else ClassTarget(target)
-        self.target = target.resolve(self.reference, self.model.class_names)
-        self.base = float(self(self.x)[0])
-        self.passes = 0  # the scorer's own reference passes are not charged to a metric
-
-    def __call__(self, inputs: torch.Tensor) -> np.ndarray:
-        out = []
-        for part in batched(inputs.shape[0], self.batch_size):
-            chunk = inputs[part].to(self.model.device)
-            with torch.inference_mode(), evaluation_mode(self.model):
-                logits = model_output(self.model.network(chunk)).float()
-            if self.output == "probability":
-                logits = probabilities(logits)
-            ref = self.reference.expand((chunk.shape[0],) + tuple(self.reference.shape[1:]))
-            out.append(self.target.score(logits, ref).double().cpu())
-            self.passes += int(chunk.shape[0])
-        return torch.cat(out).numpy()
 
 
 def descending_order(a: np.ndarray) -> np.ndarray:

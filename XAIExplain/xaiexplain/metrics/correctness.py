@@ -12,9 +12,10 @@ import torch
 
 from ..errors import XAIError
 from ..methods import get_method
-from ..methods.base import batched
+from ..methods.base import batched, completeness_error
+from ..methods.machinery.scoring import Scorer
 from ..core.baselines import substrate
-from .common import Scorer, descending_order, fraction_count, voxel_map
+from .common import descending_order, fraction_count, voxel_map
 
 
 def _auc(fractions: np.ndarray, scores: np.ndarray) -> float:
@@ -50,7 +51,7 @@ def perturbation_curve(scorer: Scorer, attribution, mode: str = "deletion", step
     for part in batched(len(counts), scorer.batch_size):
         k = torch.as_tensor(counts[part], device=x.device).view(-1, 1, 1, 1, 1)
         changed = rank[None, None] < k  # (B, 1, X, Y, Z)
-        scores.append(scorer(torch.where(changed, end, start)))
+        scores.append(scorer.scores(torch.where(changed, end, start)))
     scores = np.concatenate(scores)
     fractions = counts / n
     return {"auc": _auc(fractions, scores) / until, "fractions": fractions.tolist(), "scores": scores.tolist(),
@@ -81,7 +82,7 @@ def faithfulness_correlation(scorer: Scorer, attribution, samples: int = 64, sub
         masks = torch.zeros((len(rows), a.size), dtype=torch.bool)
         masks[np.repeat(np.arange(len(rows)), rows.shape[1]), rows.ravel()] = True
         masks = masks.view((len(rows), 1) + tuple(x.shape[2:])).to(x.device)
-        drops.append(scorer.base - scorer(torch.where(masks, fill, x)))
+        drops.append(scorer.base - scorer.scores(torch.where(masks, fill, x)))
     drops = np.concatenate(drops)
     sums = a[subsets].sum(1)
     corr = float(np.corrcoef(sums, drops)[0, 1]) if sums.std() > 0 and drops.std() > 0 else float("nan")
@@ -90,10 +91,10 @@ def faithfulness_correlation(scorer: Scorer, attribution, samples: int = 64, sub
             "seed": seed, "output": scorer.output}
 
 
-def completeness_error(scorer: Scorer, attribution, method, params: dict | None = None) -> dict:
-    """|sum(map) - (score(x) - score(baseline))| / |score(x) - score(baseline)| for methods with a
-    completeness axiom (``Method.completeness``); 1 forward pass (the baseline's score).
-    ``scorer`` must score logits."""
+def completeness(scorer: Scorer, attribution, method, params: dict | None = None) -> dict:
+    """The completeness axiom's relative error (``methods.base.completeness_error``, the one definition the
+    methods check themselves against) for methods with the axiom (``Method.completeness``), measured from
+    ``Method.completeness_baseline``; 1 forward pass (the baseline's score). ``scorer`` must score logits."""
     method = get_method(method) if isinstance(method, str) else method
     if not method.completeness:
         return {"applies": False}
@@ -101,7 +102,7 @@ def completeness_error(scorer: Scorer, attribution, method, params: dict | None 
         raise XAIError("completeness is defined on the explained score", "use a logit scorer")
     chosen = method.params(params)
     base = method.completeness_baseline(scorer.x, chosen)
-    delta = scorer.base - (float(scorer(base)[0]) if base is not None else 0.0)
+    delta = scorer.base - (float(scorer.scores(base)[0]) if base is not None else 0.0)
     total = float(voxel_map(attribution).sum())
     return {"applies": True, "sum": total, "score_difference": delta,
-            "relative_error": abs(total - delta) / max(abs(delta), 1e-12)}
+            "completeness_error": float(completeness_error([total], [delta])[0])}

@@ -23,6 +23,10 @@ from ..methods import get_method
 from .common import loaded, map_similarity, voxel_map
 from .robustness import fixed_target
 
+# Verdict of the randomisation test: after the whole network is re-initialised, the map may be no
+# more similar to the original (Spearman of |map|) than the map of an unrelated input is, plus this.
+RANDOMISATION_MARGIN = 0.1
+
 
 def layer_groups(network: torch.nn.Module, depth: int | None = 2) -> list[tuple[str, list[str]]]:
     """Modules with parameters to re-initialise, top (output) first, grouped by the first ``depth``
@@ -76,3 +80,8 @@ def model_randomisation(model, x: torch.Tensor, method, *, target=None, attribut
     return {"steps": steps, "baseline": baseline, "final": {k: final[k] for k in ("spearman_abs", "ssim_abs")},
             "cascade_sensitivity": sensitivity,
             "seed": seed, "depth": depth, "pair": pair_kind, "passes": passes}
+
+
+def randomisation_verdict(result: dict, margin: float = RANDOMISATION_MARGIN) -> bool:
+    """True when the fully randomised model's map is as unlike the original as an unrelated map is."""
+    return bool(result["final"]["spearman_abs"] <= result["baseline"]["spearman_abs"] + margin)

@@ -13,7 +13,6 @@ import torch
 from ..errors import XAIError
 from ..core.explain import attribute
 from ..core.models import evaluation_mode
-from ..methods import get_method
 from ..methods.base import batched
 from ..core.models import model_output
 from ..core.targets import ClassTarget, SegmentationTarget
@@ -102,8 +101,3 @@ def target_sensitivity(model, x, method, *, target=None, attribution=None, param
     closest = max(others, key=lambda k: others[k]["spearman_abs"])
     return {"applies": True, "classes": others, "closest_class": closest, "pearson": others[closest]["pearson"],
             "spearman_abs": others[closest]["spearman_abs"], "passes": passes}
-
-
-def method_passes(method, params) -> dict:
-    method = get_method(method) if isinstance(method, str) else method
-    return method.cost(method.params(params))

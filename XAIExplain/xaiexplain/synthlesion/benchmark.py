@@ -16,24 +16,21 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
 
 from ..protocol import demo_bundle
+from ..core.case import PreparedCase, prepare_case
 from ..core.explain import attribute
-from ..core.models import evaluation_mode
 from ..methods import REGISTRY, get_method
-from ..metrics import evaluate, summary_row, top_mass_share
-from ..metrics.evaluate import DEFAULTS
+from ..metrics import REGISTRY as METRICS
+from ..metrics import evaluate, get_metric, summary_columns, summary_row, top_mass_share
 from ..core.models import load_model, probabilities
-from ..core.preprocess import Preprocessor
 from ..core.provenance import versions
-from .synth import generate_case, marker_mask
+from .synth import generate_case, marker_mask, region_names
 from .train import EVAL_SEED_START
 
 SEED_START = EVAL_SEED_START + 50_000
 MARKED_SEED_START = EVAL_SEED_START + 60_000
 MODELS = {"clean": "synthlesion_classifier", "shortcut": "synthlesion_shortcut"}
-COHERENCE = ("pointing_game", "relevance_mass", "relevance_rank", "average_precision", "hit_at_1", "hit_at_3")
 TOLERANCE_MM = 6.0  # two voxels, as the demo's peak-in-lesion check
 TOP_FRACTION = 0.1
 # Cheaper settings for the default (CI-sized) run; --full uses the metrics' own defaults.
@@ -57,30 +54,25 @@ def bootstrap_ci(values, resamples: int = 2000, seed: int = 0) -> tuple[float, f
     return float(v.mean()), float(low), float(high), int(v.size)
 
 
-def _prepare(model, case):
-    pre = Preprocessor(model.preprocessing)
-    x = pre.forward(case.volume)[None].to(model.device)
-    counterfactual = Preprocessor(model.preprocessing).forward(case.counterfactual)[None].to(model.device)
-    mask = pre.forward_mask(case.lesion_mask)[0]
-    spacing = np.linalg.norm(pre.model_affine()[:3, :3], axis=0)
-    return x, counterfactual, mask, spacing, pre
+def _prepare(model, case, reference) -> PreparedCase:
+    """``case`` in model space with its atlas labels (for region methods) and ``reference`` (a volume:
+    DeepSHAP's reference; the curves' substrate in the main run)."""
+    return prepare_case(model, case.volume, regions=case.labels, region_names=region_names(), references=reference)
 
 
-def _context(model, case, pre, counterfactual) -> dict:
-    """What region methods and DeepSHAP need: the case's atlas labels and its counterfactual, in model space."""
-    return {"regions": torch.round(pre.forward_mask(case.labels)[0]).long().to(model.device),
-            "references": counterfactual}
+def _context(prepared: PreparedCase) -> dict:
+    """What region methods and DeepSHAP need beyond the input, in model space."""
+    return {"regions": prepared.regions_model, "references": prepared.references_model}
 
 
 def _probability(model, x) -> float:
-    with torch.inference_mode(), evaluation_mode(model):
-        return float(probabilities(model.network(x))[0, 1])
+    return float(probabilities(model.output(x))[0, 1])
 
 
 def run_benchmark(n_cases: int = 2, methods=None, models=tuple(MODELS), marked_cases: int | None = None,
                   full: bool = False, metrics=None, device="cpu", progress=None) -> dict:
     """Run the benchmark; returns rows (one per model, case and method), the shortcut test and aggregates.
-    ``metrics``: a subset of ``metrics.METRICS`` (default all)."""
+    ``metrics``: names from ``metrics.REGISTRY`` (default all)."""
     methods = [get_method(m).name for m in (methods or REGISTRY)]
     settings = {} if full else QUICK_SETTINGS
     params = {} if full else QUICK_PARAMS
@@ -91,9 +83,11 @@ def run_benchmark(n_cases: int = 2, methods=None, models=tuple(MODELS), marked_c
     total = len(loaded) * n_cases * len(methods)
     done = 0
     for kind, model in loaded.items():
-        prepared = [_prepare(model, case) for case in cases]
-        for i, (case, (x, counterfactual, mask, spacing, pre)) in enumerate(zip(cases, prepared)):
-            pair = prepared[(i + 1) % n_cases][0] if n_cases > 1 else None
+        prepared = [_prepare(model, case, case.counterfactual) for case in cases]
+        for i, (case, ready) in enumerate(zip(cases, prepared)):
+            x, counterfactual = ready.x, ready.references_model
+            mask, spacing = ready.mask_to_model(case.lesion_mask), ready.spacing_model()
+            pair = prepared[(i + 1) % n_cases].x if n_cases > 1 else None
             probability = _probability(model, x)
             case_settings = {**{k: dict(v) for k, v in settings.items()}}
             for curve in ("deletion", "insertion"):
@@ -107,12 +101,12 @@ def run_benchmark(n_cases: int = 2, methods=None, models=tuple(MODELS), marked_c
                 record = evaluate(model, x, method, target=1, params=params.get(name), seed=0, metrics=metrics,
                                   settings=case_settings,
                                   mask=mask, spacing=spacing, pair=pair, regions=None, truth_region=case.region_id,
-                                  context=_context(model, case, pre, counterfactual))
+                                  context=_context(ready))
                 row = {"model": kind, "case_seed": case.params["seed"], "region": case.region_name,
                        "lesion_voxels": int(mask.sum()), "p_lesion": probability, "correct": probability > 0.5,
                        **summary_row(record)}
                 if not row["correct"]:
-                    for key in COHERENCE:
+                    for key in get_metric("coherence").columns:
                         row[key] = float("nan")  # coherence is scored on correctly classified positives only
                 rows.append(row)
                 for curve in ("deletion", "insertion"):
@@ -133,7 +127,7 @@ def run_benchmark(n_cases: int = 2, methods=None, models=tuple(MODELS), marked_c
 
 
 def _describe_settings(settings: dict) -> dict:
-    out = {name: {**DEFAULTS[name], **settings.get(name, {})} for name in DEFAULTS}
+    out = {name: metric.settings(settings.get(name)) for name, metric in METRICS.items()}
     for curve in ("deletion", "insertion"):
         out[curve].update(substrate="counterfactual (reference volume)", until=CURVE_UNTIL)
     out["coherence"]["tolerance_mm"] = TOLERANCE_MM
@@ -152,20 +146,18 @@ def shortcut_test(loaded: dict, methods, n_cases: int, params: dict) -> dict:
     out = {"n_cases": n_cases, "case_seeds": [c.params["seed"] for c, _ in cases], "top_fraction": TOP_FRACTION,
            "tolerance_mm": TOLERANCE_MM, "models": {}}
     for kind, model in loaded.items():
-        pre = Preprocessor(model.preprocessing)
         marker = None
         per_method = {m: {"on_marker": [], "within_tolerance": []} for m in methods}
         driven = []
         for marked, unmarked in cases:
-            x = pre.forward(marked.volume)[None].to(model.device)
-            if marker is None:
-                marker = pre.forward_mask(marker_mask())[0].numpy() > 0.5
-                spacing = np.linalg.norm(pre.model_affine()[:3, :3], axis=0)
-            x_clean = Preprocessor(model.preprocessing).forward(unmarked.volume)[None].to(model.device)
             # DeepSHAP's reference: the twin with neither lesion nor marker, so that the map has to choose
             # between the two (against the unmarked twin only the marker differs: all mass on it by construction)
-            healthy = Preprocessor(model.preprocessing).forward(unmarked.counterfactual)[None].to(model.device)
-            context = _context(model, marked, pre, healthy)
+            ready = _prepare(model, marked, unmarked.counterfactual)
+            x, context = ready.x, _context(ready)
+            if marker is None:
+                marker = ready.mask_to_model(marker_mask()).cpu().numpy() > 0.5
+                spacing = ready.spacing_model()
+            x_clean = prepare_case(model, unmarked.volume).x
             p_marked, p_clean = _probability(model, x), _probability(model, x_clean)
             drives = p_marked > 0.5 and p_clean < 0.5
             driven.append({"case_seed": marked.params["seed"], "p_marked": p_marked, "p_unmarked": p_clean,
@@ -185,20 +177,14 @@ def shortcut_test(loaded: dict, methods, n_cases: int, params: dict) -> dict:
     return out
 
 
-NUMERIC = ("deletion_auc", "insertion_auc", "faithfulness_correlation", "randomisation_spearman", "randomisation_ssim",
-           "randomisation_baseline", "cascade_sensitivity", "randomisation_passed", "completeness_error", "consistent",
-           "max_sensitivity", "target_similarity", "gini", "entropy_normalised", "voxels_50pct", "voxels_90pct",
-           *COHERENCE, "passes_forward", "passes_backward")
-
-
 def aggregate(rows: list[dict]) -> list[dict]:
-    """Mean and bootstrap 95% interval of every numeric column, per model and method."""
+    """Mean and bootstrap 95% interval of every numeric column (the registered metrics'), per model and method."""
     out = []
     keys = list(dict.fromkeys((r["model"], r["method"]) for r in rows))
     for model, method in keys:
         group = [r for r in rows if r["model"] == model and r["method"] == method]
         entry = {"model": model, "method": method, "n": len(group)}
-        for column in NUMERIC:
+        for column in summary_columns():
             mean, low, high, n = bootstrap_ci([r.get(column, float("nan")) for r in group])
             entry[column] = {"mean": mean, "low": low, "high": high, "n": n}
         out.append(entry)

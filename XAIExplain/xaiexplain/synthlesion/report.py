@@ -9,15 +9,19 @@ from pathlib import Path
 import numpy as np
 
 from ..core.result import _jsonable
+from ..metrics import REGISTRY as METRICS
 
-# (column, heading, digits): the headline table, one row per method.
-HEADLINE = (("deletion_auc", "deletion AUC ↓", 3), ("insertion_auc", "insertion AUC ↑", 3),
-            ("faithfulness_correlation", "faithfulness corr. ↑", 2), ("pointing_game", "pointing game ↑", 2),
-            ("relevance_mass", "relevance mass ↑", 3), ("relevance_rank", "rank acc. ↑", 3),
-            ("average_precision", "voxel AP ↑", 3), ("gini", "Gini ↑", 2),
-            ("voxels_50pct", "voxels for 50% mass ↓", 4), ("max_sensitivity", "max-sensitivity ↓", 2),
-            ("target_similarity", "other-class similarity ↓", 2), ("completeness_error", "completeness error ↓", 3),
-            ("cascade_sensitivity", "cascade sensitivity ↑", 2))
+# The headline table's column order; any other headline column of a registered metric follows these.
+HEADLINE_ORDER = ("deletion_auc", "insertion_auc", "faithfulness_correlation", "pointing_game", "relevance_mass",
+                  "relevance_rank", "average_precision", "gini", "voxels_50pct", "max_sensitivity",
+                  "target_similarity", "completeness_error", "cascade_sensitivity")
+
+
+def headline() -> list[tuple[str, str, int]]:
+    """(column, heading, digits) of the headline table, one row per method: the registered metrics' own."""
+    columns = {c: spec for metric in METRICS.values() for c, spec in metric.headline.items()}
+    order = [c for c in HEADLINE_ORDER if c in columns] + [c for c in columns if c not in HEADLINE_ORDER]
+    return [(c, *columns[c]) for c in order]
 
 
 def _cell(stat: dict, digits: int) -> str:
@@ -29,7 +33,8 @@ def _cell(stat: dict, digits: int) -> str:
 
 
 def headline_rows(result: dict, model: str) -> tuple[list[str], list[list[str]]]:
-    header = ["method"] + [h for _, h, _ in HEADLINE] + ["randomisation (final ρ / pair ρ)", "passes fwd/bwd"]
+    table = headline()
+    header = ["method"] + [h for _, h, _ in table] + ["randomisation (final ρ / pair ρ)", "passes fwd/bwd"]
     rows = []
     verdicts = result["randomisation"].get(model, {})
     for entry in result["aggregates"]:
@@ -38,7 +43,7 @@ def headline_rows(result: dict, model: str) -> tuple[list[str], list[list[str]]]
         verdict = verdicts.get(entry["method"], {})
         randomisation = (f"{verdict.get('verdict', '–')} ({entry['randomisation_spearman']['mean']:.2f} / "
                          f"{entry['randomisation_baseline']['mean']:.2f})")
-        rows.append([entry["method"]] + [_cell(entry[c], d) for c, _, d in HEADLINE] + [
+        rows.append([entry["method"]] + [_cell(entry[c], d) for c, _, d in table] + [
             randomisation, f"{entry['passes_forward']['mean']:.0f} / {entry['passes_backward']['mean']:.0f}"])
     return header, rows
 

@@ -1,205 +1,24 @@
-"""Shared machinery of the perturbation methods: baselines, batch sizing, batched scoring.
+"""Shared machinery of the perturbation methods: score names, boxes and region masks.
 
 Every perturbed input is built on the model's device from the one resident
-volume ``ctx.x``, its baseline and a mask, a batch at a time, and scored under
-``torch.inference_mode()`` by a faster, verified copy of the network
-(``inference.py``). Perturbations confined to a box (occlusion windows and
-regions) are scored incrementally on a CPU: each layer recomputes only the
-cells the box reaches (``incremental.py``). The batch size comes from the free memory and the
-model's footprint measured on one probe pass; progress and the cancel flag
-are checked between batches.
+volume ``ctx.x``, its baseline and a mask, a batch at a time; ``scoring.py``
+scores the batches (inference copy, batch sizing, incremental scoring of boxes).
 """
 from __future__ import annotations
-
-import os
-import time
 
 import numpy as np
 import torch
 
 from ...errors import XAIError
-from ...core.models import probabilities
 from ..base import Context
-from .incremental import IncrementalNetwork
-from .inference import InferenceNetwork, agrees
 
 SCORES = ("probability", "logit")
-MEMORY_SHARE = 0.4  # of the free memory, for the perturbed batch and its activations
-MAX_BATCH = {"cpu": 16, "cuda": 128}  # more brings nothing on a CPU (measured) and little on a GPU
-# Incremental scoring copies each box with a few slice copies per layer: on a CPU that is far cheaper
-# than the full volumes; on a GPU the extra small kernel launches outweigh the saved arithmetic.
-INCREMENTAL_DEVICES = ("cpu",)
-INCREMENTAL_MEMORY = 3  # x one volume's footprint: every layer's unperturbed output, plus padded copies
 
 
 def check_score(score: str) -> str:
     if score not in SCORES:
         raise XAIError(f"unknown score '{score}'", f"use one of: {', '.join(SCORES)}")
     return score
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes free for new tensors on ``device``."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            info = dict(line.split(":", 1) for line in fh)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
-def inference_network(ctx: Context) -> InferenceNetwork:
-    """The faster copy of the network, built once per method call (verified on the first probe pass)."""
-    if "inference" not in ctx.cache:
-        ctx.cache["inference"] = InferenceNetwork(ctx.model.network, ctx.model.has_layers)
-    return ctx.cache["inference"]
-
-
-def measure_footprint(network: InferenceNetwork, x: torch.Tensor) -> tuple[int, float, torch.Tensor]:
-    """(bytes, seconds, output) of one forward pass on one volume: peak allocation on a GPU, every layer's
-    output elsewhere."""
-    device = x.device
-    sizes: list[int] = []
-    hooks = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start_bytes = torch.cuda.memory_allocated(device)
-    elif network.has_layers:
-        def hook(_module, _inputs, output):
-            if torch.is_tensor(output):
-                sizes.append(output.numel() * output.element_size())
-        hooks = [m.register_forward_hook(hook) for m in network.module.modules()]
-    try:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            output = network(x)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-    finally:
-        for h in hooks:
-            h.remove()
-    if device.type == "cuda":
-        used = torch.cuda.max_memory_allocated(device) - start_bytes
-    elif sizes:
-        used = sum(sizes)  # an upper bound: inference frees most outputs once the next layer has run
-    else:
-        used = 40 * x.numel() * x.element_size()  # TorchScript hides its layers: a cautious guess
-    return int(used + 2 * x.numel() * x.element_size()), seconds, output
-
-
-class Scorer:
-    """Scores batches of perturbed copies of sample ``n`` of ``ctx.x`` (probability and logit of the target)."""
-
-    def __init__(self, ctx: Context, n: int, total: int, batch_size=None, label: str = "perturbations"):
-        self.ctx, self.n, self.total, self.label = ctx, n, int(total), label
-        self.x = ctx.x[n:n + 1]
-        self.rows = torch.full((1,), n, dtype=torch.long, device=ctx.x.device)
-        self.done = 0
-        self.started = None
-        self.incremental = False  # built on the first local() call
-        self.network = inference_network(ctx)
-        footprint, seconds, output = measure_footprint(self.network, self.x)
-        self.footprint = footprint
-        self.network.verify(output, ctx.reference[n:n + 1])  # the probe pass doubles as the copy's check
-        ctx.passes["forward"] += 1
-        limit = MAX_BATCH.get(self.x.device.type, 32)
-        auto = int(MEMORY_SHARE * free_memory(self.x.device) // max(footprint, 1))
-        size = max(1, min(int(batch_size) if batch_size else min(auto, limit), max(self.total, 1)))
-        if not batch_size:  # equal batches: 113 as 8 x 15 rather than 7 x 16 + 1 (a lone volume runs slowly)
-            size = -(-self.total // -(-self.total // size)) if self.total else size
-        self.batch_size = size
-        self.facts = {"batch_size": self.batch_size, "batch_size_chosen": "given" if batch_size else "auto",
-                      "footprint_mb_per_volume": round(footprint / 2**20, 2), "probe_seconds": round(seconds, 4),
-                      "perturbations": self.total, "network": self.network.how}
-        reference = ctx.reference[n:n + 1]  # the unperturbed output, computed once by the caller
-        self.logit = float(ctx.score(reference, self.rows)[0])
-        self.probability = float(ctx.score(probabilities(reference), self.rows)[0])
-        ctx.report(0.0, f"{label}: {self.total} forward passes, about {seconds * self.total:.0f} s "
-                        f"at batch size {self.batch_size}")
-
-    def slices(self, count: int | None = None):
-        """Slices over the perturbations (or the next ``count`` of them), one batch each."""
-        count = self.total if count is None else count
-        for start in range(0, count, self.batch_size):
-            yield slice(start, min(count, start + self.batch_size))
-
-    def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(logit scores, probability scores) of a perturbed batch, as float64 on the CPU."""
-        self._start()
-        with torch.inference_mode():
-            return self._scores(self.network(batch))
-
-    def local(self, values: torch.Tensor, starts) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scores of copies of the sample, copy b with the box at ``starts[b]`` (B, D) holding ``values[b]``.
-
-        Computed incrementally (``incremental.py``) on a CPU once that has matched full passes, else as full
-        volumes."""
-        self._start()
-        starts = torch.as_tensor(starts, dtype=torch.long).cpu().reshape(values.shape[0], -1)
-        with torch.inference_mode():
-            if self.incremental is False:  # first call: build, and check on the first two copies
-                return self._scores(self._first_local(values, starts))
-            if self.incremental is None:
-                return self._scores(self.network(paste(self.x, values, starts)))
-            return self._scores(self.incremental(values, starts))
-
-    def _first_local(self, values, starts) -> torch.Tensor:
-        """Scores the first batch; builds the incremental network where it is allowed and matches full passes."""
-        self.incremental = None
-        if not self.network.has_layers:
-            self.facts["incremental"] = "no (TorchScript: its graph cannot be traced)"
-        elif self.x.device.type not in INCREMENTAL_DEVICES:
-            self.facts["incremental"] = f"no (full volumes: the default on {self.x.device.type})"
-        elif INCREMENTAL_MEMORY * self.footprint > free_memory(self.x.device):
-            self.facts["incremental"] = "no (not enough free memory to keep every layer's unperturbed output)"
-        if "incremental" in self.facts:
-            return self.network(paste(self.x, values, starts))
-        x = self.x.contiguous(memory_format=torch.channels_last_3d) if self.x.dim() == 5 else self.x
-        check, rest = slice(0, min(2, values.shape[0])), slice(min(2, values.shape[0]), None)
-        expected = self.network(paste(self.x, values[check], starts[check]))  # these copies are scored both ways
-        try:
-            network = IncrementalNetwork(self.network.module, x)
-            got = network(values, starts)
-            failure = None if agrees(got[check], expected) else "its output differed from the full pass"
-        except Exception as err:  # noqa: BLE001 - untraceable or unusual graphs are scored as full volumes
-            failure = f"could not be traced: {type(err).__name__}"
-        if failure:
-            self.facts["incremental"] = f"no ({failure})"
-            return torch.cat([expected, self.network(paste(self.x, values[rest], starts[rest]))])
-        if network.local_layers == 0:
-            self.facts["incremental"] = "no (the first layer already mixes the whole volume)"
-        else:
-            self.facts["incremental"] = (f"yes: {network.local_layers} of {network.layers} layers recomputed only "
-                                         f"on the boxes a perturbation reaches (checked against full passes)")
-            self.incremental = network
-        return torch.cat([expected, got[rest]])
-
-    def _start(self):
-        if self.started is None:
-            self.started = time.perf_counter()
-
-    def _scores(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        count = int(output.shape[0])
-        self.ctx.passes["forward"] += count
-        rows = self.rows.expand(count)
-        logits = self.ctx.score(output, rows).double().cpu()
-        probs = self.ctx.score(probabilities(output), rows).double().cpu()
-        self.done += count
-        elapsed = time.perf_counter() - self.started
-        eta = elapsed / self.done * (self.total - self.done)
-        self.ctx.report(self.done / max(self.total, 1), f"{self.label} {self.done}/{self.total}, {eta:.0f} s left")
-        return logits, probs
-
-    def pick(self, logits, probs, score: str):
-        return logits if check_score(score) == "logit" else probs
-
-    def reference(self, score: str) -> float:
-        return self.logit if check_score(score) == "logit" else self.probability
 
 
 def box(begin, size) -> tuple[slice, ...]:

@@ -1,0 +1,136 @@
+"""What to explain: one request, its scene nodes in the form the engine takes, and its engine command line.
+
+Both runners start from the same :class:`ExplainRequest`: :meth:`ExplainRequest.exportNodes`
+turns its ROI and regions into label maps on the first input's grid (once, for both),
+the in-process runner hands them to ``explain()`` as volumes, and the worker writes
+them to files and runs :meth:`ExplainRequest.engineArguments`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import regions
+
+ATLASES = ("harvard-oxford",)
+
+
+@dataclass
+class ExplainRequest:
+    """What to explain, with the engine's parameter names. ``inputs``: volume nodes, one per channel."""
+
+    inputs: list
+    model: str
+    methods: list[str]
+    target: str | int | None = None
+    versus: str | int | None = None
+    roi: object = None  # label map / segmentation node, or "predicted"
+    layer: str | None = None
+    params: dict = field(default_factory=dict)  # {method: {name: value}}
+    seed: int = 0
+    device: str = "auto"
+    regions: object = None  # "harvard-oxford", or a label map (named colours) or segmentation node
+
+    def validate(self) -> None:
+        if not self.inputs or any(node is None for node in self.inputs):
+            raise ValueError("select an input volume")
+        if not self.model:
+            raise ValueError("select a model (a MONAI bundle folder, a TorchScript or .pt2 file, or the demo model)")
+        if not self.methods:
+            raise ValueError("select at least one method")
+
+    def channelNames(self) -> list[str]:
+        """The input channels' names, the same in both runners (the worker's input files are named so)."""
+        return [f"input{i}" for i in range(len(self.inputs))]
+
+    def exportNodes(self, scene) -> "CaseNodes":
+        """The ROI and regions as label maps on the first input's grid (segmentations exported)."""
+        reference = self.inputs[0]
+        case = CaseNodes(list(self.inputs))
+        try:
+            if self.roi == "predicted":
+                case.roi = "predicted"
+            elif self.roi is not None:
+                case.roi, temporary = roiLabelMap(scene, self.roi, reference)
+                if temporary:
+                    case.temporary.append(case.roi)
+            if self.regions in ATLASES:
+                case.regions = self.regions
+            elif self.regions is not None:
+                case.regions = regions.regionLabelMap(scene, self.regions, reference)  # kept: shown with the table
+                case.regionNames = regions.colorNames(case.regions)
+                if not case.regionNames:
+                    raise ValueError(f"label map '{case.regions.GetName()}' has no colour table naming its regions")
+        except Exception:
+            case.removeTemporary(scene)
+            raise
+        return case
+
+    def engineArguments(self, files: "EngineFiles") -> list[str]:
+        """``xaiexplain explain ...`` for the files a runner wrote: machine-readable progress, no PNG previews."""
+        args = ["explain", "--model", str(self.model)]
+        for path in files.inputs:
+            args += ["--input", str(path)]
+        for method in self.methods:
+            args += ["--method", method]
+        for flag, value in (("--target", self.target), ("--versus", self.versus), ("--layer", self.layer)):
+            if value not in (None, ""):
+                args += [flag, str(value)]
+        if files.roi is not None:
+            args += ["--roi", str(files.roi)]
+        for method, values in (self.params or {}).items():
+            for name, value in values.items():
+                args += ["--param", f"{method}.{name}={json.dumps(value)}"]
+        if files.regions in ATLASES:
+            args += ["--atlas", files.regions]
+        elif files.regions is not None:
+            args += ["--regions", str(files.regions), "--region-names", str(files.regionNames)]
+        return args + ["--seed", str(int(self.seed)), "--device", self.device or "auto", "--out", str(files.out),
+                       "--progress-lines", "--no-previews"]
+
+
+@dataclass
+class CaseNodes:
+    """A request's nodes as the engine takes them: label maps on the first input's grid."""
+
+    inputs: list
+    roi: object = None  # a label map node, "predicted" or None
+    regions: object = None  # a named label map node, an atlas name or None
+    regionNames: dict | None = None  # {label: name} of a label map's regions
+    temporary: list = field(default_factory=list)  # made for this run only (a segmentation's ROI mask)
+
+    @property
+    def regionLabels(self):
+        """The label map node the regions came from (linked to the region tables), None for an atlas."""
+        return self.regions if hasattr(self.regions, "IsA") else None
+
+    def removeTemporary(self, scene) -> None:
+        for node in self.temporary:
+            if node.GetScene() is not None:
+                scene.RemoveNode(node)
+        self.temporary = []
+
+
+@dataclass
+class EngineFiles:
+    """The files a worker wrote for the engine, and where the engine writes its results."""
+
+    inputs: list[Path]
+    out: Path
+    roi: object = None  # a mask file or "predicted"
+    regions: object = None  # a label file or an atlas name
+    regionNames: Path | None = None  # ``id,name`` CSV of the label file
+
+
+def roiLabelMap(scene, roi, reference):
+    """A label map node for ``roi`` and whether it was made here: itself, or a segmentation exported on the grid."""
+    if roi.IsA("vtkMRMLLabelMapVolumeNode") or roi.IsA("vtkMRMLScalarVolumeNode"):
+        return roi, False
+    import slicer
+
+    labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "XAIExplain ROI")
+    if not slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(roi, labels, reference):
+        scene.RemoveNode(labels)
+        raise ValueError(f"cannot turn segmentation '{roi.GetName()}' into a mask on the input grid")
+    return labels, True
