@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 import torch
 
-from xaiexplain import Preprocessor, attribute, load_model
+from xaiexplain import attribute, load_model, prepare_case
 from xaiexplain.protocol import demo_bundle
 from xaiexplain.methods.machinery import scoring as perturb  # the perturbation scorer and its settings
 from xaiexplain.core.provenance import versions
@@ -94,12 +94,12 @@ def main(argv=None):
     model = load_model(demo_bundle(), device=device)
     net = model.network.eval()
     case = generate_case(EVAL_SEED_START + 7, positive=True)
-    x = Preprocessor(model.preprocessing).forward(case.volume)[None].to(device)
-    with torch.inference_mode():
-        reference = net(x).float().clone()
+    prepared = prepare_case(model, case.volume)
+    x = prepared.x
+    reference = model.output(x)
     target = 1
     # the Harvard-Oxford labels the generator moved with the case (no atlas package needed on a GPU machine)
-    labels = torch.round(Preprocessor(model.preprocessing).forward_mask(case.labels)[0]).long().to(device)
+    labels = torch.round(prepared.mask_to_model(case.labels)).long()
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"threads {torch.get_num_threads()}, torch {torch.__version__}; demo model, volume {tuple(x.shape[2:])}",
           flush=True)
