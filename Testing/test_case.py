@@ -55,3 +55,23 @@ def test_a_case_refuses_what_no_method_can_explain(demo, positive_case):
         prepare_case(demo, constant)
     with pytest.raises(XAIError, match="input channel"):
         prepare_case(demo, [positive_case.volume, positive_case.volume])
+
+
+def test_a_prepared_case_refuses_what_would_silently_not_apply(demo, positive_case):
+    case = prepare_case(demo, positive_case.volume)
+    with pytest.raises(XAIError, match="references cannot change a prepared case"):
+        explain(None, case, ["deepshap"], references=[positive_case.counterfactual])
+    with pytest.raises(XAIError, match="another model"):
+        explain("some_other_model.pt2", case, ["gradient"])
+    with pytest.raises(XAIError, match="need regions"):
+        explain(None, case, ["gradient", "occlusion-regions"])
+    assert explain(demo, case, ["gradient"])[0].map.same_grid(positive_case.volume)  # the case's own model
+
+
+def test_a_reused_case_says_each_note_once(demo, positive_case):
+    moved = positive_case.counterfactual.with_array(positive_case.counterfactual.array)
+    moved.origin = moved.origin + 1.5  # another grid: resampled onto the input's
+    case = prepare_case(demo, positive_case.volume, references=[moved])
+    for _ in range(2):
+        case.baselines({"integrated-gradients": {"baseline": moved}})
+    assert case.notes.count("a reference volume was resampled (linear) onto the input grid") == 1

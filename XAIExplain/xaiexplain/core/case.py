@@ -77,10 +77,14 @@ class PreparedCase:
                            "give reference volumes with the input's channels")
         if not ref.same_grid(self.volume):
             ref = resample_to(ref, self.volume)
-            self.notes.append("a reference volume was resampled (linear) onto the input grid")
+            self._note("a reference volume was resampled (linear) onto the input grid")
         if not np.isfinite(ref.array).all():
             raise XAIError("a reference volume holds NaN or infinite voxels", "fill or mask them first")
         return ref
+
+    def _note(self, note: str) -> None:
+        if note not in self.notes:  # a case serves many runs: say each thing once
+            self.notes.append(note)
 
     def baselines(self, params: dict) -> tuple[dict, dict]:
         """Method parameters to run with (reference-volume baselines in model space) and to record (their names)."""

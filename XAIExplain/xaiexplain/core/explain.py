@@ -83,6 +83,8 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     params = {get_method(k).name: v for k, v in (params or {}).items()}
     if isinstance(inputs, PreparedCase):
         case = inputs
+        _check_case(case, model, chosen, preprocessing=preprocessing, roi=roi, regions=regions,
+                    region_names=region_names, references=references)
         _check_methods(chosen, params, case.model)
     else:
         loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
@@ -138,6 +140,19 @@ def _check_methods(chosen, params: dict, loaded: LoadedModel) -> None:
         if method.needs_layers and not loaded.has_layers:
             loaded.named_layers()  # raises the clear TorchScript message
         method.params(params.get(method.name))
+
+
+def _check_case(case: PreparedCase, model, chosen, **given) -> None:
+    """A prepared case carries its model, ROI, regions and references: refuse a second, different set."""
+    if model is not None and model is not case.model:
+        raise XAIError("a prepared case was given with another model", "pass model=None, or prepare a case for it")
+    named = [name for name, value in given.items() if value is not None]
+    if named:
+        raise XAIError(f"{', '.join(named)} cannot change a prepared case",
+                       "give them to prepare_case, which moves them into model space once")
+    if case.regions_model is None and any(m.needs_regions for m in chosen):
+        raise XAIError("the region methods need regions, and the prepared case has none",
+                       "prepare the case with regions=..., or with needs_regions=True for supervoxels")
 
 
 def _on_input_grid(case: PreparedCase, method, maps, info: dict, result: Attribution) -> Attribution:
