@@ -7,6 +7,7 @@ import torch
 
 from ..errors import XAIError
 from ..methods import Context, get_method
+from ..methods.base import forward_equivalents
 from .case import PreparedCase, prepare_case
 from .models import LoadedModel, evaluation_mode, load_model, prediction
 from .provenance import versions
@@ -109,9 +110,8 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
                 raise XAIError(f"method '{method.name}' does not apply to segmentation targets",
                                "choose gradcam or a gradient method")
             chosen_params = method.params(params.get(method.name))
-            shape = tuple(case.x.shape[2:])
-            cost = method.estimate(chosen_params, shape, case.n_regions)
-            estimate = forward_seconds * method.forward_equivalents(chosen_params, shape, case.n_regions)
+            cost = method.estimate(chosen_params, tuple(case.x.shape[2:]), case.n_regions)
+            estimate = forward_seconds * forward_equivalents(cost)
 
             def report(fraction, message, number=number):
                 if progress is not None:

@@ -102,12 +102,6 @@ class Method:
         """Passes per input volume of this ``shape`` (X, Y, Z) with ``n_regions`` regions."""
         return self.cost(params)
 
-    def forward_equivalents(self, params: dict, shape: tuple[int, ...], n_regions: int = 0) -> int:
-        """The cost in forward passes of one volume (a backward pass costs about two): what time estimates
-        multiply by the measured forward time, and what decides whether a run is quick."""
-        cost = self.estimate(params, shape, n_regions)
-        return int(cost["forward"]) + 2 * int(cost["backward"])
-
     def run(self, ctx: Context, **params) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
@@ -142,6 +136,12 @@ class Method:
                 "needs_regions": self.needs_regions, "defaults": dict(self.defaults),
                 "parameters": self.parameters(), "cost": self.cost(self.params({})),
                 "reference": self.reference}
+
+
+def forward_equivalents(cost: dict) -> int:
+    """A cost ({'forward': f, 'backward': b}) in forward passes (a backward pass costs about two): what time
+    estimates multiply by the measured forward time, and what decides whether a run is quick."""
+    return int(cost["forward"]) + 2 * int(cost["backward"])
 
 
 def completeness_error(sums, deltas) -> np.ndarray:

@@ -14,6 +14,7 @@ from ..core.models import load_model
 from ..core.volume import write_volume
 from ..io.outputs import write_results
 from ..methods import REGISTRY
+from ..methods.base import forward_equivalents
 from ..protocol import demo_bundle
 from ..regions import SUPERVOXELS
 from .synth import generate_case
@@ -36,7 +37,7 @@ def run_demo(out="demo-output", seed: int = 1000003, methods=None, device="auto"
     model = load_model(demo_bundle(), device=device)
     shape = tuple(case.volume.shape)  # the demo model takes the SynthLesion grid as it is
     methods = methods or [name for name, m in REGISTRY.items()  # seconds, not minutes
-                          if m.forward_equivalents(m.params({}), shape, SUPERVOXELS) <= QUICK_PASSES]
+                          if forward_equivalents(m.estimate(m.params({}), shape, SUPERVOXELS)) <= QUICK_PASSES]
     results = explain(model, case.volume, methods, seed=0, references=[case.counterfactual],
                       progress=progress)
     mask = case.lesion_mask.array[0]
