@@ -8,10 +8,10 @@ from torch import nn
 
 from xaiexplain import attribute, load_model
 from xaiexplain.errors import XAIError
-from xaiexplain.metrics import (REGISTRY, Scorer, average_precision, coherence, compactness, completeness,
-                                consistency, evaluate, faithfulness_correlation, get_metric, gini, hit_at_k,
-                                layer_groups, mass_shares, max_sensitivity, model_randomisation, perturbation_curve,
-                                pointing_game, relevance_mass, relevance_rank, ssim, target_sensitivity, top_mass_share)
+from xaiexplain.metrics import (REGISTRY, Scorer, average_precision, coherence, compactness, completeness, consistency,
+                                evaluate, faithfulness_correlation, get_metric, gini, hit_at_k, layer_groups,
+                                mass_shares, max_sensitivity, model_randomisation, perturbation_curve, pointing_game,
+                                relevance_mass, relevance_rank, ssim, target_sensitivity, top_mass_share)
 from xaiexplain.metrics.randomisation import randomise
 
 SHAPE = (12, 10, 8)
@@ -171,7 +171,8 @@ def test_completeness_applies_to_ig_only(tiny):
     scorer = Scorer.for_model(tiny, x, target=1)
     ig, _, _ = attribute(tiny, x, "integrated-gradients", target=1, params={"steps": 64})
     out = completeness(scorer, ig, "integrated-gradients", {"steps": 64})
-    assert out["applies"] and out["completeness_error"] < 1e-3 and scorer.passes == 1
+    # the baseline's score, and the probe that chose it (the default baseline is auto): x and x / 2
+    assert out["applies"] and out["completeness_error"] < 1e-3 and scorer.passes == 3
     assert "relative_error" not in out  # one name for the one definition (methods.base.completeness_error)
     wrong = completeness(scorer, ig * 2, "integrated-gradients", {"steps": 64})
     assert wrong["completeness_error"] == pytest.approx(1.0, abs=1e-2)
@@ -228,7 +229,7 @@ def test_evaluate_runs_every_metric_and_states_its_cost(demo, demo_x, positive_c
                   metrics=["completeness", "continuity"])
     assert ig["metrics"]["completeness"]["applies"]
     assert ig["metrics"]["continuity"]["passes"] == ig["metrics"]["continuity"]["stated_passes"] == \
-        {"forward": 12, "backward": 8}
+        {"forward": 14, "backward": 8}  # 2 x (4 steps + input + baseline + the auto baseline's probe)
     assert record["metrics"]["deletion"]["passes"]["forward"] == 5
     assert torch.equal(demo_x, before)
 
@@ -239,9 +240,9 @@ def test_stated_cost_scales_with_the_method(demo, demo_x):
     ig = get_method("integrated-gradients")
     params = ig.params({"steps": 10})
     assert get_metric("continuity").cost({"samples": 3}, ig, params, x=demo_x, model=demo, n_classes=2) == \
-        {"forward": 36, "backward": 30}
+        {"forward": 39, "backward": 30}  # 3 x (10 steps + input + baseline + the auto baseline's probe)
     assert get_metric("randomisation").cost({"depth": 2}, ig, params, x=demo_x, model=demo, n_classes=2)["forward"] == \
-        7 * 12
+        7 * 13
 
 
 def test_unknown_metric_and_setting_are_refused(demo, demo_x):
@@ -255,8 +256,8 @@ def test_evaluate_cli_writes_json_and_csv(tmp_path, positive_case):
     import json
 
     from xaiexplain.cli.main import main
-    from xaiexplain.protocol import demo_bundle
     from xaiexplain.core.volume import write_volume
+    from xaiexplain.protocol import demo_bundle
 
     volume, mask = tmp_path / "t1.nrrd", tmp_path / "lesion.nrrd"
     write_volume(positive_case.volume, volume)

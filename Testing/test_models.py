@@ -48,12 +48,42 @@ def test_layer_methods_work_on_an_exported_program(demo, exported, demo_x, metho
     assert pearson(a, b) > 0.9999
 
 
-def test_layer_methods_refuse_torchscript_and_say_which_formats_work(exported, positive_case):
+@pytest.mark.parametrize("method", ["gradcam", "guided-backprop", "lrp"])
+def test_layer_methods_on_torchscript_run_on_its_conversion_to_a_program(demo, exported, demo_x, method):
     model = load_model(exported / "model.ts", device="cpu")
-    for method in ("gradcam", "guided-backprop", "deconvnet"):
-        with pytest.raises(XAIError, match="TorchScript.*MONAI bundle.*torch.export"):
-            explain(model, positive_case.volume, method)
-    assert explain(model, positive_case.volume, "integrated-gradients", params={"ig": {"steps": 4}})
+    assert model.format == "torchscript"
+    b, info, _ = attribute(model, demo_x, method, target=1)
+    # the conversion's layers are the weighted ones (a convolution's own output), named as in the module
+    a, _, _ = attribute(demo, demo_x, method, target=1, layer=info.get("layer"))
+    assert pearson(a, b) > 0.9999
+    assert model.format == "export" and model.converted_from == "torchscript"
+    assert any("TorchScript converted" in note for note in model.notes)
+
+
+class _DataDependentLoop(torch.nn.Module):
+    """A network torch's TorchScript converter cannot restate (a loop on a tensor's value)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 2, 3)
+
+    def forward(self, x):
+        out = self.conv(x)
+        while bool(out.mean() > 0.0):
+            out = out - 1.0
+        return out.mean((2, 3, 4))
+
+
+def test_layer_methods_refuse_a_torchscript_that_cannot_be_converted_and_say_which_formats_work(tmp_path):
+    torch.jit.script(_DataDependentLoop()).save(tmp_path / "loop.ts")
+    model = load_model(tmp_path / "loop.ts", device="cpu")
+    x = torch.rand(1, 1, 12, 12, 12)
+    for method in ("gradcam", "guided-backprop", "lrp"):
+        with pytest.raises(XAIError, match="TorchScript.*converting.*failed.*MONAI bundle.*torch.export") as err:
+            attribute(model, x, method, target=0)
+        assert "\n" not in str(err.value)
+    assert model.format == "torchscript"
+    assert attribute(model, x, "integrated-gradients", target=0, params={"steps": 4})[0].shape == x.shape
 
 
 def test_bundle_metadata_is_read(demo):

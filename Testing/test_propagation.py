@@ -8,17 +8,17 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from conftest import pearson
 from monai.networks import nets
 from scipy.ndimage import binary_dilation
 from scipy.stats import spearmanr
 
-from conftest import pearson
 from xaiexplain import Preprocessor, attribute
+from xaiexplain.core.targets import SegmentationTarget
 from xaiexplain.errors import XAIError
 from xaiexplain.methods.lrp import AlphaBeta, Epsilon, Flat, LRPMode
 from xaiexplain.methods.machinery.propagation import LinearOp, linear_call, norm_affine
 from xaiexplain.synthlesion.synth import generate_case
-from xaiexplain.core.targets import SegmentationTarget
 from xaiexplain.synthlesion.train import EVAL_SEED_START
 
 
@@ -375,7 +375,11 @@ def test_mode_counts_every_layer_kind():
     mode = LRPMode(net, x, "epsilon-plus-flat")
     with mode.active():
         net(x)
-    assert {"flat", "zplus", "epsilon", "norm", "pass-gate", "epsilon-average"} <= set(mode.used)
+    assert {"flat", "zplus", "epsilon", "pass-norm", "pass-gate", "epsilon-average"} <= set(mode.used)
+    mode = LRPMode(net, x, "epsilon")  # 'auto': the epsilon composite keeps the epsilon rule on norms
+    with mode.active():
+        net(x)
+    assert {"epsilon", "norm", "pass-gate", "epsilon-average"} <= set(mode.used) and "pass-norm" not in mode.used
 
 
 # --- evidence on the demo model

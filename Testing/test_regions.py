@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from xaiexplain import Volume, XAIError, write_volume
-from xaiexplain.regions import (Regions, harvard_oxford_regions, label_regions, paint, read_region_names,
-                                region_table, supervoxel_regions)
+from xaiexplain.regions import (Regions, harvard_oxford_regions, label_regions, paint, read_region_names, region_table,
+                                supervoxel_regions)
 
 
 def grid(shape=(20, 24, 16), spacing=(2.0, 1.5, 3.0)):

@@ -21,10 +21,10 @@ import pytest
 slicer = pytest.importorskip("slicer")
 
 from XAIExplainLib import colormaps, dependencies, display, regions, volumenodes  # noqa: E402
+from XAIExplainLib.logic import QUICK_PASSES, ExplainLogicBase  # noqa: E402
 from XAIExplainLib.request import ExplainRequest  # noqa: E402
 from XAIExplainLib.results import addRegionResults  # noqa: E402
 from XAIExplainLib.runners import WorkerRunner  # noqa: E402
-from XAIExplainLib.logic import QUICK_PASSES, ExplainLogicBase  # noqa: E402
 
 
 @pytest.fixture()
@@ -82,7 +82,7 @@ def test_worker_or_in_process_by_cost_and_panel_parameters_from_the_registry(log
     # the panel's fields are the registry's parameters, typed and bounded; 'object' ones stay console-only
     specs = {s["name"]: s for s in logic.methodParameters("smoothgrad")}
     assert specs["samples"]["type"] == "int" and specs["samples"]["min"] == 1 and specs["samples"]["default"] == 25
-    assert {s["name"] for s in logic.methodParameters("lrp")} == {"composite", "epsilon"}
+    assert {s["name"] for s in logic.methodParameters("lrp")} == {"composite", "epsilon", "norm_rule"}
     samples = logic.parameterField(specs["samples"])
     assert samples["kind"] == "int" and samples["low"] == 1 and not samples["auto"]
     batch = logic.parameterField({s["name"]: s for s in logic.methodParameters("occlusion")}["batch_size"])
@@ -91,7 +91,7 @@ def test_worker_or_in_process_by_cost_and_panel_parameters_from_the_registry(log
     epsilon = logic.parameterField({s["name"]: s for s in logic.methodParameters("lrp")}["epsilon"])
     assert epsilon["kind"] == "float" and epsilon["decimals"] >= 7 and epsilon["low"] == 0.0
     baseline = logic.parameterField({s["name"]: s for s in logic.methodParameters("integrated-gradients")}["baseline"])
-    assert baseline == {"kind": "choice", "choices": ["zeros", "mean", "blur"]}
+    assert baseline == {"kind": "choice", "choices": ["auto", "zeros", "mean", "blur"]}
     text = logic.withMethodParameter("", "smoothgrad", "samples", 50)
     text = logic.withMethodParameter(text, "smoothgrad", "gone", 1)  # e.g. saved by another version
     assert logic.methodParametersFromText(text, ["smoothgrad", "gradcam"]) == {"smoothgrad": {"samples": 50}}

@@ -10,13 +10,12 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
-                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
-from slicer.util import VTKObservationMixin
-
 from XAIExplainLib import dependencies, display, sampledata, volumenodes
 from XAIExplainLib.logic import ExplainLogicBase
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.util import VTKObservationMixin
 
 
 class XAIExplain(ScriptedLoadableModule):
@@ -368,7 +367,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.stop()
         self.ui.progressBar.hide()
         if status == "done":
-            self.ui.statusLabel.text = f"Done: {', '.join(n.GetName() for n in nodes)}"
+            self.ui.statusLabel.text = self.logic.completionText(nodes)  # with warnings, e.g. a blind baseline
             if nodes:
                 self._parameterNode.resultVolume = nodes[-1]
         elif status == "cancelled":

@@ -50,6 +50,18 @@ def markResult(node, *, method: str, signed: bool, inputNode=None, record: dict 
         node.SetNodeReferenceID(INPUT_REFERENCE, inputNode.GetID())
 
 
+def markWarnings(node, texts) -> None:
+    """The engine's warnings about the map (what is wrong, and the fix), one a line, as the node's attribute."""
+    if texts:
+        node.SetAttribute(PREFIX + "warnings", "\n".join(texts))
+
+
+def warnings(node) -> list[str]:
+    """The result's warnings (see :func:`markWarnings`); none: []."""
+    text = node.GetAttribute(PREFIX + "warnings") if node is not None else None
+    return text.split("\n") if text else []
+
+
 def record(node) -> dict:
     """The engine's record of how the map was made (method, target, prediction, parameters, timings)."""
     text = node.GetAttribute(PREFIX + "record")

@@ -13,6 +13,7 @@ does, from a timer).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 
@@ -39,6 +40,7 @@ class ExplainLogicBase:
         self.runner = None  # the current or last run
         self.status = "idle"  # the last run's: running, done, failed, cancelled
         self.lastResults: list = []
+        self.lastWarnings: list[str] = []  # the last run's warnings about its maps, e.g. a blind baseline
         self._models: dict = {}
         self._exception = None
         self._display = {}
@@ -165,7 +167,18 @@ class ExplainLogicBase:
         target = record.get("target", {})
         seconds = record.get("timings", {}).get("seconds")
         return (f"{record.get('method')}: target {target.get('name', target.get('class', '?'))}"
-                + (f", {seconds:.1f} s" if seconds is not None else ""))
+                + (f", {seconds:.1f} s" if seconds is not None else "")
+                + "".join(f"\nWARNING: {text}" for text in display.warnings(node)))
+
+    def describeWarnings(self) -> str:
+        """The last run's warnings for the status line ('' when none)."""
+        if not self.lastWarnings:
+            return ""
+        return f"{len(self.lastWarnings)} warning(s): " + "\n".join(f"WARNING: {t}" for t in self.lastWarnings)
+
+    def completionText(self, nodes) -> str:
+        """The status line after a run: the result nodes, then its warnings (where one looks)."""
+        return "\n".join(filter(None, [f"Done: {', '.join(n.GetName() for n in nodes)}", self.describeWarnings()]))
 
     # -- cost --------------------------------------------------------------------------------------
     @staticmethod
@@ -231,7 +244,7 @@ class ExplainLogicBase:
         inWorker = self.shouldUseWorker(methods, params, useWorker)  # by default also checks the parameters
         self._display = dict(show=show, show3D=show3D, threshold=threshold, opacity=opacity)
         self._completion = completionCallback
-        self.lastResults, self._exception = [], None
+        self.lastResults, self.lastWarnings, self._exception = [], [], None
         callbacks = dict(onProgress=progressCallback, onFinished=self._onFinished)
         if inWorker:
             self.runner = WorkerRunner(self.scene, request, python=self.python, popen=self.popen, **callbacks)
@@ -277,6 +290,9 @@ class ExplainLogicBase:
             except Exception as err:  # noqa: BLE001 (reported like any failure)
                 status, error, self._exception = "failed", str(err), err
         self.status, self.lastResults = status, nodes
+        self.lastWarnings = [text for node in nodes for text in display.warnings(node)]
+        for text in self.lastWarnings:  # Slicer's log and the Python console
+            logging.warning(f"XAIExplain: {text}")
         if self._display.get("show"):
             for node in nodes:
                 self.showResult(node, threshold=self._display["threshold"], opacity=self._display["opacity"],

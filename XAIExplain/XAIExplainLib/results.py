@@ -1,7 +1,7 @@
 """The engine's attributions as result nodes: the one place both runners' results enter the scene.
 
 Each map becomes a volume node on the first input's exact grid (same IJK-to-RAS, same
-parent transform), tagged with the engine's record; region tables become table nodes
+parent transform), tagged with the engine's record and its warnings; region tables become table nodes
 linked to a label map of the regions (the user's own, or one made from the engine's labels).
 """
 from __future__ import annotations
@@ -20,6 +20,8 @@ def addResultNodes(scene, attributions, request, *, regionLabels=None) -> list:
     ``regionLabels``: the label map node the regions came from (the request's own), linked to the
     tables; None: a label map is made from the attributions' region labels (an atlas in the subject).
     """
+    from xaiexplain.core.result import warning_text  # the engine is there: it made the attributions
+
     reference = request.inputs[0]
     prefix = reference.GetName()
     dims = reference.GetImageData().GetDimensions()
@@ -34,6 +36,7 @@ def addResultNodes(scene, attributions, request, *, regionLabels=None) -> list:
                              reference=reference)
         display.markResult(node, method=attribution.method, signed=attribution.signed, inputNode=reference,
                            record=attribution.to_dict())
+        display.markWarnings(node, [warning_text(w) for w in attribution.warnings])
         if attribution.regions:
             labels = regionLabels
             if labels is None and attribution.region_labels is not None:

@@ -88,8 +88,9 @@ def _with_baseline(params: dict, methods: list[str], baseline: str | None) -> di
 
 def cmd_explain(args) -> int:
     from ..core.explain import explain
-    from ..io.outputs import write_results
+    from ..core.result import warning_text
     from ..core.volume import read_volume
+    from ..io.outputs import write_results
 
     volumes = [read_volume(path) for path in args.input]
     bar = ProgressLines() if args.progress_lines else ProgressBar(not args.quiet)
@@ -112,6 +113,11 @@ def cmd_explain(args) -> int:
         print(f"{r.method}: {r.timings['seconds']:.2f} s, peak at voxel {list(r.peak_index())}")
         if r.regions:
             print(f"  top region: {r.regions[0]['name']} (score {r.regions[0]['score']:.4g})")
+        for warning in r.warnings:  # e.g. a baseline the network cannot see: said where the map is reported
+            print(f"  WARNING: {warning_text(warning)}")
+    warned = sum(len(r.warnings) for r in results)
+    if warned:
+        print(f"{warned} warning(s) above: those maps may not mean what they seem (also in summary.json)")
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -146,11 +152,16 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from ..synthlesion.demo import run_demo
-
     bar = ProgressBar(not args.quiet)
     try:
-        run_demo(args.out, seed=args.seed, methods=args.method or None, device=args.device, progress=bar)
+        if args.real:
+            from ..real.demo import run_real_demo
+            run_real_demo(args.out or "demo-real-output", methods=args.method or None, device=args.device,
+                          progress=bar)
+        else:
+            from ..synthlesion.demo import run_demo
+            run_demo(args.out or "demo-output", seed=args.seed, methods=args.method or None, device=args.device,
+                     progress=bar)
     finally:
         bar.close()
     return 0
@@ -251,8 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     mt.add_argument("--json", action="store_true")
     mt.set_defaults(func=cmd_metrics)
 
-    de = sub.add_parser("demo", help="generate a SynthLesion case and explain the demo model on it")
-    de.add_argument("--out", default="demo-output")
+    de = sub.add_parser("demo", help="generate a SynthLesion case and explain the demo model on it; with --real, "
+                                     "a real trained network (deepbet) on a real head scan (Colin27)")
+    de.add_argument("--real", action="store_true",
+                    help="deepbet's brain-extraction network on Colin27, its mask checked against ch2bet (needs "
+                         "pip install deepbet --no-deps and Debian's mricron-data)")
+    de.add_argument("--out", help="output folder (demo-output, or demo-real-output with --real)")
     de.add_argument("--seed", type=int, default=1000003)
     de.add_argument("--method", action="append", help="methods (default: every gradient, CAM and propagation method)")
     de.add_argument("--device", default="auto")

@@ -150,4 +150,5 @@ def read_bundle(folder) -> dict:
     out_shape = pred.get("spatial_shape") or []
     task = "segmentation" if len(out_shape) >= 3 or pred.get("format") == "segmentation" else "classification"
     return {"network": network.eval(), "metadata": metadata, "preprocessing": spec, "ignored_transforms": ignored,
-            "in_channels": image.get("num_channels"), "class_names": class_names, "task": task}
+            "in_channels": image.get("num_channels"), "class_names": class_names, "task": task,
+            "output": pred.get("type")}  # MONAI's "logits" or "probabilities", checked by load_model

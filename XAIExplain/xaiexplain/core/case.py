@@ -16,7 +16,7 @@ import torch
 
 from ..errors import XAIError
 from .baselines import BASELINES
-from .models import LoadedModel, load_model
+from .models import LoadedModel, check_input_shape, load_model
 from .preprocess import PreprocessSpec, Preprocessor
 from .volume import VOLUME_SUFFIXES, Volume, load_inputs, read_volume, resample_to
 
@@ -134,6 +134,7 @@ def prepare_case(model, inputs, *, preprocessing: dict | None = None, roi=None, 
     spec = loaded.preprocessing.merged(**(preprocessing or {}))
     pre = Preprocessor(spec)
     case = PreparedCase(loaded, volume, spec, pre, pre.forward(volume)[None].to(loaded.device), notes)
+    check_input_shape(loaded, case.x)
     if regions is not None:
         case.regions = resolve_regions(regions, region_names, volume, seed=seed)
     elif needs_regions:

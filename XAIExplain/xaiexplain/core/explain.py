@@ -44,6 +44,8 @@ def attribute(model, x: torch.Tensor, method, *, target=None, layer: str | None 
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model, device=None)
     method = get_method(method) if isinstance(method, str) else method
+    if method.needs_layers:
+        loaded.with_layers(x)
     chosen = method.params(params)
     if reference is None:
         reference = loaded.output(x)
@@ -86,14 +88,16 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
         case = inputs
         _check_case(case, model, chosen, preprocessing=preprocessing, roi=roi, regions=regions,
                     region_names=region_names, references=references)
-        _check_methods(chosen, params, case.model)
+        _check_methods(chosen, params)
     else:
         loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
-        _check_methods(chosen, params, loaded)
+        _check_methods(chosen, params)
         case = prepare_case(loaded, inputs, preprocessing=preprocessing, roi=roi, regions=regions,
                             region_names=region_names, references=references,
                             needs_regions=any(m.needs_regions for m in chosen), seed=seed, device=device)
     loaded = case.model
+    if any(m.needs_layers for m in chosen):
+        loaded.with_layers(case.x)  # a TorchScript network converted once, before any method runs
     params, recorded_params = case.baselines(params)
     start = time.perf_counter()
     logits = case.output()
@@ -101,7 +105,7 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     if loaded.task is None:
         loaded.task = "segmentation" if logits.ndim > 2 else "classification"
     resolved = _target(target, versus, case.roi_model, logits, loaded.class_names)
-    predicted = prediction(logits, loaded.class_names)
+    predicted = prediction(logits, loaded.class_names, loaded.output_kind)
     target_info = resolved.describe(logits, loaded.class_names)
     results = []
     with evaluation_mode(loaded):
@@ -134,11 +138,9 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     return results
 
 
-def _check_methods(chosen, params: dict, loaded: LoadedModel) -> None:
-    """Before any computation: layer methods on a model with layers, known parameters."""
+def _check_methods(chosen, params: dict) -> None:
+    """Before any computation: known parameters (layer methods on TorchScript convert it, or refuse, later)."""
     for method in chosen:
-        if method.needs_layers and not loaded.has_layers:
-            loaded.named_layers()  # raises the clear TorchScript message
         method.params(params.get(method.name))
 
 

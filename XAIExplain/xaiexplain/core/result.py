@@ -24,9 +24,16 @@ class Attribution:
     model: dict
     channel_maps: Volume | None = None  # per input channel, for multi-channel inputs
     info: dict = field(default_factory=dict)  # method facts: layer, completeness error, ...
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # how the input was handled (resampled, ...)
     regions: list[dict] | None = None  # region table (regions.region_table), rank order, when regions were given
     region_labels: Volume | None = None  # the regions' integer labels on the input grid (written as regions.nrrd)
+
+    @property
+    def warnings(self) -> list[dict]:
+        """What the method found wrong with its own map, e.g. a baseline the network cannot see: each
+        {method, code, message, fix} (see ``core.baselines.check_baseline``). The method puts them in its
+        info; the JSON form has them at the top, beside ``notes``."""
+        return list(self.info.get("warnings") or [])
 
     @property
     def array(self) -> np.ndarray:
@@ -41,7 +48,8 @@ class Attribution:
         out = {
             "method": self.method, "signed": self.signed, "params": _jsonable(self.params), "target": self.target,
             "prediction": self.prediction, "timings": self.timings, "seed": self.seed, "model": self.model,
-            "versions": self.versions, "info": _jsonable(self.info), "notes": self.notes,
+            "versions": self.versions, "info": _jsonable({k: v for k, v in self.info.items() if k != "warnings"}),
+            "notes": self.notes, "warnings": _jsonable(self.warnings),
             "map": {"shape": list(a.shape), "spacing": self.map.spacing.tolist(), "origin": self.map.origin.tolist(),
                     "direction": self.map.direction.flatten().tolist(), "min": float(a.min()), "max": float(a.max()),
                     "sum": float(a.sum(dtype=np.float64)), "peak_index": list(self.peak_index())},
@@ -50,6 +58,11 @@ class Attribution:
             out["regions"] = [{k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
                               for row in _jsonable(self.regions)]  # NaN (a region not scored) is not JSON
         return out
+
+
+def warning_text(warning: dict) -> str:
+    """One line for people: 'method: what is wrong; the fix'."""
+    return f"{warning.get('method', '?')}: {warning.get('message', '')}; {warning.get('fix', '')}"
 
 
 def _jsonable(value):

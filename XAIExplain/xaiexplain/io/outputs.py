@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .preview import render_preview
 from ..core.result import Attribution
 from ..core.volume import Volume, read_volume, write_volume
 from ..errors import XAIError
 from ..protocol import REGIONS_LABELS_FILE, REGIONS_TABLE_FILE, SUMMARY_FILE, map_file, preview_file, read_summary
+from .preview import render_preview
 
 
 def write_results(out_dir, volume: Volume, attributions: list[Attribution], summary_extra: dict | None = None,
@@ -106,6 +106,8 @@ def read_results(folder) -> list[Attribution]:
         elif table_path.is_file():
             rows = read_region_table(table_path, method) or None
         info = dict(item.get("info") or {})
+        if item.get("warnings"):  # in memory the method's info holds them (Attribution.warnings)
+            info["warnings"] = [dict(w) for w in item["warnings"]]
         out.append(Attribution(
             map=_read_map(folder, method), method=method, signed=bool(item["signed"]),
             params=dict(item.get("params") or {}), target=dict(item.get("target") or {}),

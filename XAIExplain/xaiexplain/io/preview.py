@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
+import numpy as np
 
 from ..core.volume import Volume
 
@@ -17,8 +18,31 @@ def _ras_array(volume: Volume, channel: int = 0) -> tuple[np.ndarray, np.ndarray
     return np.ascontiguousarray(array), np.array(image.GetSpacing())
 
 
+def _warning_lines(attribution, width: int = 135) -> list[str]:
+    """The attribution's warnings as 'WARNING: ...' lines, wrapped to the picture's width."""
+    from ..core.result import warning_text
+
+    lines = []
+    for warning in getattr(attribution, "warnings", []):
+        lines += textwrap.wrap("WARNING: " + warning_text(warning), width, subsequent_indent="    ",
+                               break_on_hyphens=False)
+    return lines
+
+
+def _robust_limit(strength: np.ndarray) -> float:
+    nonzero = strength[strength > 0]
+    return float(np.percentile(nonzero, 99.5)) if nonzero.size else 1.0
+
+
+def _densest(strength: np.ndarray) -> tuple:
+    """Where the evidence is densest (the maximum of the map averaged over 5^3 voxels): the slices shown."""
+    from scipy import ndimage
+    return np.unravel_index(int(np.argmax(ndimage.uniform_filter(strength.astype(np.float32), 5))), strength.shape)
+
+
 def render_preview(image: Volume, attribution, path: str | os.PathLike, title: str = "") -> Path:
-    """Write a 3-panel PNG of ``attribution`` (an :class:`Attribution`) over channel 0 of ``image``."""
+    """Write a 3-panel PNG of ``attribution`` (an :class:`Attribution`) over channel 0 of ``image``; its
+    warnings, if any, in a red box under the panels."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,18 +50,26 @@ def render_preview(image: Volume, attribution, path: str | os.PathLike, title: s
 
     base, spacing = _ras_array(image)
     heat, _ = _ras_array(attribution.map)
-    peak = np.unravel_index(int(np.argmax(np.abs(heat) if attribution.signed else heat)), heat.shape)
+    strength = np.abs(heat) if attribution.signed else heat - float(heat.min())
+    peak = _densest(strength)
+    # the colours span the 99.5th percentile of the map, not its maximum: on real networks a few
+    # voxels (a patch edge, a decision boundary) can be orders of magnitude above the rest
+    limit = _robust_limit(strength)
     if attribution.signed:
-        limit = float(np.abs(heat).max()) or 1.0
         cmap, vmin, vmax = "RdBu_r", -limit, limit
         shown = np.abs(heat) >= 0.2 * limit
     else:
-        vmin, vmax = float(heat.min()), float(heat.max()) or 1.0
+        vmin = float(heat.min())
+        vmax = vmin + limit
         cmap = "inferno"
-        shown = heat >= vmin + 0.2 * (vmax - vmin)
+        shown = heat >= vmin + 0.2 * limit
     lo, hi = np.percentile(base, [1, 99.5])
     views = [("axial", 2, (0, 1)), ("coronal", 1, (0, 2)), ("sagittal", 0, (1, 2))]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4), dpi=100)
+    lines = _warning_lines(attribution)
+    band = 0.2 * len(lines)  # inches under the panels for the warnings
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4 + band), dpi=100)
+    if lines:
+        fig.subplots_adjust(bottom=(band + 0.15) / (4.4 + band))
     for ax, (name, axis, (a, b)) in zip(axes, views):
         index = [slice(None)] * 3
         index[axis] = peak[axis]
@@ -52,6 +84,9 @@ def render_preview(image: Volume, attribution, path: str | os.PathLike, title: s
         ax.axis("off")
     fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01)
     fig.suptitle(title or attribution.method, fontsize=11)
+    if lines:  # a map that should not be trusted says so on the picture itself
+        fig.text(0.01, 0.01, "\n".join(lines), color="#b00000", fontsize=9, fontweight="bold", va="bottom",
+                 bbox={"facecolor": "#fff3cd", "edgecolor": "#b00000", "boxstyle": "round,pad=0.3"})
     path = Path(path)
     tmp = path.with_name(".tmp-" + path.name)
     fig.savefig(tmp, format="png")

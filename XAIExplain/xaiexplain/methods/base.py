@@ -80,7 +80,7 @@ class Method:
     needs_regions: ClassVar[bool] = False  # scores anatomical regions (ctx.regions)
     defaults: ClassVar[dict] = {}
     # What each parameter may be: (low, high) for numbers (None: open), a tuple of choices for names,
-    # BASELINE for "zeros | mean | blur | a reference volume". Read by the CLI, the API and the Slicer panel.
+    # BASELINE for "auto | zeros | mean | blur | a reference volume". Read by the CLI, the API and the Slicer panel.
     bounds: ClassVar[dict] = {}
     reference: ClassVar[str] = ""
     # Completeness axiom: the map sums to score(x) - score(completeness_baseline(x)) (score 0 when None).
@@ -105,9 +105,16 @@ class Method:
     def run(self, ctx: Context, **params) -> tuple[torch.Tensor, dict]:
         raise NotImplementedError
 
-    def completeness_baseline(self, x: torch.Tensor, params: dict) -> torch.Tensor | None:
-        """The input whose score the map's sum is measured from; None: a score of 0 (e.g. LRP-epsilon)."""
+    def completeness_baseline(self, x: torch.Tensor, params: dict, score=None) -> torch.Tensor | None:
+        """The input whose score the map's sum is measured from; None: a score of 0 (e.g. LRP-epsilon).
+
+        ``score``: the target scores of a batch, for a baseline the method chooses by probing the network
+        (baseline 'auto'), which then raises without it."""
         return None
+
+    def completeness_passes(self, params: dict) -> int:
+        """Forward passes that scoring ``completeness_baseline`` costs (the probe's included)."""
+        return 0
 
     def parameters(self) -> list[dict]:
         """Each parameter as {name, type, default, min, max, choices}: what a front end needs to offer it."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..core.baselines import baseline_for
+from ..core.baselines import AUTO, BaselineProbe, check_baseline, chosen_baseline, is_zero, probes, resolve_baseline
 from ..core.models import model_output
 from ..errors import XAIError
 from .backprop import _out_of_place
@@ -38,9 +38,9 @@ TINY = 1e-6
 
 class _Rescale(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, fn, record, output=None):
+    def forward(ctx, x, fn, record, output=None, softmax=False):
         y = fn(x) if output is None else output.detach()  # a module's own output: no second evaluation
-        ctx.fn, ctx.record = fn, record
+        ctx.fn, ctx.record, ctx.softmax = fn, record, softmax
         ctx.save_for_backward(x, y)
         return y
 
@@ -51,9 +51,10 @@ class _Rescale(torch.autograd.Function):
         dx = x - x0
         small = dx.abs() <= TINY
         m = (y - y0).div_(torch.where(small, 1.0, dx))
-        if bool(small.any()):
-            m = torch.where(small, vjp(ctx.fn, x, torch.ones_like(x)), m)
-        return grad * m, None, None, None
+        if bool(small.any()):  # the slope at x; for a softmax its diagonal (the ones-vector product is 0)
+            slope = y * (1 - y) if ctx.softmax else vjp(ctx.fn, x, torch.ones_like(x))
+            m = torch.where(small, slope, m)
+        return grad * m, None, None, None, None
 
 
 class _Product(torch.autograd.Function):
@@ -168,18 +169,19 @@ class DeepLiftMode(PropagationMode):
         pure = _out_of_place(func)
         kw = {k: v for k, v in kwargs.items() if k != "inplace"}
         rest = args[1:]
-        return self._rescale(args[0], lambda t: pure(t, *rest, **kw))
+        softmax = "softmax" in getattr(func, "__name__", "")
+        return self._rescale(args[0], lambda t: pure(t, *rest, **kw), softmax=softmax)
 
     def activation_module(self, module, x, output):
         # forward() skips the hooks; the clone keeps an inplace module off its input
         return self._rescale(x, lambda t: module.forward(t.clone()), output)
 
-    def _rescale(self, x, fn, output=None):
+    def _rescale(self, x, fn, output=None, softmax=False):
         if self.reference_pass:
             y = fn(x) if output is None else output
             self._record("activation", x.shape, **{"in": x.detach(), "out": y.detach()})
             return y
-        return _Rescale.apply(x, fn, self._record("activation", x.shape), output)
+        return _Rescale.apply(x, fn, self._record("activation", x.shape), output, softmax)
 
     def maxpool(self, func, args, kwargs):
         b, pool = _pool_with_indices(func, args, kwargs)
@@ -248,22 +250,51 @@ def deeplift(ctx, references: torch.Tensor, batch_size: int, label: str, paired:
                   "reference_score_own_statistics": [float(s) for s in own]}
 
 
+def _check(method, name, ctx, maps, info, zero: bool, probe, parameter=None) -> dict:
+    """The baseline checks on a DeepLIFT map: summation to delta, and the reference scored both ways (with the
+    input's normalisation statistics, as summed to, and with its own, as the network scores it)."""
+    scores = ctx.score(ctx.reference)
+    deltas = torch.as_tensor(info["score_difference"], dtype=torch.float64)
+    own = torch.as_tensor(info["reference_score_own_statistics"], dtype=torch.float64)
+    # against the network's own score of the reference: differs from summation to delta after instance norm
+    info["completeness_error_own_statistics"] = float(completeness_error(
+        maps.flatten(1).sum(1).cpu(), scores.cpu().double() - own).max())
+    warnings = check_baseline(
+        method, name, errors=[info["completeness_error"]], scores=scores,
+        baseline_scores=[scores.cpu().double() - deltas, own], zero=zero, probe=probe, parameter=parameter,
+        completeness_fix="the multipliers did not sum to the score difference: report it, and use "
+                         "integrated-gradients meanwhile")
+    if probe.measured:
+        info["halving_score_change"] = [float(c) for c in probe.change()]
+    if warnings:
+        info["warnings"] = warnings
+    return info
+
+
 class DeepLift(Method):
     name, title, family = "deeplift", "DeepLIFT (rescale rule)", "propagation"
     needs_layers = True
-    defaults = {"baseline": "zeros"}
+    defaults = {"baseline": AUTO}  # zeros, unless the network is scale-invariant (see core.baselines)
     bounds = {"baseline": BASELINE}
     reference = "Shrikumar et al. 2017"
     completeness = True  # summation to delta
 
-    def completeness_baseline(self, x, params):
-        return baseline_for(x, params["baseline"])
+    def completeness_baseline(self, x, params, score=None):
+        return chosen_baseline(x, params["baseline"], score)
+
+    def completeness_passes(self, params):
+        return 1 + 2 * (isinstance(params["baseline"], str) and params["baseline"] == AUTO)
 
     def cost(self, params):
-        return {"forward": 2, "backward": 1}
+        return {"forward": 2 + probes(params["baseline"]), "backward": 1}
 
     def run(self, ctx, baseline):
-        return deeplift(ctx, baseline_for(ctx.x, baseline), 1, "DeepLIFT", paired=True)
+        probe = BaselineProbe.of(ctx)
+        base, chosen = resolve_baseline(ctx.x, baseline, probe)
+        maps, info = deeplift(ctx, base, 1, "DeepLIFT", paired=True)
+        info.update(chosen)
+        return maps, _check(self.name, chosen["baseline"], ctx, maps, info, is_zero(base), probe,
+                            f"{self.name}.baseline")
 
 
 class DeepShap(Method):
@@ -282,7 +313,9 @@ class DeepShap(Method):
     def run(self, ctx, batch_size):
         if ctx.references is None:
             raise XAIError("DeepSHAP needs reference volumes", "pass them with --reference FILE (repeatable)")
-        return deeplift(ctx, ctx.references, batch_size, "DeepSHAP")
+        maps, info = deeplift(ctx, ctx.references, batch_size, "DeepSHAP")
+        zero = any(is_zero(r) for r in ctx.references)  # a zeros reference is blind on a scale-invariant network
+        return maps, _check(self.name, "reference-volume", ctx, maps, info, zero, BaselineProbe.of(ctx))
 
 
 register(DeepLift, ("deep-lift",))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..core.baselines import baseline_for
+from ..core.baselines import AUTO, BaselineProbe, check_baseline, chosen_baseline, is_zero, probes, resolve_baseline
 from .base import BASELINE, Context, Method, batched, completeness_error, register
 
 
@@ -62,19 +62,24 @@ class SmoothGrad(Method):
 
 class IntegratedGradients(Method):
     name, title, family = "integrated-gradients", "Integrated Gradients", "gradient"
-    defaults = {"steps": 32, "baseline": "zeros", "batch_size": 8}
+    # auto: zeros, unless the network is scale-invariant (instance norm), whose path from zeros is flat
+    defaults = {"steps": 32, "baseline": AUTO, "batch_size": 8}
     bounds = {"steps": (1, None), "baseline": BASELINE, "batch_size": (1, None)}
     reference = "Sundararajan et al. 2017"
     completeness = True
 
-    def completeness_baseline(self, x, params):
-        return baseline_for(x, params["baseline"])
+    def completeness_baseline(self, x, params, score=None):
+        return chosen_baseline(x, params["baseline"], score)
+
+    def completeness_passes(self, params):
+        return 1 + 2 * (isinstance(params["baseline"], str) and params["baseline"] == AUTO)
 
     def cost(self, params):
-        return {"forward": params["steps"] + 2, "backward": params["steps"]}
+        return {"forward": params["steps"] + 2 + probes(params["baseline"]), "backward": params["steps"]}
 
     def run(self, ctx, steps, baseline, batch_size):
-        base = baseline_for(ctx.x, baseline)
+        probe = BaselineProbe.of(ctx)
+        base, chosen = resolve_baseline(ctx.x, baseline, probe)
         nodes, weights = np.polynomial.legendre.leggauss(int(steps))  # Gauss-Legendre on [0, 1]
         alphas = torch.as_tensor((nodes + 1) / 2, dtype=ctx.x.dtype, device=ctx.x.device)
         weights = torch.as_tensor(weights / 2, dtype=ctx.x.dtype, device=ctx.x.device)
@@ -90,10 +95,20 @@ class IntegratedGradients(Method):
             ctx.report(part.stop / len(rows), f"Integrated Gradients {part.stop}/{len(rows)}")
         attributions = total * diff
         with torch.no_grad():
-            delta = ctx.score(ctx.forward(ctx.x)) - ctx.score(ctx.forward(base))
+            scores, base_scores = ctx.score(ctx.forward(ctx.x)), ctx.score(ctx.forward(base))
+        delta = scores - base_scores
         error = completeness_error(attributions.flatten(1).sum(1).cpu(), delta.cpu())
-        return attributions, {"completeness_error": float(error.max()),
-                              "score_difference": [float(d) for d in delta]}
+        info = {"completeness_error": float(error.max()), "score_difference": [float(d) for d in delta], **chosen}
+        if is_zero(base) or probe.measured:  # the probe's pass is spent: record what it measured
+            info["halving_score_change"] = [float(c) for c in probe.change()]
+        warnings = check_baseline(
+            self.name, chosen["baseline"], errors=error, scores=scores, baseline_scores=base_scores,
+            zero=is_zero(base), probe=probe, parameter=f"{self.name}.baseline",
+            completeness_fix=f"raise --param {self.name}.steps (now {steps}), or start nearer the input: "
+                             f"--param {self.name}.baseline=blur")
+        if warnings:
+            info["warnings"] = warnings
+        return attributions, info
 
 
 register(Gradient, ("saliency", "vanilla-gradient"))

@@ -7,10 +7,14 @@ each layer's backward maps the relevance of its outputs to its inputs by a rule.
   rule (epsilon, z+, alpha-beta, flat, w^2), or the user's per-layer rule.
 * A BatchNorm that directly follows a convolution is merged into it (the pair is
   one affine layer and gets one rule), as LRP canonizers do.
-* Other normalisations (InstanceNorm, GroupNorm, LayerNorm, BatchNorm after an
-  activation) freeze their standard deviation and get the epsilon rule on the
-  linear map that remains, ``scale * (x - mean(x))`` (the mean is itself linear
-  in the input; with running statistics it is a constant); ``beta`` is a bias.
+* Normalisations with the image's own statistics (InstanceNorm, GroupNorm,
+  LayerNorm) pass relevance on unchanged under the z+ / alpha-beta composites
+  (``norm_rule='pass'``), as activations do: each voxel keeps its own. Under
+  the epsilon composite (``norm_rule='epsilon'``, chosen by 'auto') they
+  freeze their standard deviation and get the epsilon rule on the linear map
+  that remains, ``scale * (x - mean(x))``, whose mean term spreads relevance
+  over the whole volume. A BatchNorm after an activation (running statistics: a
+  per-channel affine map) gets the epsilon rule; ``beta`` is a bias.
 * Average pooling, means and interpolation: epsilon rule.
 * Residual additions (``+`` anywhere) share relevance in proportion to each
   operand's contribution; constants and parameters are biases that absorb theirs.
@@ -180,6 +184,15 @@ COMPOSITES = {
 }
 
 
+# InstanceNorm, GroupNorm, LayerNorm (statistics of the image itself): relevance passed on unchanged
+# ('pass'), or the epsilon rule on the centring map x - mean(x) ('epsilon'), whose mean term spreads
+# every voxel's relevance over the whole volume: on HD-BET 61% of it ended in the air around the head.
+# 'pass' only suits rules that share by positive contributions (z+, alpha-beta): the epsilon rule divides
+# by the layer's own output, which a norm recentres, so after a passed norm its ratios blow up.
+# 'auto': pass under a z+/alpha-beta composite, epsilon under the epsilon composite.
+NORM_RULES = ("auto", "pass", "epsilon")
+
+
 def make_rule(spec, epsilon: float) -> Rule:
     if isinstance(spec, Rule):
         return spec
@@ -291,7 +304,8 @@ def _operands(func, args, kwargs):
 class LRPMode(PropagationMode):
     method = "LRP"
 
-    def __init__(self, network, x, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule=None):
+    def __init__(self, network, x, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule=None,
+                 norm_rule="auto"):
         super().__init__(network, x)
         if composite not in COMPOSITES:
             raise XAIError(f"unknown LRP composite '{composite}'", f"use one of: {', '.join(COMPOSITES)}")
@@ -304,6 +318,11 @@ class LRPMode(PropagationMode):
         self.produced = {}  # id(output) -> the linear call that made it (for BatchNorm merging)
         self.used: dict[str, int] = {}
         self.gates = {}  # id -> outputs of sigmoids: in a product, the other factor is the signal
+        if norm_rule not in NORM_RULES:
+            raise XAIError(f"unknown LRP norm rule '{norm_rule}'", f"use one of: {', '.join(NORM_RULES)}")
+        if norm_rule == "auto":
+            norm_rule = "epsilon" if isinstance(self.conv, Epsilon) else "pass"
+        self.norm_rule = norm_rule
 
     def _count(self, what):
         self.used[what] = self.used.get(what, 0) + 1
@@ -337,6 +356,9 @@ class LRPMode(PropagationMode):
             scale, shift = scale.detach(), shift.detach()
             # the merged layer's output is the BatchNorm's output: no second convolution
             return self._apply(source, weight, bias, op, rule, make=lambda: x.detach() * scale + shift)
+        if self.norm_rule == "pass" and center is not None:  # statistics of the image itself
+            self._count("pass-norm")
+            return _Pass.apply(x, lambda: func(*args, **kwargs))
         self._count("norm")
         return _Norm.apply(x, scale.detach(), center, self.eps, lambda: func(*args, **kwargs))
 
@@ -377,6 +399,7 @@ class LRPMode(PropagationMode):
     def activation(self, func, args, kwargs):
         pure = _out_of_place(func)
         kw = {k: v for k, v in kwargs.items() if k != "inplace"}
+        self._count("pass-activation")
         out = _Pass.apply(args[0], lambda: pure(*args, **kw))
         return self._gate(func, out)
 
@@ -395,12 +418,12 @@ class LRPMode(PropagationMode):
         return out
 
 
-def lrp(ctx, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule=None):
+def lrp(ctx, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule=None, norm_rule="auto"):
     """Input relevance for ``ctx``'s target; returns (relevance, info)."""
     ctx.model.named_layers()  # refuses TorchScript with a clear message
     with torch.enable_grad():
         x = ctx.x.detach().clone().requires_grad_(True)
-        mode = LRPMode(ctx.model.network, x, composite, epsilon, rules, input_rule)
+        mode = LRPMode(ctx.model.network, x, composite, epsilon, rules, input_rule, norm_rule)
         with mode.active():
             out = ctx.forward(x)
         scores = ctx.score(out)
@@ -409,7 +432,7 @@ def lrp(ctx, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule
     ctx.passes["backward"] += int(x.shape[0])
     totals, scores = relevance.flatten(1).sum(1), scores.detach()
     absorbed = 1 - totals / scores
-    return relevance, {"composite": composite, "epsilon": epsilon, "rules_applied": dict(sorted(mode.used.items())),
+    return relevance, {"composite": composite, "epsilon": epsilon, "norm_rule": mode.norm_rule, "rules_applied": dict(sorted(mode.used.items())),
                        "completeness_error": float(completeness_error(totals.cpu(), scores.cpu()).max()),
                        "relevance_sum": [float(t) for t in totals], "score": [float(s) for s in scores],
                        "absorbed_share": [float(a) for a in absorbed]}
@@ -418,13 +441,14 @@ def lrp(ctx, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule
 class LRP(Method):
     name, title, family = "lrp", "Layer-wise relevance propagation", "propagation"
     needs_layers = True
-    defaults = {"composite": "epsilon-plus-flat", "epsilon": 1e-6, "rules": None, "input_rule": None}
-    bounds = {"composite": tuple(COMPOSITES), "epsilon": (0.0, None)}
+    defaults = {"composite": "epsilon-plus-flat", "epsilon": 1e-6, "rules": None, "input_rule": None,
+                "norm_rule": "auto"}
+    bounds = {"composite": tuple(COMPOSITES), "epsilon": (0.0, None), "norm_rule": NORM_RULES}
     reference = "Bach et al. 2015; Montavon et al. 2019"
     completeness = True  # relevance sums to the score, less what biases absorb
 
-    def run(self, ctx, composite, epsilon, rules, input_rule):
-        return lrp(ctx, composite, epsilon, rules, input_rule)
+    def run(self, ctx, composite, epsilon, rules, input_rule, norm_rule):
+        return lrp(ctx, composite, epsilon, rules, input_rule, norm_rule)
 
 
 register(LRP, ("layer-wise-relevance-propagation",))

@@ -91,14 +91,13 @@ class Randomisation(Metric):
 class Completeness(Metric):
     name, title = "completeness", "Completeness axiom: the map sums to score(x) - score(baseline)"
     co12 = "completeness"
-    cost_text = "1 forward pass (the baseline's score) for methods with the axiom"
+    cost_text = "1 forward pass (the baseline's score; 3 with an 'auto' baseline) for methods with the axiom"
     reference = "Sundararajan et al. 2017"
     columns = {"completeness_error": "completeness_error"}
     headline = {"completeness_error": ("completeness error ↓", 3)}
 
     def cost(self, setting, method, params, *, x, model, n_classes):
-        applies = method.completeness and method.completeness_baseline(x, params) is not None
-        return {"forward": int(applies), "backward": 0}
+        return {"forward": method.completeness_passes(params) if method.completeness else 0, "backward": 0}
 
     def run(self, ev: Evaluation, s: dict) -> dict:
         return completeness(ev.scorer("logit"), ev.attribution, ev.method, ev.params)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..core.baselines import substrate
 from ..errors import XAIError
 from ..methods import get_method
 from ..methods.base import batched, completeness_error
 from ..methods.machinery.scoring import Scorer
-from ..core.baselines import substrate
 from .common import descending_order, fraction_count, voxel_map
 
 
@@ -94,14 +94,15 @@ def faithfulness_correlation(scorer: Scorer, attribution, samples: int = 64, sub
 def completeness(scorer: Scorer, attribution, method, params: dict | None = None) -> dict:
     """The completeness axiom's relative error (``methods.base.completeness_error``, the one definition the
     methods check themselves against) for methods with the axiom (``Method.completeness``), measured from
-    ``Method.completeness_baseline``; 1 forward pass (the baseline's score). ``scorer`` must score logits."""
+    ``Method.completeness_baseline``; ``Method.completeness_passes`` forward passes (the baseline's score, and
+    for an 'auto' baseline the probe that chose it). ``scorer`` must score logits."""
     method = get_method(method) if isinstance(method, str) else method
     if not method.completeness:
         return {"applies": False}
     if scorer.output != "logit":
         raise XAIError("completeness is defined on the explained score", "use a logit scorer")
     chosen = method.params(params)
-    base = method.completeness_baseline(scorer.x, chosen)
+    base = method.completeness_baseline(scorer.x, chosen, score=scorer.scores)  # 'auto' probes the network
     delta = scorer.base - (float(scorer.scores(base)[0]) if base is not None else 0.0)
     total = float(voxel_map(attribution).sum())
     return {"applies": True, "sum": total, "score_difference": delta,

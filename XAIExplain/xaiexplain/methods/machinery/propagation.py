@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from ...errors import XAIError
+from . import aten
 from .folding import fold_into
 
 
@@ -58,9 +59,9 @@ NORM = _collect((F, "batch_norm instance_norm group_norm layer_norm"))
 ADD = _collect((torch, "add sub"), (T, "add sub add_ sub_ __add__ __radd__ __iadd__ __sub__ __rsub__ __isub__"))
 MUL = _collect((torch, "mul div"), (T, "mul div mul_ div_ __mul__ __rmul__ __imul__ __truediv__ __itruediv__"))
 ACTIVATION = _collect((F, "relu relu_ leaky_relu leaky_relu_ prelu elu elu_ selu celu gelu silu mish hardswish "
-                          "relu6 hardtanh hardtanh_ softplus sigmoid tanh"),
-                      (torch, "relu relu_ sigmoid tanh prelu selu celu"),
-                      (T, "relu relu_ sigmoid sigmoid_ tanh tanh_"), (torch._C._nn, "gelu silu leaky_relu elu"))
+                          "relu6 hardtanh hardtanh_ softplus sigmoid tanh softmax"),
+                      (torch, "relu relu_ sigmoid tanh prelu selu celu softmax"),
+                      (T, "relu relu_ sigmoid sigmoid_ tanh tanh_ softmax"), (torch._C._nn, "gelu silu leaky_relu elu"))
 # Calls that move or copy values without mixing them: their gradient routes relevance as it should.
 MOVE = _collect((T, "__getitem__ view view_as reshape reshape_as flatten unflatten permute transpose contiguous "
                     "squeeze unsqueeze expand expand_as split chunk narrow select clone to float double half "
@@ -136,8 +137,14 @@ class PropagationMode(TorchFunctionMode):
         return f"layer '{name or '<model>'}' ({type(module).__name__})"
 
     def unsupported(self, what: str) -> XAIError:
-        return XAIError(f"{self.method} has no rule for {what} in {self.where()}",
-                        "use gradient or integrated-gradients for this network, or report the layer type")
+        fix = "use gradient or integrated-gradients for this network, or report the layer type"
+        if any(name in what for name in ("max", "exp", "logsumexp")):
+            fix = ("if the network writes its softmax out by hand, explain the network without that final "
+                   "softmax (its logits), or " + fix)
+        elif "aten::" in what:  # decomposed programs spell norms and PReLU as several primitive calls
+            fix = ("export the program with torch.export.export and no run_decompositions(), whose calls the "
+                   "rules cover, or " + fix)
+        return XAIError(f"{self.method} has no rule for {what} in {self.where()}", fix)
 
     @contextmanager
     def active(self):
@@ -186,6 +193,12 @@ class PropagationMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if is_activation(self.layer[1]) or not any(in_graph(t) for t in tensors_in(list(args) + list(kwargs.values()))):
             return func(*args, **kwargs)  # inside an activation module (handled whole), or off the input's path
+        if aten.packet(func) is not None:  # a torch.export program's call: as its functional twin
+            restated = aten.restate(func, args, kwargs)
+            if restated is not None:
+                fn, fn_args, fn_kwargs, finish = restated
+                return finish(self.__torch_function__(fn, types, fn_args, fn_kwargs))
+        key = aten.packet(func)
         if func in CONV or func in CONV_T or func in LINEAR:
             return self.linear(func, args, kwargs)
         if func in NORM:
@@ -196,12 +209,12 @@ class PropagationMode(TorchFunctionMode):
             return self.add(func, args, kwargs)
         if func in MUL:
             return self.mul(func, args, kwargs)
-        if func in ACTIVATION:
+        if func in ACTIVATION or key in aten.ACTIVATION:
             return self.activation(func, args, kwargs)
         if func in MAXPOOL:
             return self.maxpool(func, args, kwargs)
         out = func(*args, **kwargs)
-        if func in MOVE:
+        if func in MOVE or key in aten.MOVE:
             return self.moved(args, out)
         if not any(in_graph(t) for t in tensors_in(out)):
             return out

@@ -124,7 +124,7 @@ class Scorer:
             self.facts = {"batch_size": self.batch_size, "batch_size_chosen": "given", "network": self.network.how}
         reference = ctx.reference[n:n + 1]  # the unperturbed output, computed once by the caller
         self.logit = float(ctx.score(reference, self.rows)[0])
-        self.probability = float(ctx.score(probabilities(reference), self.rows)[0])
+        self.probability = float(ctx.score(probabilities(reference, ctx.model.output_kind), self.rows)[0])
 
     @classmethod
     def for_model(cls, model, x: torch.Tensor, target=None, output: str = "logit",
@@ -242,7 +242,7 @@ class Scorer:
         self.ctx.passes["forward"] += count
         rows = self.rows.expand(count)
         logits = self.ctx.score(output, rows).double().cpu()
-        probs = self.ctx.score(probabilities(output), rows).double().cpu()
+        probs = self.ctx.score(probabilities(output, self.ctx.model.output_kind), rows).double().cpu()
         self.done += count
         elapsed = time.perf_counter() - self.started
         eta = elapsed / self.done * (self.total - self.done)

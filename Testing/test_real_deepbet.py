@@ -1,0 +1,104 @@
+"""deepbet's trained brain-extraction network (TorchScript, softmax output) on the real Colin27 head scan.
+
+Material nobody here made: the network ships in the deepbet wheel, the scan and an independent
+brain extraction (ch2bet) in Debian's mricron-data. Each map's positive evidence for "brain"
+must lie mostly in the brain deepbet finds, and the sums of the methods that have them must add up.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from xaiexplain import XAIError, explain, load_model, prepare_case
+from xaiexplain.core.volume import read_volume
+from xaiexplain.real import deepbet
+from xaiexplain.real.demo import positive_share_inside
+from xaiexplain.real.material import colin27, deepbet_model, dice
+
+try:
+    SCAN, REFERENCE, MODEL = colin27("ch2"), colin27("ch2bet"), deepbet_model()
+except XAIError as missing:  # .ci/run installs both; say what is missing anywhere else
+    pytest.skip(str(missing), allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def case(tmp_path_factory):
+    model = load_model(deepbet.write_model(tmp_path_factory.mktemp("deepbet")), device="cpu")
+    return prepare_case(model, str(SCAN), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def brain(case):
+    return case.to_input_grid((case.output()[0, 1:2] > 0.5).float())[0] > 0.5
+
+
+def test_deepbet_finds_the_brain_that_an_independent_extraction_finds(case, brain):
+    assert case.x.shape == (1, 1, 128, 128, 128)
+    assert dice(brain, read_volume(REFERENCE).array[0] > 0) >= 0.93
+
+
+def test_deepbet_without_metadata_is_seen_to_output_probabilities(case):
+    bare = load_model(MODEL, device="cpu")  # the TorchScript file alone, no sidecar
+    bare.output(case.x)
+    assert bare.output_kind == "probabilities"
+    result = explain(None, case, ["gradient"], target="brain")[0]
+    assert result.prediction["output_kind"] == "probabilities"
+
+
+@pytest.fixture(scope="module")
+def maps(case):
+    methods = ["gradcam", "gradient", "lrp", "deeplift"]
+    results = explain(None, case, methods, target="brain")  # default parameters: they must work here
+    return {r.method: r for r in results}
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradient", "lrp", "deeplift"])
+def test_the_evidence_for_brain_lies_mostly_in_the_brain(maps, brain, method, case):
+    result = maps[method]
+    assert result.array.shape == case.volume.array.shape[1:]
+    assert positive_share_inside(result.array, brain) > 0.5
+
+
+def test_the_layer_methods_ran_on_the_torchscript_converted_to_a_program(maps, case):
+    assert case.model.converted_from == "torchscript"
+    assert maps["gradcam"].model["converted_from"] == "torchscript"
+    assert maps["gradcam"].info["layer"] != "tp_conv2"  # not the output head
+
+
+def test_deeplift_sums_to_delta_on_deepbet(maps):
+    assert maps["deeplift"].info["completeness_error"] < 0.01
+
+
+def test_lrp_conserves_relevance_on_deepbet_but_what_its_biases_absorb(maps):
+    info = maps["lrp"].info  # deepbet's convolutions have biases: measured 7.4% absorbed, recorded
+    assert info["completeness_error"] < 0.1
+    assert info["absorbed_share"][0] == pytest.approx(info["completeness_error"], abs=1e-6)
+    assert info["norm_rule"] == "pass" and info["rules_applied"]["pass-norm"] == 34
+
+
+def test_deeplift_chose_a_baseline_the_network_can_see(maps):
+    assert maps["deeplift"].info["baseline"] == "blur" and not maps["deeplift"].warnings
+
+
+@pytest.mark.slow
+def test_integrated_gradients_with_its_defaults_adds_up_on_deepbet(case, brain):
+    result = explain(None, case, ["integrated-gradients"], target="brain")[0]
+    assert result.info["baseline"] == "blur" and not result.warnings
+    assert result.info["completeness_error"] < 0.05
+    assert positive_share_inside(result.array, brain) > 0.5
+
+
+def test_the_real_demo_command_writes_maps_and_prints_the_agreement(tmp_path, capsys):
+    from xaiexplain.cli.main import main
+    assert main(["demo", "--real", "--out", str(tmp_path), "--method", "gradient", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["demo"]["dice_vs_reference"] >= 0.93
+    assert f"Dice {summary['demo']['dice_vs_reference']:.3f} against ch2bet" in printed
+    assert (tmp_path / "gradient.nrrd").exists() and (tmp_path / "gradient.png").exists()
+    side = json.loads((tmp_path / "model" / "deepbet_bbox.json").read_text())
+    assert side["output"] == "probabilities" and side["class_names"] == ["background", "brain"]
+    mask = read_volume(tmp_path / "predicted_brain.nrrd").array[0]
+    assert np.isin(np.unique(mask), [0, 1]).all()

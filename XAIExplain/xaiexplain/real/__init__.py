@@ -1,0 +1,1 @@
+"""Real trained networks and real scans that ship inside registry packages (no downloads)."""
