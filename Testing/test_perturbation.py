@@ -284,7 +284,7 @@ def test_region_methods_without_regions_and_bad_parameters_say_what_to_do(x):
     net = small_cnn()
     with pytest.raises(XAIError, match="needs regions.*--atlas harvard-oxford"):
         attribute(net, x, "occlusion-regions", target=1)
-    with pytest.raises(XAIError, match="unknown score"):
+    with pytest.raises(XAIError, match="occlusion.score='odds' is not a choice.*probability, logit"):
         attribute(net, x, "occlusion", target=1, params={"score": "odds"})
     with pytest.raises(XAIError, match="unknown baseline"):
         attribute(net, x, "rise", target=1, params={"baseline": "noise", "masks": 4})

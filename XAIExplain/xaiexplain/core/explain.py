@@ -82,7 +82,11 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     reference volume (path or Volume on the input grid); ``references``: a set of them
     for DeepSHAP. Nothing given is modified.
     """
-    chosen = [get_method(m) for m in ([methods] if isinstance(methods, str) else methods)]
+    # a method named twice, or by its name and an alias, runs once (one map, one output file)
+    chosen = list({m.name: m for m in (get_method(m) for m in ([methods] if isinstance(methods, str) else methods))
+                   }.values())
+    if not chosen:
+        raise XAIError("no method was given", "choose at least one (see: xaiexplain methods)")
     params = {get_method(k).name: v for k, v in (params or {}).items()}
     if isinstance(inputs, PreparedCase):
         case = inputs

@@ -43,6 +43,7 @@ class PreprocessSpec:
             raise XAIError(f"unknown preprocessing keys {sorted(unknown)}",
                            "use orientation, spacing, spatial_size and intensity")
         spec = cls(**data)
+        _check_geometry(spec)
         if spec.intensity is not None:
             kind = spec.intensity.get("kind")
             if kind not in INTENSITY_KINDS:
@@ -74,6 +75,27 @@ def intensity_transform(intensity: dict | None):
         return ScaleIntensityRangePercentiles(intensity["lower"], intensity["upper"], intensity["b_min"],
                                               intensity["b_max"], clip=intensity["clip"], channel_wise=True)
     return NormalizeIntensity(nonzero=intensity["nonzero"], channel_wise=True)
+
+
+def _check_geometry(spec: PreprocessSpec) -> None:
+    """Three positive spacings, three positive sizes, three axis codes naming each axis once."""
+    for key, value, whole in (("spacing", spec.spacing, False), ("spatial_size", spec.spatial_size, True)):
+        if value is None:
+            continue
+        numbers = list(value) if isinstance(value, (list, tuple)) else []
+        good = len(numbers) == 3 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0
+            and (not whole or float(v) == int(v)) for v in numbers)
+        if not good:
+            kind = "positive whole numbers of voxels" if whole else "positive numbers of millimetres"
+            raise XAIError(f"preprocessing {key} {value!r} is not three {kind}",
+                           f"give three, e.g. --{'size 128 128 128' if whole else 'spacing 1.5 1.5 1.5'}")
+    if spec.orientation is not None:
+        code = str(spec.orientation).upper()
+        axes = [{"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}.get(c) for c in code]
+        if len(code) != 3 or None in axes or sorted(axes) != [0, 1, 2]:
+            raise XAIError(f"preprocessing orientation {spec.orientation!r} is not three axis codes",
+                           "give one of L/R, P/A and I/S each, e.g. RAS or LPS")
 
 
 class Preprocessor:

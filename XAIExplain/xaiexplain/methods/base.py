@@ -87,12 +87,40 @@ class Method:
     completeness: ClassVar[bool] = False
 
     def params(self, given: dict | None) -> dict:
+        """The parameters to run with: the defaults, overridden by ``given``, each checked against its declaration."""
         given = dict(given or {})
         unknown = set(given) - set(self.defaults)
         if unknown:
             raise XAIError(f"method '{self.name}' has no parameter {', '.join(sorted(unknown))}",
                            f"its parameters are: {', '.join(self.defaults) or 'none'}")
-        return {**self.defaults, **given}
+        return {**self.defaults, **{name: self._checked(name, value) for name, value in given.items()}}
+
+    def _checked(self, name: str, value):
+        """``value`` of parameter ``name`` if its type and range are what the method declares; else a clear error."""
+        default, bound = self.defaults[name], self.bounds.get(name)
+        where = f"{self.name}.{name}={value!r}"
+        if bound is BASELINE or not (isinstance(bound, tuple) or isinstance(default, (bool, int, float))):
+            return value  # a baseline (a name, file or volume: checked where it is read) or an object (rules)
+        if isinstance(bound, tuple) and bound and isinstance(bound[0], str):
+            if value not in bound:
+                raise XAIError(f"{where} is not a choice", f"choose one of: {', '.join(bound)}")
+            return value
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise XAIError(f"{where} is not true or false", "give true or false")
+            return value
+        if value is None and default is None:
+            return None  # chosen by the method (e.g. a batch size fitted to memory)
+        whole = isinstance(default, int) or default is None  # None: an optional count
+        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+        if not number or not np.isfinite(value) or (whole and float(value) != int(value)):
+            kind = "a whole number" if whole else "a number"
+            raise XAIError(f"{where} is not {kind}", f"give {kind} {_range_text(bound)}".rstrip())
+        value = int(value) if whole else float(value)
+        low, high = bound if isinstance(bound, tuple) else (None, None)
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise XAIError(f"{where} is out of range", f"give a value {_range_text(bound)}")
+        return value
 
     def cost(self, params: dict) -> dict:
         """Passes per input volume: {'forward': n, 'backward': m}."""
@@ -143,6 +171,13 @@ class Method:
                 "needs_regions": self.needs_regions, "defaults": dict(self.defaults),
                 "parameters": self.parameters(), "cost": self.cost(self.params({})),
                 "reference": self.reference}
+
+
+def _range_text(bound) -> str:
+    low, high = bound if isinstance(bound, tuple) and len(bound) == 2 else (None, None)
+    if low is not None and high is not None:
+        return f"from {low} to {high}"
+    return f"of {low} or more" if low is not None else f"of {high} or less" if high is not None else ""
 
 
 def forward_equivalents(cost: dict) -> int:

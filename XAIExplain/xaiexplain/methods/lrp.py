@@ -432,7 +432,8 @@ def lrp(ctx, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule
     ctx.passes["backward"] += int(x.shape[0])
     totals, scores = relevance.flatten(1).sum(1), scores.detach()
     absorbed = 1 - totals / scores
-    return relevance, {"composite": composite, "epsilon": epsilon, "norm_rule": mode.norm_rule, "rules_applied": dict(sorted(mode.used.items())),
+    return relevance, {"composite": composite, "epsilon": epsilon, "norm_rule": mode.norm_rule,
+                       "rules_applied": dict(sorted(mode.used.items())),
                        "completeness_error": float(completeness_error(totals.cpu(), scores.cpu()).max()),
                        "relevance_sum": [float(t) for t in totals], "score": [float(s) for s in scores],
                        "absorbed_share": [float(a) for a in absorbed]}
@@ -443,7 +444,7 @@ class LRP(Method):
     needs_layers = True
     defaults = {"composite": "epsilon-plus-flat", "epsilon": 1e-6, "rules": None, "input_rule": None,
                 "norm_rule": "auto"}
-    bounds = {"composite": tuple(COMPOSITES), "epsilon": (0.0, None), "norm_rule": NORM_RULES}
+    bounds = {"composite": tuple(COMPOSITES), "epsilon": (1e-12, None), "norm_rule": NORM_RULES}  # 0: z = 0 divides
     reference = "Bach et al. 2015; Montavon et al. 2019"
     completeness = True  # relevance sums to the score, less what biases absorb
 

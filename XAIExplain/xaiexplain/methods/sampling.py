@@ -44,7 +44,7 @@ class RISE(Method):
     # model reads as lesion-like everywhere (peak 44-52 voxels off the lesion; with blur 0-1 voxel).
     defaults = {"masks": 1000, "cells": 8, "keep": 0.5, "baseline": "blur", "score": "probability",
                 "batch_size": None}
-    bounds = {"masks": (1, None), "cells": (1, None), "keep": (0.0, 1.0), "baseline": BASELINE, "score": SCORES,
+    bounds = {"masks": (1, None), "cells": (1, None), "keep": (0.01, 0.99), "baseline": BASELINE, "score": SCORES,
               "batch_size": (1, None)}
     reference = "Petsiuk et al. 2018"
 
@@ -88,7 +88,7 @@ class LIME(Method):
     needs_gradients, needs_regions = False, True
     defaults = {"samples": 1000, "kernel_width": 0.25, "alpha": 1.0, "baseline": "blur", "score": "probability",
                 "batch_size": None}
-    bounds = {"samples": (1, None), "kernel_width": (0.0, None), "alpha": (0.0, None), "baseline": BASELINE,
+    bounds = {"samples": (1, None), "kernel_width": (0.01, None), "alpha": (0.0, None), "baseline": BASELINE,
               "score": SCORES, "batch_size": (1, None)}
     reference = "Ribeiro et al. 2016"
 
