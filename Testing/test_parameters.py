@@ -99,3 +99,47 @@ def test_implausible_preprocessing_is_refused_before_any_pass(demo, positive_cas
     with pytest.raises(XAIError, match=message) as err:
         explain(demo, positive_case.volume, ["gradient"], preprocessing=overrides)
     assert "\n" not in str(err.value)
+
+
+def _nifti(path, array, flat_axis=None):
+    """A NIfTI-1 file of ``array``; ``flat_axis``: that axis' voxel size written as 0 in the header (pixdim)."""
+    import gzip
+    import struct
+
+    import nibabel as nib
+    import numpy as np
+    nib.save(nib.Nifti1Image(np.asarray(array, np.float32), np.eye(4)), str(path))
+    if flat_axis is not None:
+        raw = bytearray(gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes())
+        raw[80 + 4 * flat_axis:84 + 4 * flat_axis] = struct.pack("<f", 0.0)  # pixdim[1 + axis], from byte 76
+        path.write_bytes(gzip.compress(bytes(raw)) if path.suffix == ".gz" else bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_files_are_read_as_stored_not_as_the_reader_repairs_them(tmp_path, suffix):
+    import gzip
+    import hashlib
+
+    import numpy as np
+
+    from xaiexplain.core.volume import read_volume
+    rng = np.random.default_rng(0)
+    data = rng.random((24, 24, 24)).astype(np.float32)
+    good = _nifti(tmp_path / f"good{suffix}", data)
+    assert read_volume(good).array.shape == (1, 24, 24, 24)
+    holes = data.copy()
+    holes[3, 4, 5], holes[6, 7, 8] = np.nan, np.inf
+    with pytest.raises(XAIError, match="holds 2 NaN or infinite voxels"):
+        read_volume(_nifti(tmp_path / f"nan{suffix}", holes))
+    raw = good.read_bytes()
+    if suffix == ".nii.gz":
+        raw = gzip.compress(gzip.decompress(raw))
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(raw[: len(raw) // 2])
+    digest = hashlib.sha256(cut.read_bytes()).hexdigest()
+    with pytest.raises(XAIError, match="is truncated or corrupt") as err:
+        read_volume(cut)
+    assert "\n" not in str(err.value) and hashlib.sha256(cut.read_bytes()).hexdigest() == digest
+    with pytest.raises(XAIError, match=r"voxel size \[1.0, 0.0, 1.0\] mm"):
+        read_volume(_nifti(tmp_path / f"flat{suffix}", data, flat_axis=1))

@@ -8,6 +8,7 @@ nibabel use), not SimpleITK's ``(K, J, I)``.
 from __future__ import annotations
 
 import os
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -116,6 +117,39 @@ def _is_dicom_dir(path: Path) -> bool:
     return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
 
 
+def _stored_voxel_size(path: Path) -> list[float] | None:
+    """pixdim[1:4] of a NIfTI-1 header as written (nibabel and ITK both replace zeros by 1 when they read)."""
+    import nibabel as nib
+
+    with nib.openers.ImageOpener(str(path)) as stream:
+        raw = stream.read(108)
+    for order in "<>":
+        if len(raw) == 108 and np.frombuffer(raw[:4], f"{order}i4")[0] == 348:
+            return [float(v) for v in np.frombuffer(raw[80:92], f"{order}f4")]
+    return None  # NIfTI-2 or not a header: left to the readers
+
+
+def _check_nifti(path: Path) -> None:
+    """What SimpleITK's NIfTI reader hides: a file shorter than its header says (read as zeros),
+    non-finite voxels (read as 0) and a zero voxel size (read as 1 mm). nibabel reads the data as stored."""
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+        data = np.asanyarray(image.dataobj)
+    except (EOFError, OSError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as err:
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:120]
+        raise XAIError(f"volume '{path}' is truncated or corrupt ({reason})", "copy or export the file again") from None
+    zooms = _stored_voxel_size(path)
+    if zooms is not None and not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise XAIError(f"the header of '{path}' gives the voxel size {zooms} mm (pixdim)",
+                       "fix the header: every voxel size must be positive")
+    bad = int(np.count_nonzero(~np.isfinite(data))) if data.dtype.kind in "fc" else 0
+    if bad:
+        raise XAIError(f"the input volume '{path}' holds {bad} NaN or infinite voxels",
+                       "fill or mask them before explaining")
+
+
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a NIfTI, NRRD or MHA file, or a folder holding one DICOM series."""
     path = Path(path)
@@ -133,6 +167,8 @@ def read_volume(path: str | os.PathLike) -> Volume:
             reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
             image = reader.Execute()
         else:
+            if path.name.lower().endswith((".nii", ".nii.gz")):
+                _check_nifti(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as err:
         raise XAIError(f"cannot read volume '{path}' ({_sitk_reason(err)})",
