@@ -1,5 +1,8 @@
-"""Method parameters are typed and range-checked from the method's own declaration, before any pass."""
+"""Validation before any pass: method parameters typed and range-checked from their declaration, files read as
+stored, implausible preprocessing refused; and nothing left behind that the next run trips over."""
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -143,3 +146,22 @@ def test_nifti_files_are_read_as_stored_not_as_the_reader_repairs_them(tmp_path,
     assert "\n" not in str(err.value) and hashlib.sha256(cut.read_bytes()).hexdigest() == digest
     with pytest.raises(XAIError, match=r"voxel size \[1.0, 0.0, 1.0\] mm"):
         read_volume(_nifti(tmp_path / f"flat{suffix}", data, flat_axis=1))
+
+
+def test_a_run_killed_while_writing_leaves_nothing_the_next_run_trips_over(tmp_path, demo, positive_case):
+    import subprocess
+    import sys
+
+    from xaiexplain import explain
+    from xaiexplain.io.outputs import STAGING_PREFIX, write_results
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a process id that no longer runs
+    stale = tmp_path / f"{STAGING_PREFIX}{dead.pid}-abc"
+    stale.mkdir()
+    (stale / "gradient.nrrd").write_bytes(b"half written")
+    running = tmp_path / f"{STAGING_PREFIX}{os.getpid()}-xyz"  # a live run's: left alone
+    running.mkdir()
+    results = explain(demo, positive_case.volume, ["gradient"])
+    write_results(tmp_path / "out", positive_case.volume, results, previews=False)
+    assert not stale.exists() and running.exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["gradient.nrrd", "summary.json"]

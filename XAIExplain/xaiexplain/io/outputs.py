@@ -23,12 +23,37 @@ from ..protocol import REGIONS_LABELS_FILE, REGIONS_TABLE_FILE, SUMMARY_FILE, ma
 from .preview import render_preview
 
 
+STAGING_PREFIX = ".xaiexplain-"  # then the writing process' id: a folder whose process is gone is stale
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_staging(folder: Path) -> list[Path]:
+    """Remove staging folders left beside an output folder by runs that were killed while writing."""
+    removed = []
+    for path in folder.glob(f"{STAGING_PREFIX}*"):
+        pid = path.name[len(STAGING_PREFIX):].split("-")[0]
+        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def write_results(out_dir, volume: Volume, attributions: list[Attribution], summary_extra: dict | None = None,
                   previews: bool = True) -> list[Path]:
     """Write every file into a temporary folder beside ``out_dir``, then move them in; on error nothing lands."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".xaiexplain-", dir=out_dir.parent))
+    remove_stale_staging(out_dir.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out_dir.parent))
     try:
         names = []
         for att in attributions:
