@@ -41,6 +41,7 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)
     converted_from: str | None = None  # "torchscript" once with_layers() converted it
     output_kind: str | None = None  # "logits" | "probabilities" (the network ends in softmax/sigmoid); None: detect
+    input_shape: tuple | None = None  # what a .pt2 program was exported for: an int per fixed axis, None per free one
 
     @property
     def has_layers(self) -> bool:
@@ -224,7 +225,8 @@ def _output_kind(value):
     return value
 
 
-def _load_file(path: Path) -> tuple[nn.Module, str, list[str]]:
+def _load_file(path: Path) -> tuple[nn.Module, str, list[str], tuple | None]:
+    """(network, format, notes, the input shape a .pt2 program fixes) of a model file."""
     if path.suffix == ".pt2":
         try:
             program = torch.export.load(str(path))
@@ -235,7 +237,6 @@ def _load_file(path: Path) -> tuple[nn.Module, str, list[str]]:
             warnings.simplefilter("ignore")
             network = torch.export.unflatten(program)
         shape = _static_input_shape(program)
-        network.xaiexplain_input_shape = shape
         notes = []
         if shape and shape[0] is not None:
             if shape[0] != 1:
@@ -244,7 +245,7 @@ def _load_file(path: Path) -> tuple[nn.Module, str, list[str]]:
             # methods run batches (integrated gradients, perturbations): a batch-of-1 program takes them one by one
             network.forward = types.MethodType(_one_at_a_time(network.forward), network)
             notes.append("the program was exported for a batch of 1: batches run one volume at a time")
-        return network, "export", notes
+        return network, "export", notes, shape
     if not zipfile.is_zipfile(path):
         raise XAIError(f"'{path}' is not a TorchScript, .pt2 or bundle model (not a PyTorch archive)",
                        "check the file is complete and in one of these formats")
@@ -252,7 +253,8 @@ def _load_file(path: Path) -> tuple[nn.Module, str, list[str]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.jit.load(str(path), map_location="cpu"), "torchscript", [
-                "TorchScript hides layers from hooks: CAM, guided backprop and DeconvNet are not available"]
+                "TorchScript hides layers from hooks: the layer methods run on its conversion to a torch.export "
+                "program, or refuse"], None
     except RuntimeError:
         pass
     try:
@@ -288,7 +290,7 @@ def _static_input_shape(program) -> tuple | None:
 
 def check_input_shape(model: LoadedModel, x: torch.Tensor) -> None:
     """Refuse, before any pass, a model-space input of another size than a program fixed at export."""
-    fixed = getattr(model.network, "xaiexplain_input_shape", None)
+    fixed = model.input_shape
     if not fixed or len(fixed) != x.ndim:
         return
     wrong = [i for i, (want, have) in enumerate(zip(fixed, x.shape)) if want is not None and want != have and i > 0]
@@ -313,6 +315,7 @@ def load_model(source, *, class_names: list[str] | None = None, in_channels: int
     """
     notes: list[str] = []
     meta: dict = {}
+    input_shape = None
     if isinstance(source, LoadedModel):
         model = source
     else:
@@ -335,13 +338,14 @@ def load_model(source, *, class_names: list[str] | None = None, in_channels: int
                 if info["ignored_transforms"]:
                     notes.append(f"bundle preprocessing steps not reproduced: {', '.join(info['ignored_transforms'])}")
             else:
-                network, fmt, extra = _load_file(path)
+                network, fmt, extra, input_shape = _load_file(path)
                 notes += extra
                 meta = _sidecar(path)
         model = LoadedModel(network, fmt, meta.get("class_names"), meta.get("in_channels"), meta.get("task"),
                             meta.get("preprocessing") if isinstance(meta.get("preprocessing"), PreprocessSpec)
                             else PreprocessSpec.from_dict(meta.get("preprocessing")), where, digest, notes)
         model.output_kind = _output_kind(meta.get("output"))
+        model.input_shape = input_shape
         if model.in_channels is None and model.has_layers:
             model.in_channels = _first_conv_channels(network)
     if class_names is not None:

@@ -22,9 +22,7 @@ import torch.nn.functional as F
 from ..errors import XAIError
 from .backprop import modified_gradient
 from .base import Method, register
-from .machinery.layer_grid import Axes, capture_layer, layer_axes, spatial_layers, upsample
-
-__all__ = ["capture_layer", "spatial_layers", "upsample", "choose_layer", "layer_activations_and_gradients"]
+from .machinery.layer_grid import Axes, capture_layer, layer_axes, upsample
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
