@@ -37,9 +37,9 @@ def test_tiny_benchmark_writes_the_report(tmp_path):
     assert shortcut_cases[0]["marker_drives"]  # the marker alone turns the shortcut model to 'lesion'
     assert result["metric_settings"]["deletion"]["substrate"].startswith("counterfactual")
     written = write_report(result, tmp_path)
-    md = written["markdown"].read_text()
+    md = written["markdown"].read_text(encoding="utf-8")
     assert "## clean model" in md and "## Shortcut test" in md and "| gradcam |" in md
-    assert written["curves"].stat().st_size > 1000 and "<table>" in written["html"].read_text()
+    assert written["curves"].stat().st_size > 1000 and "<table>" in written["html"].read_text(encoding="utf-8")
     rows = list(csv.DictReader(open(written["csv"])))
     assert len(rows) == 2 and "deletion_auc" in rows[0]
     record = json.loads(written["json"].read_text())

@@ -89,7 +89,7 @@ def test_the_benchmark_and_its_report_read_the_registry(peak, tmp_path):
     assert row["map_peak"] > 0 and math.isnan(row["deletion_auc"])
     assert result["aggregates"][0]["map_peak"]["n"] == 1
     assert result["metric_settings"]["map_peak"] == {"scale": 1.0}
-    lines = write_report(result, tmp_path)["markdown"].read_text().splitlines()
+    lines = write_report(result, tmp_path)["markdown"].read_text(encoding="utf-8").splitlines()
     header = lines[lines.index("## clean model") + 2]  # the clean model's headline table
     assert header.startswith("| method |") and "| map peak |" in header
 

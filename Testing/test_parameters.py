@@ -91,9 +91,9 @@ def test_a_method_named_twice_or_by_an_alias_runs_once(demo, positive_case):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"spacing": [0, 0, 0]}, r"spacing \[0, 0, 0\] is not three positive numbers"),
+    ({"spacing": [0, 0, 0]}, r"spacing \[0, 0, 0\] is not three numbers of millimetres above 0"),
     ({"spacing": [1.0, -1.0, 1.0]}, "spacing"), ({"spacing": [1.0, 1.0]}, "spacing"),
-    ({"spatial_size": [64, 64, 0]}, "spatial_size .* positive whole numbers"),
+    ({"spatial_size": [64, 64, 0]}, "spatial_size .* whole numbers of voxels from 1"),
     ({"spatial_size": [64.5, 64, 64]}, "size"),
     ({"orientation": "RAX"}, "orientation 'RAX' is not three axis codes"), ({"orientation": "RRS"}, "orientation"),
 ])

@@ -92,6 +92,11 @@ def _check_conservation(make, target, size=32):
     dl, dinfo, _ = attribute(net, x, "deeplift", target=target, params={"baseline": "blur"})
     assert dinfo["completeness_error"] < 0.01
     assert float(dl.sum()) == pytest.approx(dinfo["score_difference"][0], rel=0.01)
+    # with its biases, on both composites: what the input lacks is all booked where the rules let it go
+    torch.manual_seed(0)
+    for composite in ("epsilon", "epsilon-plus-flat"):
+        _, info, _ = attribute(make().eval(), x, "lrp", target=target, params={"composite": composite})
+        assert info["conservation_error"] < 1e-4, (composite, info["absorbed_by"])
 
 
 @pytest.mark.parametrize("name", list(CLASSIFIERS))
@@ -116,6 +121,8 @@ def test_biases_absorb_a_reported_share(demo, demo_x):
     _, info, _ = attribute(demo, demo_x, "lrp", params={"composite": "epsilon"})
     share = 1 - info["relevance_sum"][0] / info["score"][0]
     assert info["absorbed_share"][0] == pytest.approx(share, abs=1e-6)
+    assert info["absorbed_by"]["epsilon"][0] == pytest.approx(share, abs=1e-5)  # the biases of its epsilon layers
+    assert info["conservation_error"] < 1e-6
     assert info["rules_applied"]["batchnorm-merged"] == 8  # every Conv+BatchNorm pair of the demo model
 
 

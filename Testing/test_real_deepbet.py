@@ -73,8 +73,13 @@ def test_deeplift_sums_to_delta_on_deepbet(maps):
 
 def test_lrp_conserves_relevance_on_deepbet_but_what_its_biases_absorb(maps):
     info = maps["lrp"].info  # deepbet's convolutions have biases: measured 7.4% absorbed, recorded
+    print("LRP on deepbet: absorbed", info["absorbed_by"], "unbooked", info["conservation_error"])
     assert info["completeness_error"] < 0.1
     assert info["absorbed_share"][0] == pytest.approx(info["completeness_error"], abs=1e-6)
+    # every bit of it booked where LRP lets relevance go (a bias, a stabiliser): none lost or made off the rules
+    assert info["conservation_error"] < 1e-4
+    assert sum(shares[0] for shares in info["absorbed_by"].values()) == pytest.approx(info["absorbed_share"][0],
+                                                                                       abs=1e-4)
     assert info["norm_rule"] == "pass" and info["rules_applied"]["pass-norm"] == 34
 
 

@@ -91,7 +91,7 @@ def test_worker_or_in_process_by_cost_and_panel_parameters_from_the_registry(log
     epsilon = logic.parameterField({s["name"]: s for s in logic.methodParameters("lrp")}["epsilon"])
     assert epsilon["kind"] == "float" and epsilon["decimals"] >= 7 and epsilon["low"] == 1e-12  # 0 divides
     baseline = logic.parameterField({s["name"]: s for s in logic.methodParameters("integrated-gradients")}["baseline"])
-    assert baseline == {"kind": "choice", "choices": ["auto", "zeros", "mean", "blur"]}
+    assert baseline == {"kind": "choice", "choices": ["auto", "zeros", "mean", "blur", "uniform"]}
     text = logic.withMethodParameter("", "smoothgrad", "samples", 50)
     text = logic.withMethodParameter(text, "smoothgrad", "gone", 1)  # e.g. saved by another version
     assert logic.methodParametersFromText(text, ["smoothgrad", "gradcam"]) == {"smoothgrad": {"samples": 50}}

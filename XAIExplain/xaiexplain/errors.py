@@ -29,3 +29,6 @@ def _rebuild(line: str) -> XAIError:
     error.line = line
     Exception.__init__(error, line)
     return error
+
+
+CANCELLED = "cancelled: no output was written"  # what Ctrl-C says, at any moment of a command

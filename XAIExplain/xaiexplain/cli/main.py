@@ -5,20 +5,27 @@ import argparse
 import json
 import signal
 import sys
+import warnings
+from contextlib import contextmanager
 
 from .. import __version__
-from ..errors import XAIError
+from ..errors import CANCELLED, XAIError
 from .progress import ProgressBar, ProgressLines
 
+EVALUATION_FILES = ("evaluation.json", "evaluation.csv")
+OVERWRITE_HELP = "replace the results a previous run left in --out (without it, such a folder is refused)"
 
-def _parse_params(items: list[str]) -> dict:
-    """``--param smoothgrad.samples=50`` -> {'smoothgrad': {'samples': 50}} (values read as JSON if they parse)."""
+
+def _parse_params(items: list[str], flag: str = "--param") -> dict:
+    """``--param smoothgrad.samples=50`` -> {'smoothgrad': {'samples': 50}} (values read as JSON if they parse);
+    ``flag='--setting'`` reads metric settings alike."""
     params: dict = {}
+    owner, example = ("METRIC", "deletion.steps=20") if flag == "--setting" else ("METHOD", "smoothgrad.samples=50")
     for item in items or []:
         key, sep, value = item.partition("=")
         method, dot, name = key.partition(".")
         if not sep or not dot:
-            raise XAIError(f"cannot read --param '{item}'", "write it as METHOD.NAME=VALUE, e.g. smoothgrad.samples=50")
+            raise XAIError(f"cannot read {flag} '{item}'", f"write it as {owner}.NAME=VALUE, e.g. {example}")
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
@@ -37,14 +44,19 @@ def _preprocessing_overrides(args) -> dict:
         out["spatial_size"] = args.size
     if args.intensity:
         kind, _, rest = args.intensity.partition(":")
-        values = [float(v) for v in rest.split(",")] if rest else []
-        if kind == "range" and len(values) == 4:
+        try:
+            values = [float(v) for v in rest.split(",")] if rest else []
+        except ValueError:
+            values = None  # refused below, with the forms that work
+        if values is None:
+            pass
+        elif kind == "range" and len(values) == 4:
             out["intensity"] = {"kind": "range", "a_min": values[0], "a_max": values[1], "b_min": values[2], "b_max": values[3]}
         elif kind == "percentiles" and len(values) == 2:
             out["intensity"] = {"kind": "percentiles", "lower": values[0], "upper": values[1], "b_min": 0.0, "b_max": 1.0}
         elif kind == "zscore" and not values:
             out["intensity"] = {"kind": "zscore"}
-        else:
+        if "intensity" not in out:
             raise XAIError(f"cannot read --intensity '{args.intensity}'",
                            "use range:AMIN,AMAX,BMIN,BMAX or percentiles:LOW,HIGH or zscore")
     return out
@@ -55,17 +67,16 @@ def _regions(args, volume):
     from ..regions import harvard_oxford_regions, label_regions, supervoxel_regions
 
     given = [flag for flag, value in (("--atlas", args.atlas), ("--regions", args.regions),
-                                      ("--supervoxels", args.supervoxels)) if value]
+                                      ("--supervoxels", args.supervoxels)) if value is not None]
     if len(given) > 1:
         raise XAIError(f"{' and '.join(given)} both name regions", "give only one region source")
     if args.region_names and not args.regions:
         raise XAIError("--region-names needs --regions", "give the label volume with --regions LABELS")
     if args.atlas:
-        return harvard_oxford_regions(volume, registration=args.registration, threshold=args.atlas_threshold,
-                                      seed=args.seed)
+        return harvard_oxford_regions(volume, registration=args.registration, threshold=args.atlas_threshold)
     if args.regions:
         return label_regions(args.regions, args.region_names, volume)
-    if args.supervoxels:
+    if args.supervoxels is not None:
         return supervoxel_regions(volume, n_segments=args.supervoxels)
     return None
 
@@ -90,8 +101,9 @@ def cmd_explain(args) -> int:
     from ..core.explain import explain
     from ..core.result import warning_text
     from ..core.volume import read_volume
-    from ..io.outputs import write_results
+    from ..io.outputs import check_output_folder, write_results
 
+    check_output_folder(args.out, overwrite=args.overwrite)
     volumes = [read_volume(path) for path in args.input]
     bar = ProgressLines() if args.progress_lines else ProgressBar(not args.quiet)
     try:
@@ -105,7 +117,7 @@ def cmd_explain(args) -> int:
         bar.close()
     written = write_results(args.out, volumes[0], results, {"inputs": [str(p) for p in args.input],
                                                         "command": " ".join(sys.argv)},
-                            previews=not args.no_previews)
+                            previews=not args.no_previews, overwrite=args.overwrite)
     pred = results[0].prediction
     if pred["task"] == "classification":
         print(f"prediction: {pred['predicted_name']} (p={max(pred['probabilities']):.3f})")
@@ -157,11 +169,11 @@ def cmd_demo(args) -> int:
         if args.real:
             from ..real.demo import run_real_demo
             run_real_demo(args.out or "demo-real-output", methods=args.method or None, device=args.device,
-                          progress=bar)
+                          progress=bar, overwrite=args.overwrite)
         else:
             from ..synthlesion.demo import run_demo
             run_demo(args.out or "demo-output", seed=args.seed, methods=args.method or None, device=args.device,
-                     progress=bar)
+                     progress=bar, overwrite=args.overwrite)
     finally:
         bar.close()
     return 0
@@ -171,21 +183,24 @@ def cmd_evaluate(args) -> int:
     import csv
     from pathlib import Path
 
+    from ..io.outputs import check_output_folder
     from ..metrics.evaluate import evaluate_volumes, summary_row
 
+    check_output_folder(args.out, EVALUATION_FILES, overwrite=args.overwrite)
     bar = ProgressBar(not args.quiet)
     try:
         records = evaluate_volumes(args.model, args.input, args.method, target=args.target, mask=args.mask,
                                    substrate=args.substrate, metrics=args.metric, params=_parse_params(args.param),
-                                   settings=_parse_params(args.setting), seed=args.seed, device=args.device,
-                                   progress=bar)
+                                   settings=_parse_params(args.setting, "--setting"), seed=args.seed,
+                                   device=args.device, progress=bar)
     finally:
         bar.close()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps({"command": " ".join(sys.argv), "records": records}, indent=1))
+    (out / EVALUATION_FILES[0]).write_text(json.dumps({"command": " ".join(sys.argv), "records": records}, indent=1),
+                                           encoding="utf-8")
     rows = [summary_row(r) for r in records]
-    with open(out / "evaluation.csv", "w", newline="") as f:
+    with open(out / EVALUATION_FILES[1], "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -202,9 +217,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
+    from ..io.outputs import check_output_folder
     from ..synthlesion.benchmark import run_benchmark
-    from ..synthlesion.report import write_report
+    from ..synthlesion.report import REPORT_FILES, write_report
 
+    check_output_folder(args.out, REPORT_FILES.values(), overwrite=args.overwrite)
     bar = ProgressBar(not args.quiet)
     try:
         result = run_benchmark(args.cases, methods=args.method, marked_cases=args.marked_cases, full=args.full,
@@ -212,21 +229,46 @@ def cmd_benchmark(args) -> int:
     finally:
         bar.close()
     written = write_report(result, args.out)
-    print(written["markdown"].read_text())
+    print(written["markdown"].read_text(encoding="utf-8"))
     print(f"wrote {', '.join(p.name for p in written.values())} to {args.out}")
     return 0
 
 
+def _case_arguments(parser) -> None:
+    """What explain and evaluate both take: the model, the input channels, the methods, the target."""
+    parser.add_argument("--model", required=True, help="TorchScript file, .pt2 program or MONAI bundle folder")
+    parser.add_argument("--input", required=True, action="append",
+                        help="volume file or DICOM folder (repeat for channels)")
+    parser.add_argument("--method", action="append", required=True, help="method name (repeat for several)")
+    parser.add_argument("--target", help="class index or name (default: the predicted class)")
+
+
+def _run_arguments(parser) -> None:
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a malformed command line is one line (what is wrong, and where the usage is), not the
+    whole usage text; subcommands' parsers are made of this class too."""
+
+    def error(self, message):
+        raise XAIError(f"{self.prog}: {message}", f"see: {self.prog} --help")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xaiexplain", description="Explain 3D medical-imaging models.")
+    parser = _Parser(prog="xaiexplain", description="Explain 3D medical-imaging models.")
     parser.add_argument("--version", action="version", version=f"xaiexplain {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    common = _Parser(add_help=False)
+    common.add_argument("--verbose", action="store_true",
+                        help="let the libraries' own warnings and logs (torch, ITK) through to the terminal")
 
-    ex = sub.add_parser("explain", help="compute attribution maps for one case")
-    ex.add_argument("--model", required=True, help="TorchScript file, .pt2 program or MONAI bundle folder")
-    ex.add_argument("--input", required=True, action="append", help="volume file or DICOM folder (repeat for channels)")
-    ex.add_argument("--method", action="append", required=True, help="method name (repeat for several)")
-    ex.add_argument("--target", help="class index or name (default: the predicted class)")
+    ex = sub.add_parser("explain", parents=[common], help="compute attribution maps for one case")
+    _case_arguments(ex)
     ex.add_argument("--versus", help="second class: explain target minus versus")
     ex.add_argument("--roi", help="mask on the input grid (segmentation models), or 'predicted'")
     ex.add_argument("--reference", action="append", default=[], metavar="FILE",
@@ -245,25 +287,24 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--region-names", help="names of the --regions labels: CSV (id,name) or Slicer colour table")
     ex.add_argument("--supervoxels", type=int, help="use this many 3D SLIC supervoxels as regions")
     ex.add_argument("--baseline", help="what perturbations put in: zeros, mean, blur, or a reference volume file")
-    ex.add_argument("--seed", type=int, default=0)
-    ex.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
-    ex.add_argument("--out", required=True, help="output folder")
-    ex.add_argument("--quiet", action="store_true", help="no progress bar")
+    _run_arguments(ex)
     ex.add_argument("--progress-lines", action="store_true",
                     help="report progress as 'xaiexplain-progress {\"fraction\": F, \"message\": M}' lines on stdout")
     ex.add_argument("--no-previews", action="store_true", help="do not write the PNG previews")
     ex.set_defaults(func=cmd_explain)
 
-    me = sub.add_parser("methods", help="list the registered methods")
+    me = sub.add_parser("methods", parents=[common], help="list the registered methods")
     me.add_argument("--json", action="store_true")
     me.set_defaults(func=cmd_methods)
 
-    mt = sub.add_parser("metrics", help="list the registered metrics: property, cost in passes, settings")
+    mt = sub.add_parser("metrics", parents=[common],
+                        help="list the registered metrics: property, cost in passes, settings")
     mt.add_argument("--json", action="store_true")
     mt.set_defaults(func=cmd_metrics)
 
-    de = sub.add_parser("demo", help="generate a SynthLesion case and explain the demo model on it; with --real, "
-                                     "a real trained network (deepbet) on a real head scan (Colin27)")
+    de = sub.add_parser("demo", parents=[common],
+                        help="generate a SynthLesion case and explain the demo model on it; with --real, "
+                             "a real trained network (deepbet) on a real head scan (Colin27)")
     de.add_argument("--real", action="store_true",
                     help="deepbet's brain-extraction network on Colin27, its mask checked against ch2bet (needs "
                          "pip install deepbet --no-deps and Debian's mricron-data)")
@@ -272,25 +313,22 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--method", action="append", help="methods (default: every gradient, CAM and propagation method)")
     de.add_argument("--device", default="auto")
     de.add_argument("--quiet", action="store_true")
+    de.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     de.set_defaults(func=cmd_demo)
 
-    ev = sub.add_parser("evaluate", help="measure the quality of maps: correctness, compactness, coherence, ...")
-    ev.add_argument("--model", required=True, help="TorchScript file, .pt2 program or MONAI bundle folder")
-    ev.add_argument("--input", required=True, action="append", help="volume file (repeat for channels)")
-    ev.add_argument("--method", action="append", required=True, help="method name (repeat for several)")
-    ev.add_argument("--target", help="class index or name (default: the predicted class)")
+    ev = sub.add_parser("evaluate", parents=[common],
+                        help="measure the quality of maps: correctness, compactness, coherence, ...")
+    _case_arguments(ev)
     ev.add_argument("--mask", help="ground-truth mask on the input grid (coherence metrics)")
     ev.add_argument("--substrate", help="deletion/insertion substrate: blur (default), constant, or a volume file")
     ev.add_argument("--metric", action="append", help="metric name (repeat; default: all)")
     ev.add_argument("--param", action="append", help="METHOD.NAME=VALUE, e.g. integrated-gradients.steps=16")
     ev.add_argument("--setting", action="append", help="METRIC.NAME=VALUE, e.g. deletion.steps=20")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--device", default="auto")
-    ev.add_argument("--out", required=True, help="output folder")
-    ev.add_argument("--quiet", action="store_true")
+    _run_arguments(ev)
     ev.set_defaults(func=cmd_evaluate)
 
-    be = sub.add_parser("benchmark", help="SynthLesion benchmark of every method and metric, both demo models")
+    be = sub.add_parser("benchmark", parents=[common],
+                        help="SynthLesion benchmark of every method and metric, both demo models")
     be.add_argument("--cases", type=int, default=2, help="SynthLesion positives per model (default 2)")
     be.add_argument("--marked-cases", type=int, help="marked positives for the shortcut test (default: --cases)")
     be.add_argument("--method", action="append", help="methods (default: every registered method)")
@@ -298,21 +336,50 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--device", default="cpu")
     be.add_argument("--out", default="benchmark-report")
     be.add_argument("--quiet", action="store_true")
+    be.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     be.set_defaults(func=cmd_benchmark)
     return parser
 
 
+@contextmanager
+def _library_noise(verbose: bool):
+    """Libraries' own console output (torch's logged tracebacks for a corrupt .pt2, ITK's C++ warnings for a
+    folder without DICOM, Python warnings) kept off the terminal unless ``--verbose``: the command's own
+    one-line error says what is wrong. Restored afterwards (main() also runs inside tests and notebooks)."""
+    if verbose:
+        yield
+        return
+    import logging
+
+    import SimpleITK as sitk
+    import torch  # noqa: F401 (importing torch sets its loggers' levels: set ours after it)
+
+    loggers = [logging.getLogger(name) for name in ("torch", "nibabel")]  # nibabel: e.g. "setting 0 dims to 1"
+    levels, itk_warnings = [log.level for log in loggers], sitk.ProcessObject.GetGlobalWarningDisplay()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for log in loggers:
+            log.setLevel(logging.ERROR)
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        try:
+            yield
+        finally:
+            for log, level in zip(loggers, levels):
+                log.setLevel(level)
+            sitk.ProcessObject.SetGlobalWarningDisplay(itk_warnings)
+
+
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return args.func(args)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here a stop goes through the finally blocks
+        args = build_parser().parse_args(argv)
+        with _library_noise(getattr(args, "verbose", False)):
+            return args.func(args)
     except XAIError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("cancelled: no output was written", file=sys.stderr)
+        print(CANCELLED, file=sys.stderr)
         return 130
 
 

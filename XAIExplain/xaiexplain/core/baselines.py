@@ -2,8 +2,12 @@
 
 Integrated gradients and DeepLIFT start their paths from a baseline, the perturbation
 methods put it into occluded voxels, and the deletion/insertion metrics into removed ones.
-A baseline is a name ('auto', 'zeros', 'mean', 'blur') or a reference volume: given on the input's
-grid, it goes into model space with the case's own preprocessing (see ``core.case``).
+A baseline is a name ('auto', 'zeros', 'mean', 'blur', 'uniform') or a reference volume: given on
+the input's grid, it goes into model space with the case's own preprocessing (see ``core.case``).
+'uniform' is noise, uniform between each channel's minimum and maximum, drawn with a fixed seed
+(UNIFORM_SEED) so that a run's baseline can be made again from its input: a baseline with no
+structure left at all (Sturmfels et al. 2020), where a blurred head is still a head to a network
+that has learnt low-frequency context (HD-BET: see the README's real-models section).
 
 A baseline can be one the network cannot see. Instance-normalised networks (deepbet, HD-BET,
 nnU-Net) are scale-invariant, f(a x) = f(x) for a > 0: the path a x from zeros is flat, so
@@ -20,7 +24,8 @@ import torch
 from ..errors import XAIError
 
 AUTO = "auto"  # zeros where the network sees it, else blur (a method with a network to probe decides)
-BASELINES = (AUTO, "zeros", "mean", "blur")
+BASELINES = (AUTO, "zeros", "mean", "blur", "uniform")
+UNIFORM_SEED = 0
 COMPLETENESS_TOLERANCE = 0.1  # a relative completeness error above this is warned
 INVARIANCE_TOLERANCE = 0.01  # halving the input changes the score by less than this share: scale-invariant
 UNINFORMATIVE = 0.01  # score(x) - score(baseline) under this share of |score(x)|: nothing left to explain
@@ -62,7 +67,10 @@ def baseline_for(x: torch.Tensor, baseline) -> torch.Tensor:
             return x.flatten(2).mean(2).view(*x.shape[:2], *([1] * (x.ndim - 2))).expand_as(x).clone()
         if baseline in ("blur", AUTO):
             return gaussian_blur(x)
-        raise XAIError(f"unknown baseline '{baseline}'", "use auto, zeros, mean, blur, or pass a reference volume")
+        if baseline == "uniform":
+            return uniform_noise(x)
+        raise XAIError(f"unknown baseline '{baseline}'",
+                       "use auto, zeros, mean, blur, uniform, or pass a reference volume")
     base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
     if base.shape != x.shape:
         base = base.expand_as(x) if base.ndim == x.ndim - 1 else base
@@ -70,6 +78,16 @@ def baseline_for(x: torch.Tensor, baseline) -> torch.Tensor:
         raise XAIError(f"baseline shape {tuple(base.shape)} differs from the input {tuple(x.shape)}",
                        "give a reference volume on the input's grid")
     return base
+
+
+def uniform_noise(x: torch.Tensor) -> torch.Tensor:
+    """Noise uniform between each channel's minimum and maximum (per sample), the same for the same input."""
+    generator = torch.Generator().manual_seed(UNIFORM_SEED)
+    noise = torch.rand(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
+    flat = x.flatten(2)
+    low = flat.amin(2).view(*x.shape[:2], *([1] * (x.ndim - 2)))
+    high = flat.amax(2).view(*x.shape[:2], *([1] * (x.ndim - 2)))
+    return low + (high - low) * noise
 
 
 def describe_baseline(kind) -> str:

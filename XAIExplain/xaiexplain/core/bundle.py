@@ -67,8 +67,8 @@ def write_bundle(folder, model: torch.nn.Module, network_target: str, network_ar
         },
         "xaiexplain": {"preprocessing": spec.to_dict(), **(extra or {})},
     }
-    (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=2) + "\n")
-    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+    (folder / "configs" / "inference.json").write_text(json.dumps(inference, indent=2) + "\n", encoding="utf-8")
+    (folder / "configs" / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return folder
 
 
@@ -108,8 +108,8 @@ def read_bundle(folder) -> dict:
         raise XAIError(f"'{folder}' is not a MONAI bundle (configs/metadata.json and configs/inference.json missing)",
                        "point to the bundle's root folder")
     try:
-        metadata = json.loads(meta_file.read_text())
-        config = json.loads(config_file.read_text())
+        metadata = json.loads(meta_file.read_text(encoding="utf-8"))
+        config = json.loads(config_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise XAIError(f"bundle config in '{folder}' is not valid JSON ({err.msg}, line {err.lineno})",
                        "repair or re-download the bundle") from None

@@ -78,8 +78,10 @@ class PreparedCase:
         if not ref.same_grid(self.volume):
             ref = resample_to(ref, self.volume)
             self._note("a reference volume was resampled (linear) onto the input grid")
-        if not np.isfinite(ref.array).all():
-            raise XAIError("a reference volume holds NaN or infinite voxels", "fill or mask them first")
+        bad = int((~np.isfinite(ref.array)).sum())
+        if bad:
+            where = f" '{item}'" if isinstance(item, (str, os.PathLike)) else ""
+            raise XAIError(f"the reference volume{where} holds {bad} NaN or infinite voxels", "fill or mask them first")
         return ref
 
     def _note(self, note: str) -> None:
@@ -105,7 +107,8 @@ def check_volume(volume: Volume, model: LoadedModel) -> None:
     """Refuse inputs no method can explain: non-finite voxels, a constant volume, the wrong channel count."""
     bad = int((~np.isfinite(volume.array)).sum())
     if bad:
-        raise XAIError(f"the input volume holds {bad} NaN or infinite voxels", "fill or mask them before explaining")
+        raise XAIError(f"the input volume ({', '.join(volume.channel_names)}) holds {bad} NaN or infinite voxels",
+                       "fill or mask them before explaining")
     if float(volume.array.max()) == float(volume.array.min()):
         raise XAIError(f"the input volume is constant (every voxel is {float(volume.array.flat[0]):g})",
                        "check the file: a blank volume has nothing to explain")
@@ -115,7 +118,7 @@ def check_volume(volume: Volume, model: LoadedModel) -> None:
 
 
 def prepare_case(model, inputs, *, preprocessing: dict | None = None, roi=None, regions=None, region_names=None,
-                 references=None, needs_regions: bool = False, seed: int = 0, device="auto") -> PreparedCase:
+                 references=None, needs_regions: bool = False, device="auto") -> PreparedCase:
     """Check ``inputs`` against ``model`` and move them, and everything that goes with them, into model space.
 
     ``model``: a path, ``nn.Module`` or :class:`LoadedModel`; ``inputs``: a path or Volume, or a list of
@@ -136,7 +139,7 @@ def prepare_case(model, inputs, *, preprocessing: dict | None = None, roi=None, 
     case = PreparedCase(loaded, volume, spec, pre, pre.forward(volume)[None].to(loaded.device), notes)
     check_input_shape(loaded, case.x)
     if regions is not None:
-        case.regions = resolve_regions(regions, region_names, volume, seed=seed)
+        case.regions = resolve_regions(regions, region_names, volume)
     elif needs_regions:
         case.regions = supervoxel_regions(volume)
         notes.append("no regions were given: the region methods scored SLIC supervoxels of the volume")

@@ -7,11 +7,11 @@ import torch
 
 from ..errors import XAIError
 from ..methods import Context, get_method
-from ..methods.base import forward_equivalents
 from .case import PreparedCase, prepare_case
 from .models import LoadedModel, evaluation_mode, load_model, prediction
 from .provenance import versions
 from .result import Attribution
+from .timing import PassTimes, check_memory
 from .targets import ClassTarget, ContrastTarget, SegmentationTarget
 
 
@@ -88,6 +88,11 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     if not chosen:
         raise XAIError("no method was given", "choose at least one (see: xaiexplain methods)")
     params = {get_method(k).name: v for k, v in (params or {}).items()}
+    idle = [name for name in params if name not in {m.name for m in chosen}]
+    if idle:
+        raise XAIError(f"parameters were given for {', '.join(idle)}, which is not among the chosen methods "
+                       f"({', '.join(m.name for m in chosen)})", "choose that method too, or drop its parameters")
+    check_seed(seed)
     if isinstance(inputs, PreparedCase):
         case = inputs
         _check_case(case, model, chosen, preprocessing=preprocessing, roi=roi, regions=regions,
@@ -98,7 +103,7 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
         _check_methods(chosen, params)
         case = prepare_case(loaded, inputs, preprocessing=preprocessing, roi=roi, regions=regions,
                             region_names=region_names, references=references,
-                            needs_regions=any(m.needs_regions for m in chosen), seed=seed, device=device)
+                            needs_regions=any(m.needs_regions for m in chosen), device=device)
     loaded = case.model
     if any(m.needs_layers for m in chosen):
         loaded.with_layers(case.x)  # a TorchScript network converted once, before any method runs
@@ -111,15 +116,19 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     resolved = _target(target, versus, case.roi_model, logits, loaded.class_names)
     predicted = prediction(logits, loaded.class_names, loaded.output_kind)
     target_info = resolved.describe(logits, loaded.class_names)
+    for method in chosen:
+        if isinstance(resolved, SegmentationTarget) and not method.segmentation:
+            raise XAIError(f"method '{method.name}' does not apply to segmentation targets",
+                           "choose gradcam or a gradient method")
+    all_params = [method.params(params.get(method.name)) for method in chosen]
+    costs = [m.estimate(p, tuple(case.x.shape[2:]), case.n_regions) for m, p in zip(chosen, all_params)]
+    times = PassTimes.measure(case, chosen, forward_seconds, costs, resolved, logits)
+    for method, chosen_params in zip(chosen, all_params):
+        check_memory(method, chosen_params, times, case.device)
     results = []
     with evaluation_mode(loaded):
-        for number, method in enumerate(chosen):
-            if isinstance(resolved, SegmentationTarget) and not method.segmentation:
-                raise XAIError(f"method '{method.name}' does not apply to segmentation targets",
-                               "choose gradcam or a gradient method")
-            chosen_params = method.params(params.get(method.name))
-            cost = method.estimate(chosen_params, tuple(case.x.shape[2:]), case.n_regions)
-            estimate = forward_seconds * forward_equivalents(cost)
+        for number, (method, chosen_params, cost) in enumerate(zip(chosen, all_params, costs)):
+            estimate = times.seconds(method, cost, loaded, case.device)
 
             def report(fraction, message, number=number):
                 if progress is not None:
@@ -136,10 +145,17 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
                 params={**chosen_params, **recorded_params.get(method.name, {})}, target=target_info,
                 prediction=predicted,
                 timings={"seconds": round(seconds, 4), "estimated_seconds": round(estimate, 4),
-                         "forward_seconds": round(forward_seconds, 4), **ctx.passes},
+                         "forward_seconds": round(times.forward, 4), **ctx.passes},
                 versions=versions(), seed=seed, model={**loaded.describe(), "device": str(case.device)})))
             report(1.0, f"{method.name}: done in {seconds:.2f} s")
     return results
+
+
+def check_seed(seed) -> int:
+    """A seed numpy and torch both take: a whole number from 0 to 2**32 - 1."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 32:
+        raise XAIError(f"seed {seed!r} is not a whole number from 0 to 2**32 - 1", "give such a seed, e.g. 0")
+    return seed
 
 
 def _check_methods(chosen, params: dict) -> None:
@@ -179,6 +195,11 @@ def _on_input_grid(case: PreparedCase, method, maps, info: dict, result: Attribu
             for row in table:
                 row[column] = values.get(row["id"], float("nan"))
         info["regions"] = case.regions.describe()
+        if case.regions.info.get("warning"):  # e.g. a poor atlas registration: said wherever the table is shown
+            info["warnings"] = [*info.get("warnings", []), {
+                "method": method.name, "code": "poor-registration", "message": case.regions.info["warning"],
+                "fix": "look at the regions over the image (regions.nrrd) before trusting their names, or give "
+                       "your own --regions"}]
         result.regions, result.region_labels = table, case.regions.labels
     result.map = volume.with_array(total, [method.name])
     result.channel_maps = volume.with_array(back, list(volume.channel_names)) if back.shape[0] > 1 else None

@@ -179,7 +179,12 @@ def prediction(logits: torch.Tensor, class_names, output_kind: str | None = "log
 def resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise XAIError(f"unknown device '{device}'", "use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise XAIError(f"device '{device}' is not one XAIExplain runs on", "use auto, cpu, cuda or cuda:N")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise XAIError("a GPU was requested but PyTorch sees none", "use --device cpu or auto")
     return device
@@ -209,7 +214,7 @@ def _sidecar(path: Path) -> dict:
     if not side.exists():
         return {}
     try:
-        meta = json.loads(side.read_text())
+        meta = json.loads(side.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise XAIError(f"model metadata '{side}' is not valid JSON ({err.msg})", "fix or remove the file") from None
     unknown = sorted(set(meta) - set(SIDECAR_KEYS)) if isinstance(meta, dict) else ["(not an object)"]

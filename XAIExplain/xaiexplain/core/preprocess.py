@@ -77,17 +77,23 @@ def intensity_transform(intensity: dict | None):
     return NormalizeIntensity(nonzero=intensity["nonzero"], channel_wise=True)
 
 
+MAX_SPACING_MM = 100.0  # coarser than this is no scan's voxel
+MAX_SIZE = 4096  # voxels per axis: more would not fit in any memory as a 3-D float volume
+
+
 def _check_geometry(spec: PreprocessSpec) -> None:
-    """Three positive spacings, three positive sizes, three axis codes naming each axis once."""
-    for key, value, whole in (("spacing", spec.spacing, False), ("spatial_size", spec.spatial_size, True)):
+    """Three plausible spacings and sizes, three axis codes naming each axis once."""
+    for key, value, whole, top in (("spacing", spec.spacing, False, MAX_SPACING_MM),
+                                   ("spatial_size", spec.spatial_size, True, MAX_SIZE)):
         if value is None:
             continue
         numbers = list(value) if isinstance(value, (list, tuple)) else []
         good = len(numbers) == 3 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and v > 0
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) and 0 < v <= top
             and (not whole or float(v) == int(v)) for v in numbers)
         if not good:
-            kind = "positive whole numbers of voxels" if whole else "positive numbers of millimetres"
+            kind = (f"whole numbers of voxels from 1 to {top}" if whole
+                    else f"numbers of millimetres above 0 and up to {top:g}")
             raise XAIError(f"preprocessing {key} {value!r} is not three {kind}",
                            f"give three, e.g. --{'size 128 128 128' if whole else 'spacing 1.5 1.5 1.5'}")
     if spec.orientation is not None:

@@ -150,6 +150,81 @@ def _check_nifti(path: Path) -> None:
                        "fill or mask them before explaining")
 
 
+UNCOMPRESSED_DICOM = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}  # transfer syntaxes
+
+
+def _check_dicom_series(folder: Path, files) -> None:
+    """What ITK's series reader lets through: a slice file cut short (read as it is), and a gap in the
+    series (a missing slice: read as if the slices were evenly spaced). Headers only; no pixel data read."""
+    positions = []
+    for name in files:
+        reader = _header(name)
+        syntax = reader.GetMetaData("0002|0010").strip(" \0") if reader.HasMetaDataKey("0002|0010") else ""
+        if syntax in UNCOMPRESSED_DICOM:
+            needed, size = _pixel_data_end(Path(name)), os.path.getsize(name)
+            if needed is not None and size < needed:
+                raise XAIError(f"the DICOM file '{name}' is truncated ({size} bytes; its pixel data ends at byte "
+                               f"{needed})", "copy or export the series again")
+        positions.append(reader.GetOrigin())
+    for other in sorted(set(map(str, folder.iterdir())) - set(files)):  # a file GDCM passed over: unreadable?
+        with open(other, "rb") as fh:
+            if fh.read(132)[128:] != b"DICM":
+                continue
+        try:
+            _header(other)
+        except RuntimeError as err:
+            raise XAIError(f"the DICOM file '{other}' is truncated or corrupt ({_sitk_reason(err)})",
+                           "copy or export the series again") from None
+    if len(positions) < 3:
+        return
+    normal = np.cross(*np.array(reader.GetDirection()).reshape(3, 3).T[:2])
+    gaps = np.diff(np.sort(np.asarray(positions) @ normal))
+    typical = float(np.median(gaps))
+    worst = int(np.argmax(np.abs(gaps - typical)))
+    if typical <= 0 or abs(gaps[worst] - typical) > 0.01 * typical + 1e-3:
+        raise XAIError(f"the DICOM series in '{folder}' is not evenly spaced: slices {worst + 1} and {worst + 2} (of "
+                       f"{len(positions)}) are {gaps[worst]:.3g} mm apart, the others {typical:.3g} mm (a missing "
+                       "or repeated slice?)", "export the complete series")
+
+
+def _header(path: str) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    return reader
+
+
+def _pixel_data_end(path: Path) -> int | None:
+    """Where an uncompressed DICOM file's pixel data element (7FE0,0010) says it ends; None if not found."""
+    data = path.read_bytes()
+    at = data.rfind(b"\xe0\x7f\x10\x00")
+    if at < 0:
+        return None
+    explicit = data[at + 4:at + 6] in (b"OW", b"OB")  # explicit VR: 2 bytes VR, 2 reserved, 4 length
+    start = at + (12 if explicit else 8)
+    length = int(np.frombuffer(data[start - 4:start], "<u4")[0]) if len(data) >= start else 0
+    return None if length == 0xFFFFFFFF else start + length
+
+
+MAX_VOXEL_MM = 100.0  # a header with a coarser voxel than this is wrong (units, a broken converter)
+
+
+def _check_header_geometry(path: Path, image: sitk.Image) -> None:
+    """Refuse what no scan has: voxel sizes that are not finite and positive or over MAX_VOXEL_MM, an origin
+    that is not finite, axis directions that do not span 3-D space (the physical grid would be meaningless)."""
+    spacing, origin = np.array(image.GetSpacing()[:3]), np.array(image.GetOrigin()[:3])
+    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0) and np.all(spacing <= MAX_VOXEL_MM)):
+        raise XAIError(f"the header of '{path}' gives the voxel size {spacing.round(6).tolist()} mm",
+                       f"fix the header: each voxel size must be above 0 and at most {MAX_VOXEL_MM:g} mm")
+    if not np.all(np.isfinite(origin)):
+        raise XAIError(f"the header of '{path}' gives the origin {origin.tolist()}", "fix the header's origin")
+    if image.GetDimension() >= 3:
+        direction = np.array(image.GetDirection()).reshape(image.GetDimension(), -1)[:3, :3]
+        if not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < 1e-3:
+            raise XAIError(f"the header of '{path}' gives axis directions that do not span 3-D space "
+                           f"({direction.round(3).tolist()})", "fix the header's orientation (direction cosines)")
+
+
 def read_volume(path: str | os.PathLike) -> Volume:
     """Read a NIfTI, NRRD or MHA file, or a folder holding one DICOM series."""
     path = Path(path)
@@ -158,21 +233,34 @@ def read_volume(path: str | os.PathLike) -> Volume:
     try:
         if path.is_dir():
             if not _is_dicom_dir(path):
-                raise XAIError(f"folder '{path}' holds no DICOM series", "point to a DICOM series folder or a volume file")
+                raise XAIError(f"folder '{path}' holds no DICOM series",
+                               "point to a DICOM series folder or a volume file")
             series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
             if len(series) > 1:
                 raise XAIError(f"folder '{path}' holds {len(series)} DICOM series",
                                "put each series in its own folder")
+            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])
+            _check_dicom_series(path, files)
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0]))
+            reader.SetFileNames(files)
             image = reader.Execute()
         else:
             if path.name.lower().endswith((".nii", ".nii.gz")):
                 _check_nifti(path)
             image = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        raise XAIError(f"cannot read volume '{path}' ({_sitk_reason(err)})",
+        reason = _sitk_reason(err)
+        if "Bad direction" in str(err):  # ITK: the header's axis directions are degenerate
+            raise XAIError(f"the header of '{path}' gives axis directions that do not span 3-D space (determinant 0)",
+                           "fix the header's orientation (direction cosines, NRRD 'space directions')") from None
+        if "Refusing to change spacing" in reason:  # ITK's words for a zero or negative voxel size in a header
+            given = reason.split("to ")[-1]
+            raise XAIError(f"the header of '{path}' gives a voxel size that is not positive ({given} mm: NRRD "
+                           "'space directions' / 'spacings')", "fix the header: every voxel size must be positive"
+                           ) from None
+        raise XAIError(f"cannot read volume '{path}' ({reason})",
                        "give a NIfTI, NRRD, MHA file or a DICOM series folder") from None
+    _check_header_geometry(path, image)
     if image.GetDimension() == 2 or (image.GetDimension() == 3 and 1 in image.GetSize()[:3]):
         raise XAIError(f"'{path}' is a 2-D image {image.GetSize()}", "XAIExplain needs a 3-D volume")
     if image.GetDimension() == 4:

@@ -47,10 +47,50 @@ def remove_stale_staging(folder: Path) -> list[Path]:
     return removed
 
 
-def write_results(out_dir, volume: Volume, attributions: list[Attribution], summary_extra: dict | None = None,
-                  previews: bool = True) -> list[Path]:
-    """Write every file into a temporary folder beside ``out_dir``, then move them in; on error nothing lands."""
+def check_output_folder(out_dir, files=(), overwrite: bool = False) -> list[Path]:
+    """Refuse, before any computation, an output folder that cannot take the results, or that already holds some.
+
+    ``files``: the names the run writes. A folder holding results (a ``summary.json`` and the files it lists,
+    or any of ``files``) is refused unless ``overwrite``; returns those files (replaced, with ``overwrite``)."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise XAIError(f"the output folder {out_dir} is a file", "give a folder path (it is created if missing)")
+    existing = next(p for p in [out_dir, *out_dir.parents] if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise XAIError(f"cannot write the output folder {out_dir}: {existing} is not a writable folder",
+                       "choose a folder you can write to")
+    held = stale_results(out_dir) + [out_dir / name for name in files if (out_dir / name).exists()]
+    held = list(dict.fromkeys(held))
+    if held and not overwrite:
+        files = f"{len(held)} file{'s' if len(held) > 1 else ''}"
+        raise XAIError(f"{out_dir} already holds results ({files}, e.g. {held[0].name})",
+                       "give a new folder, or add --overwrite to replace those results")
+    return held
+
+
+def stale_results(folder: Path) -> list[Path]:
+    """The files of the results a folder holds: its summary.json and the maps, previews and tables it lists."""
+    try:
+        items = read_summary(folder).get("results", [])
+    except (XAIError, ValueError, OSError, AttributeError):  # no summary, or not one of ours
+        return []
+    names = {SUMMARY_FILE, REGIONS_TABLE_FILE, REGIONS_LABELS_FILE}
+    for item in items if isinstance(items, list) else []:
+        method = str(item.get("method", "")) if isinstance(item, dict) else ""
+        if method:
+            names |= {map_file(method), preview_file(method)}
+            names |= {p.name for p in folder.glob(map_file(method, "*"))}
+    return sorted(folder / name for name in names if (folder / name).is_file())
+
+
+def write_results(out_dir, volume: Volume, attributions: list[Attribution], summary_extra: dict | None = None,
+                  previews: bool = True, overwrite: bool = False) -> list[Path]:
+    """Write every file into a temporary folder beside ``out_dir``, then move them in; on error nothing lands.
+
+    A folder that already holds results is refused unless ``overwrite``; then those results are replaced
+    (files of theirs that the new ones do not have are removed, so the folder never mixes two runs)."""
+    out_dir = Path(out_dir)
+    stale = check_output_folder(out_dir, overwrite=overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out_dir.parent)
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out_dir.parent))
@@ -74,11 +114,13 @@ def write_results(out_dir, volume: Volume, attributions: list[Attribution], summ
             write_volume(labels, staging / REGIONS_LABELS_FILE)
             names.append(REGIONS_LABELS_FILE)
         summary = {**(summary_extra or {}), "results": [a.to_dict() for a in attributions]}
-        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         names.append(SUMMARY_FILE)
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         with _uninterrupted():
+            for path in stale:
+                path.unlink(missing_ok=True)
             for name in names:
                 os.replace(staging / name, out_dir / name)
                 written.append(out_dir / name)
@@ -96,7 +138,7 @@ def write_region_table(path: Path, attributions: list[Attribution]) -> None:
     for att in attributions:
         for row in att.regions or []:
             extra += [key for key in row if key not in REGION_COLUMNS and key not in extra]
-    with open(path, "w", newline="") as fh:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, REGION_COLUMNS + extra, restval="")
         writer.writeheader()
         for att in attributions:

@@ -48,8 +48,7 @@ class Context:
 
     def score(self, output: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Target score per row; ``rows`` maps each row of ``output`` to its original sample."""
-        reference = self.reference if rows is None else self.reference[rows]
-        return self.target.score(output, reference)
+        return self.target.score(output, self.reference, rows)
 
     def gradient(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(d score / d x, score) for a batch of inputs."""
@@ -92,39 +91,21 @@ class Method:
         unknown = set(given) - set(self.defaults)
         if unknown:
             raise XAIError(f"method '{self.name}' has no parameter {', '.join(sorted(unknown))}",
-                           f"its parameters are: {', '.join(self.defaults) or 'none'}")
+                           f"its parameters are: {', '.join(self.defaults)}" if self.defaults
+                           else "it takes none: drop them")
         return {**self.defaults, **{name: self._checked(name, value) for name, value in given.items()}}
 
     def _checked(self, name: str, value):
-        """``value`` of parameter ``name`` if its type and range are what the method declares; else a clear error."""
-        default, bound = self.defaults[name], self.bounds.get(name)
-        where = f"{self.name}.{name}={value!r}"
-        if bound is BASELINE or not (isinstance(bound, tuple) or isinstance(default, (bool, int, float))):
-            return value  # a baseline (a name, file or volume: checked where it is read) or an object (rules)
-        if isinstance(bound, tuple) and bound and isinstance(bound[0], str):
-            if value not in bound:
-                raise XAIError(f"{where} is not a choice", f"choose one of: {', '.join(bound)}")
-            return value
-        if isinstance(default, bool):
-            if not isinstance(value, bool):
-                raise XAIError(f"{where} is not true or false", "give true or false")
-            return value
-        if value is None and default is None:
-            return None  # chosen by the method (e.g. a batch size fitted to memory)
-        whole = isinstance(default, int) or default is None  # None: an optional count
-        number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-        if not number or not np.isfinite(value) or (whole and float(value) != int(value)):
-            kind = "a whole number" if whole else "a number"
-            raise XAIError(f"{where} is not {kind}", f"give {kind} {_range_text(bound)}".rstrip())
-        value = int(value) if whole else float(value)
-        low, high = bound if isinstance(bound, tuple) else (None, None)
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise XAIError(f"{where} is out of range", f"give a value {_range_text(bound)}")
-        return value
+        return checked_value(f"{self.name}.{name}", value, self.defaults[name], self.bounds.get(name))
 
     def cost(self, params: dict) -> dict:
         """Passes per input volume: {'forward': n, 'backward': m}."""
         return {"forward": 1, "backward": 1}
+
+    def time_factor(self, model, device: torch.device) -> float:
+        """Time per declared pass relative to a plain pass of its kind, where a method's passes cost more or
+        less than that (measured: ``benchmarks/bench_estimates.py``)."""
+        return 1.0
 
     def estimate(self, params: dict, shape: tuple[int, ...], n_regions: int = 0) -> dict:
         """Passes per input volume of this ``shape`` (X, Y, Z) with ``n_regions`` regions."""
@@ -171,6 +152,35 @@ class Method:
                 "needs_regions": self.needs_regions, "defaults": dict(self.defaults),
                 "parameters": self.parameters(), "cost": self.cost(self.params({})),
                 "reference": self.reference}
+
+
+def checked_value(name: str, value, default, bound):
+    """``value`` of the parameter or setting ``name`` if its type and range are what its owner declares (the
+    type of its ``default``, and ``bound``: (low, high) with None for open, a tuple of choices, or BASELINE);
+    else a clear error naming it, the value and what is allowed. Methods and metrics both declare so."""
+    where = f"{name}={value!r}"
+    if bound is BASELINE or not (isinstance(bound, tuple) or isinstance(default, (bool, int, float))):
+        return value  # a baseline (a name, file or volume: checked where it is read) or an object (rules)
+    if isinstance(bound, tuple) and bound and isinstance(bound[0], str):
+        if value not in bound:
+            raise XAIError(f"{where} is not a choice", f"choose one of: {', '.join(bound)}")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise XAIError(f"{where} is not true or false", "give true or false")
+        return value
+    if value is None and default is None:
+        return None  # chosen by the method (e.g. a batch size fitted to memory)
+    whole = isinstance(default, int) or default is None  # None: an optional count
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not number or not np.isfinite(value) or (whole and float(value) != int(value)):
+        kind = "a whole number" if whole else "a number"
+        raise XAIError(f"{where} is not {kind}", f"give {kind} {_range_text(bound)}".rstrip())
+    value = int(value) if whole else float(value)
+    low, high = bound if isinstance(bound, tuple) else (None, None)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise XAIError(f"{where} is out of range", f"give a value {_range_text(bound)}")
+    return value
 
 
 def _range_text(bound) -> str:

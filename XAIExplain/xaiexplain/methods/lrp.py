@@ -201,39 +201,74 @@ def make_rule(spec, epsilon: float) -> Rule:
     return RULES[spec](epsilon)
 
 
+class Ledger:
+    """The relevance each kind of step keeps back, per sample: biases and stabilisers (epsilon), constants
+    in sums, a norm's shift. What the input lacks of the score must all be booked here: anything else is
+    relevance lost or made by a step that has no rule (``conservation_error``)."""
+
+    def __init__(self):
+        self.kept: dict[str, torch.Tensor] = {}
+
+    def book(self, kind: str, relevance: torch.Tensor, *returned) -> None:
+        n = relevance.shape[0]
+        kept = _per_sample(relevance, n)
+        for r in returned:
+            if r is not None:
+                kept = kept - _per_sample(r, n)
+        self.kept[kind] = self.kept.get(kind, 0) + kept
+
+    def shares(self, scores: torch.Tensor) -> dict[str, list[float]]:
+        return {kind: [float(v) for v in kept / scores] for kind, kept in sorted(self.kept.items())}
+
+    def total(self, n: int) -> torch.Tensor:
+        return sum(self.kept.values(), torch.zeros(n, dtype=torch.float64))
+
+
+def _per_sample(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Sum of each sample's relevance; a tensor without the batch axis (a broadcast operand) split evenly."""
+    t = t.detach().double().cpu()
+    if t.ndim > 1 and t.shape[0] == n:
+        return t.flatten(1).sum(1)
+    return t.sum().expand(n) / n
+
+
 # The forward functions compute their output inside ``forward`` (from a closure where the
 # value depends on more than the inputs), so no output needs a defensive copy.
 
 class _LinearRule(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, op, rule, make=None):
+    def forward(ctx, x, weight, bias, op, rule, ledger, make=None):
         z = op.forward(x, weight, bias) if make is None else make()
-        ctx.op, ctx.rule = op, rule
+        ctx.op, ctx.rule, ctx.ledger = op, rule, ledger
         ctx.save_for_backward(x, weight, bias, z)
         return z
 
     @staticmethod
     def backward(ctx, relevance):
         x, weight, bias, z = ctx.saved_tensors
-        return ctx.rule(ctx.op, x, weight, bias, z, relevance), None, None, None, None, None
+        out = ctx.rule(ctx.op, x, weight, bias, z, relevance)
+        ctx.ledger.book(ctx.rule.name, relevance, out)
+        return out, None, None, None, None, None, None
 
 
 class _Epsilon(torch.autograd.Function):
     """Epsilon rule for a parameter-free linear op ``fn`` (pooling, mean, interpolation)."""
 
     @staticmethod
-    def forward(ctx, x, fn, eps):
+    def forward(ctx, x, fn, eps, ledger):
         z = fn(x)
         if z.data_ptr() == x.data_ptr():
             z = z.clone()  # an identity-like call (e.g. interpolation to the same size)
-        ctx.fn, ctx.eps = fn, eps
+        ctx.fn, ctx.eps, ctx.ledger = fn, eps, ledger
         ctx.save_for_backward(x, z)
         return z
 
     @staticmethod
     def backward(ctx, relevance):
         x, z = ctx.saved_tensors
-        return x * vjp(ctx.fn, x, relevance / stabilize(z, ctx.eps)), None, None
+        out = x * vjp(ctx.fn, x, relevance / stabilize(z, ctx.eps))
+        ctx.ledger.book("epsilon-average", relevance, out)
+        return out, None, None, None
 
 
 class _Norm(torch.autograd.Function):
@@ -244,9 +279,9 @@ class _Norm(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, scale, center, eps, make):
+    def forward(ctx, x, scale, center, eps, ledger, make):
         y = make()
-        ctx.center, ctx.eps = center, eps
+        ctx.center, ctx.eps, ctx.ledger = center, eps, ledger
         ctx.save_for_backward(x, y, scale)
         return y
 
@@ -256,16 +291,17 @@ class _Norm(torch.autograd.Function):
         g = scale * (relevance / stabilize(y, ctx.eps))
         if ctx.center is not None:
             g = ctx.center(g)
-        return x * g, None, None, None, None
+        ctx.ledger.book("norm", relevance, x * g)
+        return x * g, None, None, None, None, None
 
 
 class _Share(torch.autograd.Function):
     """A sum of terms: each operand gets relevance in proportion to its signed contribution."""
 
     @staticmethod
-    def forward(ctx, make, coefficients, eps, *operands):
+    def forward(ctx, make, coefficients, eps, ledger, *operands):
         out = make()
-        ctx.coefficients, ctx.eps = coefficients, eps
+        ctx.coefficients, ctx.eps, ctx.ledger = coefficients, eps, ledger
         ctx.save_for_backward(out, *operands)
         return out
 
@@ -274,7 +310,8 @@ class _Share(torch.autograd.Function):
         out, *operands = ctx.saved_tensors
         share = relevance / stabilize(out, ctx.eps)
         grads = [reduce_to(c * t * share, t.shape) for c, t in zip(ctx.coefficients, operands)]
-        return (None, None, None, *grads)
+        ctx.ledger.book("sum", relevance, *grads)
+        return (None, None, None, None, *grads)
 
 
 class _Pass(torch.autograd.Function):
@@ -318,6 +355,7 @@ class LRPMode(PropagationMode):
         self.produced = {}  # id(output) -> the linear call that made it (for BatchNorm merging)
         self.used: dict[str, int] = {}
         self.gates = {}  # id -> outputs of sigmoids: in a product, the other factor is the signal
+        self.ledger = Ledger()
         if norm_rule not in NORM_RULES:
             raise XAIError(f"unknown LRP norm rule '{norm_rule}'", f"use one of: {', '.join(NORM_RULES)}")
         if norm_rule == "auto":
@@ -341,7 +379,8 @@ class LRPMode(PropagationMode):
 
     def _apply(self, x, weight, bias, op, rule, make=None):
         self._count(rule.name)
-        out = _LinearRule.apply(x, weight.detach(), None if bias is None else bias.detach(), op, rule, make)
+        out = _LinearRule.apply(x, weight.detach(), None if bias is None else bias.detach(), op, rule, self.ledger,
+                                make)
         self.produced[id(out)] = (out, x, weight, bias, op, rule)
         return out
 
@@ -360,14 +399,14 @@ class LRPMode(PropagationMode):
             self._count("pass-norm")
             return _Pass.apply(x, lambda: func(*args, **kwargs))
         self._count("norm")
-        return _Norm.apply(x, scale.detach(), center, self.eps, lambda: func(*args, **kwargs))
+        return _Norm.apply(x, scale.detach(), center, self.eps, self.ledger, lambda: func(*args, **kwargs))
 
     def average(self, func, args, kwargs):
         x, rest = args[0], args[1:]
         if any(in_graph(t) for t in rest) or not in_graph(x):
             raise self.unsupported(f"'{func.__name__}' over several inputs")
         self._count("epsilon-average")
-        return _Epsilon.apply(x, lambda t: func(t, *rest, **kwargs), self.eps)
+        return _Epsilon.apply(x, lambda t: func(t, *rest, **kwargs), self.eps, self.ledger)
 
     def add(self, func, args, kwargs):
         terms = _operands(func, args, kwargs)
@@ -376,7 +415,7 @@ class LRPMode(PropagationMode):
         def make():  # out of place, whatever the call
             return sum(c * (t.detach() if isinstance(t, torch.Tensor) else t) for t, c in terms)
 
-        out = _Share.apply(make, tuple(c for _, c in graph), self.eps, *[t for t, _ in graph])
+        out = _Share.apply(make, tuple(c for _, c in graph), self.eps, self.ledger, *[t for t, _ in graph])
         return out
 
     def mul(self, func, args, kwargs):
@@ -430,13 +469,16 @@ def lrp(ctx, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule
         (seed,) = torch.autograd.grad(scores.sum(), out, retain_graph=True)
         (relevance,) = torch.autograd.grad(out, x, seed * out.detach())
     ctx.passes["backward"] += int(x.shape[0])
-    totals, scores = relevance.flatten(1).sum(1), scores.detach()
+    totals, scores = relevance.detach().double().flatten(1).sum(1).cpu(), scores.detach().double().cpu()
     absorbed = 1 - totals / scores
+    # what the input lacks of the score, less what the ledger booked: relevance lost or made off the rules
+    unbooked = completeness_error(totals + mode.ledger.total(len(scores)), scores)
     return relevance, {"composite": composite, "epsilon": epsilon, "norm_rule": mode.norm_rule,
                        "rules_applied": dict(sorted(mode.used.items())),
-                       "completeness_error": float(completeness_error(totals.cpu(), scores.cpu()).max()),
+                       "completeness_error": float(completeness_error(totals, scores).max()),
                        "relevance_sum": [float(t) for t in totals], "score": [float(s) for s in scores],
-                       "absorbed_share": [float(a) for a in absorbed]}
+                       "absorbed_share": [float(a) for a in absorbed], "absorbed_by": mode.ledger.shares(scores),
+                       "conservation_error": float(unbooked.max())}
 
 
 class LRP(Method):
@@ -447,6 +489,9 @@ class LRP(Method):
     bounds = {"composite": tuple(COMPOSITES), "epsilon": (1e-12, None), "norm_rule": NORM_RULES}  # 0: z = 0 divides
     reference = "Bach et al. 2015; Montavon et al. 2019"
     completeness = True  # relevance sums to the score, less what biases absorb
+
+    def time_factor(self, model, device):
+        return 2.0  # its rules' extra passes: 1.2-2.4 x a forward+backward (README, bench_propagation.py)
 
     def run(self, ctx, composite, epsilon, rules, input_rule, norm_rule):
         return lrp(ctx, composite, epsilon, rules, input_rule, norm_rule)

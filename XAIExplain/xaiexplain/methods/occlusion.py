@@ -8,7 +8,7 @@ import torch
 from ..core.baselines import baseline_for, describe_baseline
 from .base import BASELINE, Method, register
 from .machinery.perturbation import SCORES, box, check_score, compose, region_index, region_scores_map
-from .machinery.scoring import Scorer
+from .machinery.scoring import Scorer, incremental_share
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -116,6 +116,9 @@ class PatchOcclusion(Method):
     def cost(self, params):
         return {"forward": 1, "backward": 0, "per": "window"}
 
+    def time_factor(self, model, device):
+        return incremental_share(model, device)
+
     def estimate(self, params, shape, n_regions=0):
         levels = refinement_windows(shape, params["window"], params["stride"], params["refine"])
         return {"forward": len(windows(shape, params["window"], params["stride"])) + 1
@@ -176,6 +179,9 @@ class RegionOcclusion(Method):
 
     def cost(self, params):
         return {"forward": 2 if params["keep_only"] else 1, "backward": 0, "per": "region"}
+
+    def time_factor(self, model, device):
+        return incremental_share(model, device)
 
     def estimate(self, params, shape, n_regions=0):
         return {"forward": n_regions * (2 if params["keep_only"] else 1) + 1 + int(params["keep_only"]), "backward": 0}

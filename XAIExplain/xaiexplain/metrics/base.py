@@ -17,7 +17,7 @@ import torch
 
 from ..core.models import LoadedModel
 from ..errors import XAIError
-from ..methods.base import Method
+from ..methods.base import Method, checked_value
 from ..methods.machinery.scoring import Scorer
 
 NO_PASSES = {"forward": 0, "backward": 0}
@@ -76,6 +76,7 @@ class Metric:
     title: ClassVar[str]
     co12: ClassVar[str]  # the Co-12 property measured: correctness, completeness, consistency, ...
     defaults: ClassVar[dict] = {}
+    bounds: ClassVar[dict] = {}  # setting -> (low, high), choices or BASELINE, as a method declares its parameters
     cost_text: ClassVar[str] = "no model passes"  # the stated cost in words, for listings
     reference: ClassVar[str] = ""
     # Summary-row column -> key in the metric's record ('a.b' reads nested values); NaN where absent.
@@ -89,7 +90,8 @@ class Metric:
         if bad:
             raise XAIError(f"metric '{self.name}' has no setting {', '.join(sorted(bad))}",
                            f"its settings are: {', '.join(self.defaults) or 'none'}")
-        return {**self.defaults, **given}
+        return {**self.defaults, **{key: checked_value(f"{self.name}.{key}", value, self.defaults[key],
+                                                        self.bounds.get(key)) for key, value in given.items()}}
 
     def cost(self, setting: dict, method: Method, params: dict, *, x, model, n_classes: int) -> dict:
         """Passes the metric will use, in volumes, stated before it runs ({'forward': f, 'backward': b})."""

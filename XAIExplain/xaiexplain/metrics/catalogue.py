@@ -6,6 +6,8 @@ compactness, coherence), which stay usable on their own.
 """
 from __future__ import annotations
 
+from ..methods.base import BASELINE
+from ..methods.machinery.perturbation import SCORES as OUTPUTS
 from .base import Evaluation, Metric, register
 from .coherence import coherence, hit_at_k
 from .compactness import compactness
@@ -23,6 +25,7 @@ def _times(method, params, k: int) -> dict:
 class _Curve(Metric):
     co12 = "correctness"
     defaults = {"steps": 50, "substrate": "blur", "value": 0.0, "output": "probability", "until": 1.0}
+    bounds = {"steps": (1, None), "substrate": BASELINE, "output": OUTPUTS, "until": (0.001, 1.0)}
     cost_text = "steps + 1 forward passes"
     reference = "Petsiuk et al. 2018 (RISE), in 3D"
 
@@ -53,6 +56,7 @@ class FaithfulnessCorrelation(Metric):
     name, title = "faithfulness_correlation", "Correlation of subset sums of the map with the score drops"
     co12 = "correctness"
     defaults = {"samples": 64, "subset": 0.01, "substrate": "constant", "value": 0.0, "output": "logit"}
+    bounds = {"samples": (2, None), "subset": (1e-6, 1.0), "substrate": BASELINE, "output": OUTPUTS}  # 2: correlate
     cost_text = "samples forward passes"
     reference = "Bhatt et al. 2020"
     columns = {"faithfulness_correlation": "correlation"}
@@ -71,6 +75,7 @@ class Randomisation(Metric):
     name, title = "randomisation", "Cascading model parameter randomisation, against an unrelated input's map"
     co12 = "correctness"
     defaults = {"depth": 2}
+    bounds = {"depth": (1, None)}
     cost_text = "(layer groups + 1) x the method's passes"
     reference = "Adebayo et al. 2018"
     columns = {"randomisation_spearman": "final.spearman_abs", "randomisation_ssim": "final.ssim_abs",
@@ -122,6 +127,7 @@ class Continuity(Metric):
     name, title = "continuity", "Max-sensitivity: the largest relative change of the map under small noise"
     co12 = "continuity"
     defaults = {"samples": 8, "radius": 0.02, "batch_size": 4}
+    bounds = {"samples": (1, None), "radius": (1e-6, None), "batch_size": (1, None)}  # radius 0: no noise at all
     cost_text = "samples x the method's passes"
     reference = "Yeh et al. 2019"
     columns = {"max_sensitivity": "max_sensitivity"}
@@ -168,6 +174,7 @@ class Coherence(Metric):
     name, title = "coherence", "Agreement with a ground-truth mask or region"
     co12 = "coherence"
     defaults = {"tolerance_mm": 0.0}
+    bounds = {"tolerance_mm": (0.0, None)}
     reference = "Zhang et al. 2018; Arras et al. 2022"
     columns = {key: key for key in ("pointing_game", "relevance_mass", "relevance_rank", "average_precision",
                                     "hit_at_1", "hit_at_3")}

@@ -96,13 +96,16 @@ def evaluate_volumes(model, inputs, methods, *, target=None, mask=None, substrat
     into the model's space through the prepared case (the mask by nearest neighbour)."""
     from ..core.case import prepare_case
     from ..core.models import load_model
-    from ..core.volume import Volume, read_volume
+    from ..core.volume import VOLUME_SUFFIXES, Volume, read_volume
 
     case = prepare_case(load_model(model, device=device), inputs)
     as_volume = lambda v: v if isinstance(v, Volume) else read_volume(v)  # noqa: E731
     mask_model = None if mask is None else case.mask_to_model(as_volume(mask))
     settings = {k: dict(v) for k, v in (settings or {}).items()}
     if substrate is not None:
+        if isinstance(substrate, str) and substrate not in ("blur", "constant") and not substrate.lower().endswith(
+                VOLUME_SUFFIXES):
+            raise XAIError(f"unknown substrate '{substrate}'", "use blur, constant, or a volume file on the input grid")
         if not (isinstance(substrate, str) and substrate in ("blur", "constant")):
             substrate = case.to_model(as_volume(substrate))
         for curve in ("deletion", "insertion"):

@@ -34,5 +34,5 @@ def write_model(folder) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "deepbet_bbox.pt"
     shutil.copyfile(deepbet_model("bbox_model"), target)
-    target.with_suffix(".json").write_text(json.dumps(METADATA, indent=2))
+    target.with_suffix(".json").write_text(json.dumps(METADATA, indent=2), encoding="utf-8")
     return target

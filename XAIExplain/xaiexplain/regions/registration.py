@@ -8,6 +8,7 @@ a head, or a registration that leaves the atlas off the image, raises an error.
 """
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import SimpleITK as sitk
@@ -19,6 +20,17 @@ from ..errors import XAIError
 HEAD_EXTENT_MM = (90.0, 320.0)  # foreground bounding box of a head (or a skull-stripped brain), per axis
 WORK_SPACING_MM = 3.0
 MAX_SCALE_CHANGE = 1.6  # affine scale factors beyond [1/1.6, 1.6] mean the template was fitted to something else
+# Acceptance, measured (NMI after registration / its gain over the start / atlas labels on the foreground):
+# SynthLesion heads 1.228 / +0.10 / 0.93-0.95, Colin27 brain (ch2bet) 1.275 / +0.009 / 0.89; not heads: white
+# noise 1.001 / 0.000 / 0.51 (three draws), smoothed noise 1.002 / -0.002 / 0.42, a cube 1.121 / -0.016 / 0.70.
+# Inside the registered template's brain: heads 1.074-1.116, uniform blobs (a cube, an ellipsoid) 1.008-1.012.
+MIN_NMI = 1.05  # after registration; a head: 1.10 or more; noise, smooth or not: 1.00
+MIN_NMI_GAIN = -0.005  # a registration that leaves the images less alike than they started fitted nothing
+MIN_NMI_INSIDE_BRAIN = 1.03
+MIN_NEIGHBOUR_CORRELATION = 0.5  # at 3 mm, before registering: white noise is refused at once
+SAMPLING_SEED = 1  # of the metric's random samples (25% of the voxels)
+MIN_LABELS_ON_HEAD = 0.5
+GOOD_NMI, GOOD_LABELS_ON_HEAD = 1.15, 0.8  # below either: the region table carries a warning
 
 
 def nmi(a: np.ndarray, b: np.ndarray, bins: int = 48) -> float:
@@ -47,7 +59,16 @@ def _foreground(image: sitk.Image) -> sitk.Image:
 
 
 def check_head(subject: sitk.Image) -> None:
-    """Fail clearly when the foreground's extent is not that of a head."""
+    """Fail clearly, before registering, when the image has no spatial structure (its neighbouring voxels at 3 mm
+    are unrelated: heads 0.92-0.99, white noise 0.00) or the foreground's extent is not that of a head."""
+    coarse = sitk.GetArrayFromImage(_coarse(subject, WORK_SPACING_MM)).astype(np.float64)
+    coarse = (coarse - coarse.mean()) / max(float(coarse.std()), 1e-12)
+    related = min(float((np.take(coarse, range(n - 1), axis) * np.take(coarse, range(1, n), axis)).mean())
+                  for axis, n in enumerate(coarse.shape))
+    if related < MIN_NEIGHBOUR_CORRELATION:
+        raise XAIError(f"the volume does not look like a head: it has no spatial structure (neighbouring voxels "
+                       f"correlate {related:.2f}; images of anatomy 0.9 or more)",
+                       "the Harvard-Oxford atlas is for brain images: give your own --regions or use supervoxels")
     mask = _foreground(subject)
     stats = sitk.LabelShapeStatisticsImageFilter()
     stats.Execute(mask)
@@ -62,11 +83,13 @@ def check_head(subject: sitk.Image) -> None:
                        "the Harvard-Oxford atlas is for brain images: give your own --regions or use supervoxels")
 
 
-def _method(seed: int, iterations: int, shrink=(4, 2, 1), smooth=(2, 1, 0)) -> sitk.ImageRegistrationMethod:
+def _method(iterations: int, shrink=(4, 2, 1), smooth=(2, 1, 0)) -> sitk.ImageRegistrationMethod:
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.25, seed)
+    # a fixed seed, never 0: SimpleITK reads 0 as "seed from the wall clock" (sitkWallClock), which gave
+    # every run another registration (NMI +-0.0005) and so regions no one could reproduce
+    reg.SetMetricSamplingPercentage(0.25, SAMPLING_SEED)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=iterations,
                                                  relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
@@ -77,14 +100,15 @@ def _method(seed: int, iterations: int, shrink=(4, 2, 1), smooth=(2, 1, 0)) -> s
     return reg
 
 
-def register_template(subject: sitk.Image, template: sitk.Image, deformable: bool = False,
-                      seed: int = 0) -> tuple[sitk.Transform, dict]:
+def register_template(subject: sitk.Image, template: sitk.Image, deformable: bool = False
+                      ) -> tuple[sitk.Transform, dict]:
     """Transform mapping subject points to template points, and the registration facts."""
     fixed, moving = _coarse(subject, WORK_SPACING_MM), _coarse(template, WORK_SPACING_MM)
-    # Mutual information needs no intensity matching: a skull-stripped template fits a head with skull.
+    # Mutual information needs no intensity matching, but the template is a skull-stripped brain: on a head
+    # with skull and neck (Colin27's ch2) the affine stage shrinks it by up to half, which is refused below.
     initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
                                                 sitk.CenteredTransformInitializerFilter.MOMENTS)
-    rigid = _method(seed, 200)
+    rigid = _method(200)
     rigid.SetInitialTransform(initial, inPlace=False)
     rigid_tx = rigid.Execute(fixed, moving)
     if rigid_tx.GetName() == "CompositeTransform":  # SimpleITK wraps the result of a not-in-place run
@@ -94,7 +118,7 @@ def register_template(subject: sitk.Image, template: sitk.Image, deformable: boo
     affine.SetCenter(euler.GetCenter())
     affine.SetMatrix(euler.GetMatrix())
     affine.SetTranslation(euler.GetTranslation())
-    stage = _method(seed, 200)
+    stage = _method(200)
     stage.SetInitialTransform(affine, inPlace=True)
     stage.Execute(fixed, moving)
     transform: sitk.Transform = affine
@@ -103,7 +127,7 @@ def register_template(subject: sitk.Image, template: sitk.Image, deformable: boo
     if deformable:
         mesh = [4] * 3
         bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
-        deform = _method(seed, 60, shrink=(2, 1), smooth=(1, 0))
+        deform = _method(60, shrink=(2, 1), smooth=(1, 0))
         deform.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=60)
         deform.SetMovingInitialTransform(affine)
         deform.SetInitialTransform(bspline, inPlace=True)
@@ -114,13 +138,15 @@ def register_template(subject: sitk.Image, template: sitk.Image, deformable: boo
     return transform, facts
 
 
-def quality(subject: sitk.Image, template: sitk.Image, transform: sitk.Transform) -> tuple[float, float]:
-    """NMI of subject vs template, before (identity) and after (``transform``), on the subject's coarse grid."""
+def quality(subject: sitk.Image, template: sitk.Image, transform: sitk.Transform) -> tuple[float, float, float]:
+    """NMI of subject vs template, before (identity) and after (``transform``), on the subject's coarse grid; and
+    after, inside the registered template's brain only: there a uniform blob shaped like a head is constant."""
     fixed = _coarse(subject, WORK_SPACING_MM)
     a = sitk.GetArrayFromImage(fixed)
     before = sitk.GetArrayFromImage(sitk.Resample(template, fixed, sitk.Transform(), sitk.sitkLinear, 0.0))
     after = sitk.GetArrayFromImage(sitk.Resample(template, fixed, transform, sitk.sitkLinear, 0.0))
-    return nmi(a, before), nmi(a, after)
+    brain = after > 0.2 * after.max()
+    return nmi(a, before), nmi(a, after), nmi(a[brain], after[brain]) if brain.any() else 1.0
 
 
 @lru_cache(maxsize=2)
@@ -156,30 +182,51 @@ def harvard_oxford_mni(threshold: float) -> sitk.Image:
     return image
 
 
-def atlas_into_subject(volume: Volume, threshold: float = 25.0, deformable: bool = False,
-                       seed: int = 0) -> tuple[Volume, dict]:
+def atlas_into_subject(volume: Volume, threshold: float = 25.0, deformable: bool = False) -> tuple[Volume, dict]:
     """Harvard-Oxford labels registered onto ``volume``'s grid, and the registration facts."""
     from .atlas import mni152_path
 
     subject = sitk.Cast(volume.to_sitk(0), sitk.sitkFloat32)
     check_head(subject)
     template = sitk.Cast(sitk.ReadImage(str(mni152_path())), sitk.sitkFloat32)
-    transform, facts = register_template(subject, template, deformable=deformable, seed=seed)
-    before, after = quality(subject, template, transform)
+    try:
+        transform, facts = register_template(subject, template, deformable=deformable)
+    except RuntimeError as err:  # e.g. every sample of the template mapped off the volume: no head to fit
+        reason = re.sub(r"\S*\(0x[0-9a-f]+\):?\s*", "", str(err).strip().splitlines()[-1] if str(err).strip() else "")
+        reason = reason.replace("ITK ERROR: ", "")[:100] or "no reason given"
+        raise XAIError(f"the volume does not look like a head: the MNI152 template could not be registered to it "
+                       f"({reason})", "the Harvard-Oxford atlas is for brain images: give your own --regions or "
+                       "use supervoxels") from None
+    before, after, within = quality(subject, template, transform)
     scales = np.array(facts["affine_scales"])
     if np.any(scales > MAX_SCALE_CHANGE) or np.any(scales < 1 / MAX_SCALE_CHANGE):
         raise XAIError(f"registering the MNI152 template to the volume failed "
                        f"(scale factors {scales.round(2).tolist()})",
-                       "check the volume is a head MR/CT, or give your own --regions")
+                       "the template is a skull-stripped brain: give a skull-stripped brain image (a head with "
+                       "skull and neck misleads it), --registration none for an image already in MNI space, or "
+                       "your own --regions")
+    if within < MIN_NMI_INSIDE_BRAIN:
+        raise XAIError(f"the volume does not look like a head: inside the registered template's brain it has no "
+                       f"structure in common with it (normalised mutual information {within:.3f}; brain images give "
+                       f"{MIN_NMI_INSIDE_BRAIN:g} or more)", "the Harvard-Oxford atlas is for brain images: give your "
+                       "own --regions or use supervoxels")
+    if after < MIN_NMI or after - before < MIN_NMI_GAIN:
+        raise XAIError(f"the volume does not look like a head: registered, its normalised mutual information with "
+                       f"the MNI152 template is {after:.3f} (from {before:.3f}; heads give {MIN_NMI:g} or more, "
+                       "growing)", "the Harvard-Oxford atlas is for brain images: give your own --regions or use "
+                       "supervoxels")
     labels = sitk.Resample(harvard_oxford_mni(float(threshold)), subject, transform, sitk.sitkNearestNeighbor, 0)
     array = sitk.GetArrayFromImage(labels).transpose(2, 1, 0).astype(np.int32)
     foreground = sitk.GetArrayFromImage(_foreground(subject)).transpose(2, 1, 0) > 0
     inside = float((foreground & (array > 0)).sum() / max(1, (array > 0).sum()))
-    if inside < 0.5:
+    if inside < MIN_LABELS_ON_HEAD:
         raise XAIError(f"the registered atlas does not overlap the image ({inside:.0%} of its labels on the head)",
                        "check the volume is a head MR/CT, or give your own --regions")
     facts.update({"registration": "rigid+affine+bspline" if deformable else "rigid+affine",
-                  "nmi_before": round(before, 4), "nmi_after": round(after, 4),
-                  "labels_on_foreground": round(inside, 4), "seed": seed,
+                  "nmi_before": round(before, 4), "nmi_after": round(after, 4), "nmi_inside_brain": round(within, 4),
+                  "labels_on_foreground": round(inside, 4), "sampling_seed": SAMPLING_SEED,
                   "template": mni152_path().name})
+    if after < GOOD_NMI or inside < GOOD_LABELS_ON_HEAD:
+        facts["warning"] = (f"the atlas registration is poor (NMI {after:.3f}, {inside:.0%} of the atlas labels on "
+                            f"the head; good: {GOOD_NMI:g} and {GOOD_LABELS_ON_HEAD:.0%}): region names may be off")
     return volume.with_array(array[None], ["harvard-oxford"]), facts

@@ -89,16 +89,18 @@ def label_regions(labels, names, reference: Volume) -> Regions:
     """
     where = str(labels) if not isinstance(labels, Volume) else "label volume"
     volume = labels if isinstance(labels, Volume) else read_volume(labels)
-    if names is None:
-        raise XAIError(f"the regions in '{where}' have no names",
-                       "give a names file with --region-names (CSV id,name or a Slicer colour table)")
-    names = dict(names) if isinstance(names, dict) else read_region_names(names)
     array = volume.array[0]
     if not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
             raise XAIError(f"'{where}' holds non-integer values, not labels", "give a label map (integer voxels)")
     if array.min() < 0:
         raise XAIError(f"'{where}' holds negative labels", "give a label map with labels >= 0 (0 = background)")
+    if not array.any():
+        raise XAIError(f"the label volume '{where}' holds no label other than 0", "give a label map with regions")
+    if names is None:
+        raise XAIError(f"the regions in '{where}' have no names",
+                       "give a names file with --region-names (CSV id,name or a Slicer colour table)")
+    names = dict(names) if isinstance(names, dict) else read_region_names(names)
     volume = volume.with_array(array.astype(np.int32)[None], ["labels"])
     notes = []
     if not volume.same_grid(reference):
@@ -130,6 +132,9 @@ def supervoxel_regions(volume: Volume, n_segments: int = SUPERVOXELS, compactnes
     from skimage.filters import threshold_otsu
     from skimage.segmentation import slic
 
+    if isinstance(n_segments, bool) or not isinstance(n_segments, (int, np.integer)) or n_segments < 2:
+        raise XAIError(f"{n_segments!r} supervoxels cannot be regions", "ask for a whole number of 2 or more")
+
     channels = []
     for channel in volume.array.astype(np.float32):
         low, high = np.percentile(channel, [1, 99])
@@ -145,8 +150,7 @@ def supervoxel_regions(volume: Volume, n_segments: int = SUPERVOXELS, compactnes
                    "supervoxels", {"n_segments": int(n_segments), "compactness": float(compactness)})
 
 
-def harvard_oxford_regions(volume: Volume, registration: str = "affine", threshold: float = 25.0,
-                           seed: int = 0) -> Regions:
+def harvard_oxford_regions(volume: Volume, registration: str = "affine", threshold: float = 25.0) -> Regions:
     """Harvard-Oxford max-probability labels on ``volume``'s grid.
 
     ``registration``: "none" (the volume is in MNI space), "affine" (rigid then affine
@@ -154,6 +158,9 @@ def harvard_oxford_regions(volume: Volume, registration: str = "affine", thresho
     """
     from .atlas import harvard_oxford_names
 
+    if not 0 <= float(threshold) < 100:
+        raise XAIError(f"atlas threshold {threshold!r} % is not a probability",
+                       "give a percentage from 0 (every voxel the atlas reaches) to under 100 (25 is the default)")
     if registration == "none":
         from .registration import harvard_oxford_mni
 
@@ -164,7 +171,7 @@ def harvard_oxford_regions(volume: Volume, registration: str = "affine", thresho
     elif registration in ("affine", "deformable"):
         from .registration import atlas_into_subject
 
-        labels, info = atlas_into_subject(volume, threshold, deformable=registration == "deformable", seed=seed)
+        labels, info = atlas_into_subject(volume, threshold, deformable=registration == "deformable")
     else:
         raise XAIError(f"unknown atlas registration '{registration}'", "use none, affine or deformable")
     labels = volume.with_array(labels.array[:1].astype(np.int32), ["harvard-oxford"])
@@ -176,7 +183,7 @@ def harvard_oxford_regions(volume: Volume, registration: str = "affine", thresho
     return Regions(labels, present, "harvard-oxford", {"threshold_percent": float(threshold), **info})
 
 
-def resolve_regions(regions, names, volume: Volume, seed: int = 0) -> Regions:
+def resolve_regions(regions, names, volume: Volume) -> Regions:
     """A :class:`Regions` on ``volume``'s grid from "harvard-oxford", "supervoxels", a label volume or a Regions."""
     if isinstance(regions, Regions):
         if regions.labels.same_grid(volume):
@@ -184,7 +191,7 @@ def resolve_regions(regions, names, volume: Volume, seed: int = 0) -> Regions:
         moved = label_regions(regions.labels, regions.names, volume)
         return Regions(moved.labels, moved.names, regions.source, {**regions.info, **moved.info})
     if isinstance(regions, str) and regions == "harvard-oxford":
-        return harvard_oxford_regions(volume, seed=seed)
+        return harvard_oxford_regions(volume)
     if isinstance(regions, str) and regions == "supervoxels":
         return supervoxel_regions(volume)
     return label_regions(regions, names, volume)

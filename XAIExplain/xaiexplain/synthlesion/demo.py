@@ -12,7 +12,7 @@ from scipy import ndimage
 from ..core.explain import explain
 from ..core.models import load_model
 from ..core.volume import write_volume
-from ..io.outputs import write_results
+from ..io.outputs import check_output_folder, write_results
 from ..methods import REGISTRY
 from ..methods.base import forward_equivalents
 from ..protocol import demo_bundle
@@ -31,8 +31,13 @@ def peak_in_mask(attribution, mask: np.ndarray, dilate: float = 2) -> bool:
 QUICK_PASSES = 200  # forward-pass equivalents: every gradient, CAM and propagation method, no perturbation
 
 
-def run_demo(out="demo-output", seed: int = 1000003, methods=None, device="auto", progress=None) -> list:
+DEMO_FILES = ("input.nrrd", "lesion_mask.nrrd", "counterfactual.nrrd")
+
+
+def run_demo(out="demo-output", seed: int = 1000003, methods=None, device="auto", progress=None,
+             overwrite: bool = False) -> list:
     out = Path(out)
+    check_output_folder(out, DEMO_FILES, overwrite)
     case = generate_case(seed, positive=True)
     model = load_model(demo_bundle(), device=device)
     shape = tuple(case.volume.shape)  # the demo model takes the SynthLesion grid as it is
@@ -44,7 +49,7 @@ def run_demo(out="demo-output", seed: int = 1000003, methods=None, device="auto"
     checks = {r.method: {"peak_in_dilated_lesion": peak_in_mask(r, mask)} for r in results}
     write_results(out, case.volume, results, {
         "demo": {"case": case.params, "region": case.region_name, "lesion_voxels": int(mask.sum()),
-                 "checks": checks}})
+                 "checks": checks}}, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     write_volume(case.volume, out / "input.nrrd")
     write_volume(case.lesion_mask, out / "lesion_mask.nrrd")

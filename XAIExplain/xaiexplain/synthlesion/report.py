@@ -117,14 +117,17 @@ def _intro(result: dict) -> str:
             "classified positives only; deletion/insertion from/into the exact counterfactual.")
 
 
+REPORT_FILES = {"json": "benchmark.json", "csv": "benchmark.csv", "markdown": "report.md", "html": "report.html",
+                "curves": "curves.png"}
+
+
 def write_report(result: dict, out) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = {"json": out / "benchmark.json", "csv": out / "benchmark.csv", "markdown": out / "report.md",
-               "html": out / "report.html", "curves": out / "curves.png"}
-    written["json"].write_text(json.dumps(_jsonable(result), indent=1))
+    written = {kind: out / name for kind, name in REPORT_FILES.items()}
+    written["json"].write_text(json.dumps(_jsonable(result), indent=1), encoding="utf-8")
     columns = list(dict.fromkeys(k for r in result["rows"] for k in r))
-    with open(written["csv"], "w", newline="") as f:
+    with open(written["csv"], "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(result["rows"])
@@ -139,7 +142,8 @@ def write_report(result: dict, out) -> dict:
         body.append(f"<h2>{html.escape(title)}</h2>{html_table(header, rows)}")
     md += ["![deletion and insertion curves](curves.png)", ""]
     body.append('<img src="curves.png" alt="deletion and insertion curves">')
-    written["markdown"].write_text("\n".join(md))
+    written["markdown"].write_text("\n".join(md), encoding="utf-8")
     style = "table{border-collapse:collapse;font:12px sans-serif}td,th{border:1px solid #ccc;padding:3px}"
-    written["html"].write_text(f"<!doctype html><meta charset='utf-8'><style>{style}</style>{''.join(body)}")
+    written["html"].write_text(f"<!doctype html><meta charset='utf-8'><style>{style}</style>{''.join(body)}",
+                               encoding="utf-8")
     return written

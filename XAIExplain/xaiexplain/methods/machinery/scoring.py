@@ -31,7 +31,15 @@ MAX_BATCH = {"cpu": 16, "cuda": 128}  # more brings nothing on a CPU (measured) 
 # than the full volumes; on a GPU the extra small kernel launches outweigh the saved arithmetic.
 INCREMENTAL_DEVICES = ("cpu",)
 INCREMENTAL_MEMORY = 3  # x one volume's footprint: every layer's unperturbed output, plus padded copies
+INCREMENTAL_SHARE = 0.4  # time of a box scored incrementally / a batched full pass (demo, CPU: 0.31-0.48)
 METRIC_BATCH = 8  # the metrics' fixed batch: their values stay the same on every machine
+
+
+def incremental_share(model: LoadedModel, device: torch.device) -> float:
+    """What a box (a patch, a region) scored incrementally costs, in batched full passes, on ``device``: on a CPU,
+    for networks whose graph can be traced (not TorchScript: full passes there)."""
+    traced = model.format != "torchscript"
+    return INCREMENTAL_SHARE if traced and torch.device(device).type in INCREMENTAL_DEVICES else 1.0
 
 
 def free_memory(device: torch.device) -> int:

@@ -1,0 +1,83 @@
+"""Clean stops: Ctrl-C during start-up, libraries' console output kept off the terminal, and earlier results in
+--out refused or replaced, never mixed with new ones (run as a user runs the command, in new processes where
+that is what is tested)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from xaiexplain.cli.main import main
+from xaiexplain.core.volume import write_volume
+from xaiexplain.protocol import demo_bundle
+
+MODEL = str(demo_bundle())
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, positive_case):
+    """A good case, a corrupt .pt2 and a folder without DICOM."""
+    root = tmp_path_factory.mktemp("stops")
+    inputs = root / "in"
+    inputs.mkdir()
+    write_volume(positive_case.volume, inputs / "case.nrrd")
+    (inputs / "random.pt2").write_bytes(np.random.default_rng(1).bytes(3000))
+    (inputs / "no_dicom").mkdir()
+    (inputs / "no_dicom" / "notes.txt").write_text("no images here\n")
+    return root
+
+
+@pytest.mark.parametrize("delay", [0.2, 0.5, 0.8, 1.5, 3.0])
+def test_ctrl_c_at_any_moment_of_start_up_is_a_clean_stop(world, delay):
+    """Ctrl-C while Python, the package, torch and the model load: one line, exit 130, nothing written."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = world / "runs" / f"ctrl-c-{delay}" / "out"
+    out.parent.mkdir(parents=True)
+    process = subprocess.Popen([sys.executable, "-m", "xaiexplain", "explain", "--model", MODEL, "--input",
+                                str(world / "in" / "case.nrrd"), "--method", "smoothgrad", "--out", str(out),
+                                "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert (process.returncode, err.strip()) == (130, "cancelled: no output was written"), err
+    assert list(out.parent.iterdir()) == []
+
+
+def test_libraries_console_output_only_with_verbose(world):
+    """torch logs a traceback for a corrupt .pt2 before the engine's own message; ITK warns in C++ about a
+    folder without DICOM: a terminal (a new process, as a user runs it) shows them only with --verbose."""
+    import subprocess
+    import sys
+
+    def run(model, case, *extra):
+        argv = [sys.executable, "-m", "xaiexplain", "explain", "--model", model, "--input", str(world / "in" / case),
+                "--method", "gradient", "--out", str(world / "runs" / "verbose"), "--quiet", *extra]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and not done.stdout
+        return done.stderr.strip().splitlines()
+
+    for model, case, noise in ((str(world / "in" / "random.pt2"), "case.nrrd", "Traceback"),
+                               (MODEL, "no_dicom", "GDCMSeriesFileNames")):
+        quiet, verbose = run(model, case), run(model, case, "--verbose")
+        assert len(quiet) == 1 and quiet[0].startswith("error: "), quiet
+        assert verbose[-1] == quiet[0] and any(noise in line for line in verbose[:-1]), verbose
+
+
+def test_earlier_results_are_refused_or_replaced_never_mixed(world, tmp_path, capfd):
+    from xaiexplain.io.outputs import read_results
+
+    out = tmp_path / "out"
+    base = ["explain", "--model", MODEL, "--input", str(world / "in" / "case.nrrd"), "--out", str(out), "--quiet",
+            "--no-previews"]
+    assert main(base + ["--method", "gradcam", "--method", "gradient"]) == 0
+    first = sorted(p.name for p in out.iterdir())
+    assert main(base + ["--method", "smoothgrad", "--param", "smoothgrad.samples=2"]) == 2
+    assert "already holds results (3 files" in capfd.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == first
+    (out / "notes.txt").write_text("mine")  # not a result: left alone
+    assert main(base + ["--method", "smoothgrad", "--param", "smoothgrad.samples=2", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "smoothgrad.nrrd", "summary.json"]
+    assert [r.method for r in read_results(out)] == ["smoothgrad"]
