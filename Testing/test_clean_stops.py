@@ -81,3 +81,21 @@ def test_earlier_results_are_refused_or_replaced_never_mixed(world, tmp_path, ca
     assert main(base + ["--method", "smoothgrad", "--param", "smoothgrad.samples=2", "--overwrite"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "smoothgrad.nrrd", "summary.json"]
     assert [r.method for r in read_results(out)] == ["smoothgrad"]
+
+
+def test_an_out_folder_without_write_permission_is_refused_before_any_pass(world, tmp_path, capfd, monkeypatch):
+    """Permission bits never refuse root (CI), so the one call that asks them is answered 'no' here."""
+    import os
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if str(path) == str(locked)
+                        else real(path, mode, **kw))
+    argv = ["explain", "--model", MODEL, "--input", str(world / "in" / "case.nrrd"), "--method", "smoothgrad",
+            "--out", str(locked / "out"), "--quiet"]
+    assert main(argv) == 2
+    err = capfd.readouterr().err.strip()
+    assert err == f"error: cannot write the output folder {locked / 'out'}: {locked} is not a writable folder. " \
+                  "Choose a folder you can write to."
+    assert list(locked.iterdir()) == []
