@@ -212,6 +212,8 @@ CASES = {
     "model a volume": explain_case("", "is not a TorchScript, .pt2 or bundle model", model="{in}/case.nrrd"),
     # methods and their parameters
     "method unknown": explain_case("", "unknown method", method="saliency-magic"),
+    "uncertainty of a classifier": explain_case("", "maps a segmentation network's voxelwise output",
+                                                method="entropy"),
     "samples=abc": explain_case("--param smoothgrad.samples=abc", "smoothgrad.samples='abc' is not a whole number",
                                 method="smoothgrad"),
     "samples=-5": explain_case("--param smoothgrad.samples=-5", "smoothgrad.samples=-5 is out of range",

@@ -65,7 +65,9 @@ def test_methods_lists_the_registry():
     listed = {m["name"]: m for m in json.loads(run.stdout)}
     assert set(listed) == {"gradient", "gradient-x-input", "smoothgrad", "integrated-gradients", "guided-backprop",
                            "deconvnet", "cam", "gradcam", "gradcampp", "guided-gradcam", "lrp", "deeplift",
-                           "deepshap", "occlusion", "occlusion-regions", "rise", "lime", "kernel-shap"}
+                           "deepshap", "occlusion", "occlusion-regions", "rise", "lime", "kernel-shap",
+                           "probability", "entropy", "tta-uncertainty", "mc-dropout"}
+    assert listed["entropy"]["family"] == "uncertainty" and not listed["entropy"]["classification"]
     assert listed["occlusion-regions"]["needs_regions"] and listed["occlusion-regions"]["cost"]["per"] == "region"
     assert listed["gradcam"]["needs_layers"] and not listed["gradcam"]["signed"]
     assert listed["integrated-gradients"]["cost"] == {"forward": 35, "backward": 32}  # with the auto baseline's probe
@@ -92,7 +94,7 @@ def test_demo_default_runs_every_quick_method(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    quick = {name for name, m in REGISTRY.items() if m.family != "perturbation"}
+    quick = {name for name, m in REGISTRY.items() if m.family != "perturbation" and m.classification}
     assert set(summary["demo"]["checks"]) == quick and "deepshap" in quick
     assert all((out / f"{name}.nrrd").exists() for name in quick)
 

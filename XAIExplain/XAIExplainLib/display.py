@@ -75,6 +75,10 @@ def threshold(node) -> float:
 def colorNodeFor(scene, node):
     if isSigned(node):
         return colormaps.divergingColorNode(scene, f"{node.GetName()} colours", 0.0)
+    from xaiexplain.protocol import PREDICTION_MAPS  # torch-free: the engine's one list of them
+
+    if node.GetAttribute(PREFIX + "method") in PREDICTION_MAPS:  # not evidence: its own colours
+        return colormaps.viridisColorNode(scene)
     return colormaps.infernoColorNode(scene)
 
 

@@ -44,6 +44,10 @@ def map_file(method: str, channel: str | None = None) -> str:
     return f"{method}.nrrd" if channel is None else f"{method}.{channel}.nrrd"
 
 
+# Methods whose maps show the prediction itself, not evidence for it (viewers give them their own colours).
+PREDICTION_MAPS = ("probability", "entropy", "tta-uncertainty", "mc-dropout")
+
+
 def preview_file(method: str) -> str:
     return f"{method}.png"
 

@@ -120,6 +120,9 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
         if isinstance(resolved, SegmentationTarget) and not method.segmentation:
             raise XAIError(f"method '{method.name}' does not apply to segmentation targets",
                            "choose gradcam or a gradient method")
+        if not isinstance(resolved, SegmentationTarget) and not method.classification:
+            raise XAIError(f"method '{method.name}' maps a segmentation network's voxelwise output; this model "
+                           "gives one score per class", "choose it for a segmentation model")
     all_params = [method.params(params.get(method.name)) for method in chosen]
     costs = [m.estimate(p, tuple(case.x.shape[2:]), case.n_regions) for m, p in zip(chosen, all_params)]
     times = PassTimes.measure(case, chosen, forward_seconds, costs, resolved, logits)

@@ -76,6 +76,7 @@ class Method:
     needs_gradients: ClassVar[bool] = True
     needs_layers: ClassVar[bool] = False
     segmentation: ClassVar[bool] = True  # works with region targets
+    classification: ClassVar[bool] = True  # explains a classifier's class score (not: maps of voxelwise outputs)
     needs_regions: ClassVar[bool] = False  # scores anatomical regions (ctx.regions)
     defaults: ClassVar[dict] = {}
     # What each parameter may be: (low, high) for numbers (None: open), a tuple of choices for names,
@@ -148,7 +149,8 @@ class Method:
     def describe(self) -> dict:
         return {"name": self.name, "title": self.title, "family": self.family, "signed": self.signed,
                 "needs_gradients": self.needs_gradients, "needs_layers": self.needs_layers,
-                "segmentation": self.segmentation, "completeness": self.completeness,
+                "segmentation": self.segmentation, "classification": self.classification,
+                "completeness": self.completeness,
                 "needs_regions": self.needs_regions, "defaults": dict(self.defaults),
                 "parameters": self.parameters(), "cost": self.cost(self.params({})),
                 "reference": self.reference}
