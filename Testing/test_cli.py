@@ -7,6 +7,7 @@ import sys
 
 import SimpleITK as sitk
 import numpy as np
+import pytest
 from PIL import Image
 
 from xaiexplain import read_volume, write_volume
@@ -57,6 +58,33 @@ def test_multichannel_inputs_on_different_grids_are_resampled_onto_the_first(tmp
     assert res.map.same_grid(first)
     assert any("resampled" in n for n in res.notes)
     assert np.allclose(res.channel_maps.array.sum(0), res.array, atol=1e-6)
+
+
+def test_the_share_of_each_input_channel_is_recorded_and_printed(tmp_path, positive_case, capsys):
+    """A network that cannot see its first channel: all of the gradient's mass is on the second."""
+    import torch
+
+    from xaiexplain.synthlesion.demo_model import SynthLesionNet
+    from xaiexplain.synthlesion.train import DEMO_PREPROCESSING
+
+    net = SynthLesionNet(in_channels=2).eval()
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
+    with torch.no_grad():
+        first.weight[:, 0] = 0
+    path = tmp_path / "net.pt"
+    torch.jit.save(torch.jit.script(net), str(path))
+    (tmp_path / "net.json").write_text(json.dumps({"in_channels": 2, "preprocessing": DEMO_PREPROCESSING}))
+    image = tmp_path / "t1.nrrd"
+    write_volume(positive_case.volume, image)
+    flair = tmp_path / "flair.nrrd"
+    write_volume(positive_case.volume.with_array(positive_case.volume.array[::-1].copy() * 0.5 + 1), flair)
+    out = tmp_path / "out"
+    assert main(["explain", "--model", str(path), "--input", str(image), "--input", str(flair), "--method",
+                 "gradient", "--out", str(out), "--quiet", "--no-previews"]) == 0
+    shares = json.loads((out / "summary.json").read_text())["results"][0]["info"]["channel_shares"]
+    assert [s["channel"] for s in shares] == ["t1", "flair"]
+    assert shares[0]["abs_share"] == 0.0 and shares[1]["abs_share"] == pytest.approx(1.0)
+    assert "channels: t1 0%, flair 100%" in capsys.readouterr().out
 
 
 def test_methods_lists_the_registry():

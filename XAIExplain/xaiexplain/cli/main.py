@@ -125,6 +125,8 @@ def cmd_explain(args) -> int:
         print(f"{r.method}: {r.timings['seconds']:.2f} s, peak at voxel {list(r.peak_index())}")
         if r.regions:
             print(f"  top region: {r.regions[0]['name']} (score {r.regions[0]['score']:.4g})")
+        if r.info.get("channel_shares"):
+            print("  channels: " + ", ".join(f"{c['channel']} {c['abs_share']:.0%}" for c in r.info["channel_shares"]))
         for warning in r.warnings:  # e.g. a baseline the network cannot see: said where the map is reported
             print(f"  WARNING: {warning_text(warning)}")
     warned = sum(len(r.warnings) for r in results)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from ..errors import XAIError
@@ -206,6 +207,12 @@ def _on_input_grid(case: PreparedCase, method, maps, info: dict, result: Attribu
         result.regions, result.region_labels = table, case.regions.labels
     result.map = volume.with_array(total, [method.name])
     result.channel_maps = volume.with_array(back, list(volume.channel_names)) if back.shape[0] > 1 else None
+    if result.channel_maps is not None:  # which input channel (sequence) the map's mass lies on
+        magnitude = np.abs(back).reshape(back.shape[0], -1).sum(1)
+        total_magnitude = max(float(magnitude.sum()), 1e-30)
+        info["channel_shares"] = [{"channel": name, "sum": float(back[c].sum()),
+                                   "abs_share": float(magnitude[c]) / total_magnitude}
+                                  for c, name in enumerate(volume.channel_names)]
     result.info = {**info, "preprocessing": case.spec.to_dict(), "channels": list(volume.channel_names)}
     result.notes = list(case.notes)
     return result
