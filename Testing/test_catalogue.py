@@ -214,6 +214,7 @@ CASES = {
     "method unknown": explain_case("", "unknown method", method="saliency-magic"),
     "uncertainty of a classifier": explain_case("", "maps a segmentation network's voxelwise output",
                                                 method="entropy"),
+    "channel Shapley of one channel": explain_case("", "needs 2 or more input channels", method="channel-shapley"),
     "samples=abc": explain_case("--param smoothgrad.samples=abc", "smoothgrad.samples='abc' is not a whole number",
                                 method="smoothgrad"),
     "samples=-5": explain_case("--param smoothgrad.samples=-5", "smoothgrad.samples=-5 is out of range",

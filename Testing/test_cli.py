@@ -94,7 +94,7 @@ def test_methods_lists_the_registry():
     assert set(listed) == {"gradient", "gradient-x-input", "smoothgrad", "integrated-gradients", "guided-backprop",
                            "deconvnet", "cam", "gradcam", "gradcampp", "guided-gradcam", "lrp", "deeplift",
                            "deepshap", "occlusion", "occlusion-regions", "rise", "lime", "kernel-shap",
-                           "probability", "entropy", "tta-uncertainty", "mc-dropout"}
+                           "channel-shapley", "probability", "entropy", "tta-uncertainty", "mc-dropout"}
     assert listed["entropy"]["family"] == "uncertainty" and not listed["entropy"]["classification"]
     assert listed["occlusion-regions"]["needs_regions"] and listed["occlusion-regions"]["cost"]["per"] == "region"
     assert listed["gradcam"]["needs_layers"] and not listed["gradcam"]["signed"]

@@ -121,6 +121,9 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
         if isinstance(resolved, SegmentationTarget) and not method.segmentation:
             raise XAIError(f"method '{method.name}' does not apply to segmentation targets",
                            "choose gradcam or a gradient method")
+        if case.x.shape[1] < method.min_channels:
+            raise XAIError(f"method '{method.name}' needs {method.min_channels} or more input channels; the model "
+                           f"takes {case.x.shape[1]}", "use it with a multi-channel model (one --input per sequence)")
         if not isinstance(resolved, SegmentationTarget) and not method.classification:
             raise XAIError(f"method '{method.name}' maps a segmentation network's voxelwise output; this model "
                            "gives one score per class", "choose it for a segmentation model")

@@ -77,6 +77,7 @@ class Method:
     needs_layers: ClassVar[bool] = False
     segmentation: ClassVar[bool] = True  # works with region targets
     classification: ClassVar[bool] = True  # explains a classifier's class score (not: maps of voxelwise outputs)
+    min_channels: ClassVar[int] = 1  # input channels it needs (channel-shapley: 2)
     needs_regions: ClassVar[bool] = False  # scores anatomical regions (ctx.regions)
     defaults: ClassVar[dict] = {}
     # What each parameter may be: (low, high) for numbers (None: open), a tuple of choices for names,
