@@ -118,15 +118,7 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     predicted = prediction(logits, loaded.class_names, loaded.output_kind)
     target_info = resolved.describe(logits, loaded.class_names)
     for method in chosen:
-        if isinstance(resolved, SegmentationTarget) and not method.segmentation:
-            raise XAIError(f"method '{method.name}' does not apply to segmentation targets",
-                           "choose gradcam or a gradient method")
-        if case.x.shape[1] < method.min_channels:
-            raise XAIError(f"method '{method.name}' needs {method.min_channels} or more input channels; the model "
-                           f"takes {case.x.shape[1]}", "use it with a multi-channel model (one --input per sequence)")
-        if not isinstance(resolved, SegmentationTarget) and not method.classification:
-            raise XAIError(f"method '{method.name}' maps a segmentation network's voxelwise output; this model "
-                           "gives one score per class", "choose it for a segmentation model")
+        _check_applies(method, resolved, case.x.shape[1])
     all_params = [method.params(params.get(method.name)) for method in chosen]
     costs = [m.estimate(p, tuple(case.x.shape[2:]), case.n_regions) for m, p in zip(chosen, all_params)]
     times = PassTimes.measure(case, chosen, forward_seconds, costs, resolved, logits)
@@ -156,6 +148,20 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
                 versions=versions(), seed=seed, model={**loaded.describe(), "device": str(case.device)})))
             report(1.0, f"{method.name}: done in {seconds:.2f} s")
     return results
+
+
+def _check_applies(method, target, channels: int) -> None:
+    """Before any pass: the method can explain this kind of model and target."""
+    segmentation = isinstance(target, SegmentationTarget)
+    if segmentation and not method.segmentation:
+        raise XAIError(f"method '{method.name}' does not apply to segmentation targets",
+                       "choose gradcam or a gradient method")
+    if not segmentation and not method.classification:
+        raise XAIError(f"method '{method.name}' maps a segmentation network's voxelwise output; this model gives "
+                       "one score per class", "choose it for a segmentation model")
+    if channels < method.min_channels:
+        raise XAIError(f"method '{method.name}' needs {method.min_channels} or more input channels; the model takes "
+                       f"{channels}", "use it with a multi-channel model (one --input per sequence)")
 
 
 def check_seed(seed) -> int:
