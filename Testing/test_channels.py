@@ -38,7 +38,8 @@ def test_the_channel_that_carries_the_evidence_ranks_first_and_the_values_add_up
     expected = [0.5 * means[0] * means[1], 3.0 * means[1] + 0.5 * means[0] * means[1], 0.0, 0.5 * means[3]]
     assert phi == pytest.approx([float(e) for e in expected], rel=1e-5, abs=1e-6)
     assert max(range(4), key=lambda c: phi[c]) == 1
-    assert info["completeness_error"] < 1e-6 and info["coalitions"] == 16 and ctx.passes["forward"] == 16
+    # 16 coalitions and the scorer's probe pass, as declared
+    assert info["completeness_error"] < 1e-6 and info["coalitions"] == 16 and ctx.passes["forward"] == 17
     assert maps.shape == x.shape and torch.allclose(maps.sum((2, 3, 4))[0].float(), torch.tensor(phi).float(),
                                                     rtol=1e-4)
 
