@@ -19,7 +19,7 @@ from monai.transforms import (Compose, NormalizeIntensity, Orientation, ResizeWi
                               ScaleIntensityRangePercentiles, Spacing)
 
 from ..errors import XAIError
-from .volume import Volume
+from .volume import MAX_VOXEL_MM, Volume
 
 INTENSITY_KINDS = ("range", "percentiles", "zscore")
 # Defaults filled in so that two specs meaning the same scaling compare equal.
@@ -77,13 +77,12 @@ def intensity_transform(intensity: dict | None):
     return NormalizeIntensity(nonzero=intensity["nonzero"], channel_wise=True)
 
 
-MAX_SPACING_MM = 100.0  # coarser than this is no scan's voxel
 MAX_SIZE = 4096  # voxels per axis: more would not fit in any memory as a 3-D float volume
 
 
 def _check_geometry(spec: PreprocessSpec) -> None:
     """Three plausible spacings and sizes, three axis codes naming each axis once."""
-    for key, value, whole, top in (("spacing", spec.spacing, False, MAX_SPACING_MM),
+    for key, value, whole, top in (("spacing", spec.spacing, False, MAX_VOXEL_MM),
                                    ("spatial_size", spec.spatial_size, True, MAX_SIZE)):
         if value is None:
             continue

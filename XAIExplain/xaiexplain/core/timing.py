@@ -52,22 +52,16 @@ class PassTimes:
         batch = 1 if fixed and fixed[0] == 1 else BATCH  # a program exported for one volume at a time
         network, x = case.model.network, case.x.expand(batch, *case.x.shape[1:]).contiguous()
 
+        from ..methods.machinery.scoring import layer_output_sizes
+
         sizes: list[int] = []
 
-        def keep(_module, _inputs, output):
-            if torch.is_tensor(output):
-                sizes.append(output.numel() * output.element_size())
-
         def gradient():
-            hooks = [m.register_forward_hook(keep) for m in network.modules()] if case.model.has_layers else []
-            try:
-                with torch.enable_grad():
-                    inputs = x.clone().requires_grad_(True)
-                    out = model_output(network(inputs)).float()
-                    torch.autograd.grad(out.flatten(1)[:, 0].sum(), inputs)
-            finally:
-                for hook in hooks:
-                    hook.remove()
+            with layer_output_sizes(network, case.model.has_layers) as kept, torch.enable_grad():
+                inputs = x.clone().requires_grad_(True)
+                out = model_output(network(inputs)).float()
+                torch.autograd.grad(out.flatten(1)[:, 0].sum(), inputs)
+            sizes.extend(kept)
 
         def perturbed():  # as the perturbation methods' scorer does: paste, pass, score as logit and probability
             copies = torch.where(x > x.mean(), x, 0.5 * x)

@@ -218,15 +218,15 @@ class Ledger:
         self.kept[kind] = self.kept.get(kind, 0) + kept
 
     def shares(self, scores: torch.Tensor) -> dict[str, list[float]]:
-        return {kind: [float(v) for v in kept / scores] for kind, kept in sorted(self.kept.items())}
+        return {kind: [float(v) for v in kept.cpu() / scores] for kind, kept in sorted(self.kept.items())}
 
     def total(self, n: int) -> torch.Tensor:
-        return sum(self.kept.values(), torch.zeros(n, dtype=torch.float64))
+        return sum((kept.cpu() for kept in self.kept.values()), torch.zeros(n, dtype=torch.float64))
 
 
 def _per_sample(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Sum of each sample's relevance; a tensor without the batch axis (a broadcast operand) split evenly."""
-    t = t.detach().double().cpu()
+    """Each sample's relevance, summed on its device (a host copy per layer stalls a GPU); broadcasts split evenly."""
+    t = t.detach().double()
     if t.ndim > 1 and t.shape[0] == n:
         return t.flatten(1).sum(1)
     return t.sum().expand(n) / n

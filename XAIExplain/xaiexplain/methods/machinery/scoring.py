@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -37,9 +38,8 @@ METRIC_BATCH = 8  # the metrics' fixed batch: their values stay the same on ever
 
 def incremental_share(model: LoadedModel, device: torch.device) -> float:
     """What a box (a patch, a region) scored incrementally costs, in batched full passes, on ``device``: on a CPU,
-    for networks whose graph can be traced (not TorchScript: full passes there)."""
-    traced = model.format != "torchscript"
-    return INCREMENTAL_SHARE if traced and torch.device(device).type in INCREMENTAL_DEVICES else 1.0
+    for networks whose layers can be traced (as the scorer decides: not TorchScript, full passes there)."""
+    return INCREMENTAL_SHARE if model.has_layers and torch.device(device).type in INCREMENTAL_DEVICES else 1.0
 
 
 def free_memory(device: torch.device) -> int:
@@ -62,31 +62,39 @@ def inference_network(ctx: Context) -> InferenceNetwork:
     return ctx.cache["inference"]
 
 
+@contextmanager
+def layer_output_sizes(module: torch.nn.Module, enabled: bool = True):
+    """The bytes of every layer's output while the block runs, in the list it yields (forward hooks; nothing
+    when not ``enabled``, e.g. TorchScript, which hides its layers)."""
+    sizes: list[int] = []
+
+    def hook(_module, _inputs, output):
+        if torch.is_tensor(output):
+            sizes.append(output.numel() * output.element_size())
+
+    hooks = [m.register_forward_hook(hook) for m in module.modules()] if enabled else []
+    try:
+        yield sizes
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def measure_footprint(network: InferenceNetwork, x: torch.Tensor) -> tuple[int, float, torch.Tensor]:
     """(bytes, seconds, output) of one forward pass on one volume: peak allocation on a GPU, every layer's
     output elsewhere."""
     device = x.device
-    sizes: list[int] = []
-    hooks = []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         start_bytes = torch.cuda.memory_allocated(device)
-    elif network.has_layers:
-        def hook(_module, _inputs, output):
-            if torch.is_tensor(output):
-                sizes.append(output.numel() * output.element_size())
-        hooks = [m.register_forward_hook(hook) for m in network.module.modules()]
-    try:
+    with layer_output_sizes(network.module, device.type != "cuda" and network.has_layers) as sizes:
         start = time.perf_counter()
         with torch.inference_mode():
             output = network(x)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-    finally:
-        for h in hooks:
-            h.remove()
     if device.type == "cuda":
         used = torch.cuda.max_memory_allocated(device) - start_bytes
     elif sizes:
