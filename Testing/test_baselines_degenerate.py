@@ -109,6 +109,33 @@ def test_the_uniform_baseline_is_noise_in_each_channels_range_and_made_again_fro
     assert info["baseline"] == "uniform" and info["completeness_error"] < 0.05 and "warnings" not in info
 
 
+def test_integrated_gradients_over_several_noise_baselines_is_the_mean_of_their_maps():
+    from xaiexplain.core.baselines import UNIFORM_SEED, uniform_noise
+    from xaiexplain.errors import XAIError
+    from xaiexplain.metrics import Scorer, completeness
+
+    torch.manual_seed(5)  # no instance norm: noise scores far enough from the input for a relative error to mean much
+    inet = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 4, 3, padding=1, stride=2), nn.ReLU(),
+                         nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(4, 2)).eval()
+    x = _input()
+    params = {"baseline": "uniform", "baselines": 3, "steps": 64}
+    mean, info, _ = attribute(inet, x, "integrated-gradients", target=1, params=params)
+    singles = [attribute(inet, x, "integrated-gradients", target=1,
+                         params={"baseline": uniform_noise(x, draw), "steps": 64})[0] for draw in range(3)]
+    assert torch.allclose(mean, sum(singles) / 3, atol=1e-6)
+    assert info["baseline_seeds"] == [UNIFORM_SEED, UNIFORM_SEED + 1, UNIFORM_SEED + 2]
+    # the draws differ: the mean is not one of them
+    assert float((singles[0] - singles[1]).abs().max()) > 0.1 * float(singles[0].abs().max())
+    # the sum is score(x) minus the baselines' mean score, as the completeness metric measures it
+    out = completeness(Scorer.for_model(inet, x, target=1), mean, "integrated-gradients", params)
+    assert info["completeness_error"] < 0.01 and "warnings" not in info  # measured 0.0012
+    assert out["completeness_error"] == pytest.approx(info["completeness_error"], rel=1e-3, abs=1e-5)
+    assert get_cost("integrated-gradients", params) == {"forward": 3 * 65 + 1, "backward": 3 * 64}
+    with pytest.raises(XAIError, match=r"baselines=3 averages draws of a random baseline, and 'blur' is always") as err:
+        attribute(inet, x, "integrated-gradients", target=1, params={"baseline": "blur", "baselines": 3})
+    assert "\n" not in str(err.value) and "Add --param integrated-gradients.baseline=uniform" in str(err.value)
+
+
 def test_a_monai_unet_with_instance_norm():
     from monai.networks.nets import UNet
 

@@ -36,13 +36,14 @@ SPACING = 3.0  # mm; see the module docstring
 # rules refuse; they, and integrated gradients (the probabilities saturate: a blurred head is still brain
 # with p = 1.00 against 0.98), explain the logits of the same network
 METHODS = [("gradient", "probabilities"), ("gradcam", "probabilities"), ("gradient", "logits"),
-           ("lrp", "logits"), ("deeplift", "logits")]
+           ("lrp", "logits"), ("deeplift", "logits"), ("integrated-gradients", "logits")]
 COMPLETE = ["integrated-gradients", "lrp", "deeplift"]  # the methods with the completeness property
-# integrated gradients from uniform noise, 64 steps (16 leave a completeness error of 0.25): from the blur
-# baseline only 0.36 of its positive mass lies in the brain (0.39 at sigma 10 voxels; 34% in the rest of the
-# head, 15% in the skull): a blurred head is still a head to HD-BET, and the path's differences are largest
-# at the scalp and skull edges. From noise about half (0.50; other draws of the noise 0.46 and 0.59).
-PARAMS = {"integrated-gradients": {"baseline": "uniform", "steps": 64, "batch_size": 2},  # 3 GB, not 8
+# integrated gradients from uniform noise, averaged over 4 draws of it: from the blur baseline only 0.36 of its
+# positive mass lies in the brain (0.39 at sigma 10 voxels; 34% in the rest of the head, 15% in the skull): a
+# blurred head is still a head to HD-BET, and the path's differences are largest at the scalp and skull edges.
+# From one draw of noise about half (0.42-0.52 over four draws at 32 steps): each draw leaves its own pattern;
+# their mean keeps what they share (0.49 for 2 draws, 0.52 for 3, 0.53 for 4).
+PARAMS = {"integrated-gradients": {"baseline": "uniform", "baselines": 4, "steps": 48, "batch_size": 2},  # 3 GB
           "deeplift": {"baseline": "blur"}}
 
 
@@ -134,16 +135,6 @@ def test_the_evidence_for_brain_lies_mostly_in_the_brain(attribution, brain, cas
     print(f"{method} ({head}): {share:.3f} of the positive mass in the brain (+3 voxels), "
           f"{result.timings['seconds']:.1f} s")
     assert share > 0.5
-
-
-@needs_hdbet
-def test_integrated_gradients_puts_about_half_of_its_evidence_in_the_brain(attribution, brain):
-    """Not 'mostly', as the other methods: measured 0.498 (complete to 0.003), kept as a fact, not a pass."""
-    result = attribution("integrated-gradients", "logits")
-    share = positive_share_inside(result.array, brain)
-    print(f"integrated-gradients (logits, uniform noise): {share:.3f} of the positive mass in the brain, "
-          f"completeness error {result.info['completeness_error']:.4f}, {result.timings['seconds']:.1f} s")
-    assert 0.4 < share < 0.6
 
 
 @needs_hdbet

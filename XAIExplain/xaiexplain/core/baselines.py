@@ -80,9 +80,10 @@ def baseline_for(x: torch.Tensor, baseline) -> torch.Tensor:
     return base
 
 
-def uniform_noise(x: torch.Tensor) -> torch.Tensor:
-    """Noise uniform between each channel's minimum and maximum (per sample), the same for the same input."""
-    generator = torch.Generator().manual_seed(UNIFORM_SEED)
+def uniform_noise(x: torch.Tensor, draw: int = 0) -> torch.Tensor:
+    """Noise uniform between each channel's minimum and maximum (per sample), the same for the same input and
+    ``draw`` (seed UNIFORM_SEED + draw)."""
+    generator = torch.Generator().manual_seed(UNIFORM_SEED + int(draw))
     noise = torch.rand(x.shape, generator=generator, dtype=torch.float32).to(device=x.device, dtype=x.dtype)
     flat = x.flatten(2)
     low = flat.amin(2).view(*x.shape[:2], *([1] * (x.ndim - 2)))

@@ -25,6 +25,11 @@ def _triple(value) -> tuple[int, int, int]:
     return tuple(values) if len(values) == 3 else (values[0],) * 3
 
 
+def lattice_of(shape, window, stride) -> tuple[int, int, int]:
+    """How many window positions along each axis."""
+    return tuple(len(window_starts(n, w, st)) for n, w, st in zip(shape, _triple(window), _triple(stride)))
+
+
 def windows(shape, window, stride) -> list[tuple[slice, slice, slice]]:
     window, stride = _triple(window), _triple(stride)
     axes = [[slice(s, s + min(w, n)) for s in window_starts(n, w, st)] for n, w, st in zip(shape, window, stride)]
@@ -60,6 +65,51 @@ def refinement_windows(shape, window, stride, refine: int) -> list[tuple]:
         window, stride = tuple(max(1, w // 2) for w in extent), tuple(max(1, s // 2) for s in stride)
         levels.append((window, stride, windows(extent, window, stride)))
     return levels
+
+
+MAX_COARSE_STEP = 4
+SAMPLED_SHARE, SAMPLED_MIN = 0.05, 8  # of the windows left to interpolation, scored to measure its error
+
+
+def _interpolation_matrix(n: int, known: list[int]) -> torch.Tensor:
+    """(n, len(known)) weights of linear interpolation along one lattice axis from the ``known`` indices."""
+    weights = torch.zeros(n, len(known), dtype=torch.float64)
+    for i in range(n):
+        right = next(j for j, k in enumerate(known) if k >= i)
+        if known[right] == i or right == 0:
+            weights[i, right] = 1.0
+        else:
+            left = right - 1
+            t = (i - known[left]) / (known[right] - known[left])
+            weights[i, left], weights[i, right] = 1 - t, t
+    return weights
+
+
+def coarse_steps(window, stride) -> tuple[int, int, int]:
+    """Per axis, every how many window positions the coarse pass scores: windows at that step must still touch
+    or overlap (step x stride <= window), so every voxel lies in a scored window and nothing can hide between
+    them (tiling windows: 1, every position); at most MAX_COARSE_STEP."""
+    return tuple(max(1, min(MAX_COARSE_STEP, w // max(1, st))) for w, st in zip(_triple(window), _triple(stride)))
+
+
+def coarse_lattice(lattice, steps) -> tuple[list[list[int]], list[torch.Tensor]]:
+    """Every ``steps``-th window position per axis (the last one kept), and the matrices that interpolate from
+    them."""
+    known = [sorted(set(range(0, n, k)) | {n - 1}) for n, k in zip(lattice, steps)]
+    return known, [_interpolation_matrix(n, k) for n, k in zip(lattice, known)]
+
+
+def interpolated(coarse: torch.Tensor, matrices) -> torch.Tensor:
+    """The coarse lattice's drops (k0, k1, k2) interpolated onto the whole lattice (n0, n1, n2), separably."""
+    return torch.einsum("ai,bj,ck,ijk->abc", *matrices, coarse)
+
+
+def _ring(index, lattice):
+    """The lattice positions next to ``index`` (26-neighbourhood)."""
+    for step in itertools.product((-1, 0, 1), repeat=3):
+        near = tuple(i + d for i, d in zip(index, step))
+        if any(step) and all(0 <= i < n for i, n in zip(near, lattice)):
+            yield near
 
 
 def mean_drop_map(shape, spots, drops) -> torch.Tensor:
@@ -108,9 +158,9 @@ class PatchOcclusion(Method):
     name, title, family = "occlusion", "Patch occlusion (3D sliding window)", "perturbation"
     needs_gradients = False
     defaults = {"window": 16, "stride": 8, "refine": 2, "baseline": "blur", "score": "probability",
-                "batch_size": None}
+                "batch_size": None, "approximate": False, "tolerance": 0.2, "drill": 0.02}
     bounds = {"window": (1, None), "stride": (1, None), "refine": (0, 8), "baseline": BASELINE,
-              "score": SCORES, "batch_size": (1, None)}
+              "score": SCORES, "batch_size": (1, None), "tolerance": (0.0, 1.0), "drill": (0.0, 1.0)}
     reference = "Zeiler & Fergus 2014"
 
     def cost(self, params):
@@ -121,10 +171,14 @@ class PatchOcclusion(Method):
 
     def estimate(self, params, shape, n_regions=0):
         levels = refinement_windows(shape, params["window"], params["stride"], params["refine"])
-        return {"forward": len(windows(shape, params["window"], params["stride"])) + 1
-                + sum(len(spots) for _, _, spots in levels), "backward": 0}
+        count = len(windows(shape, params["window"], params["stride"]))
+        if params["approximate"]:  # the coarse lattice and the drill-down's first round; more rounds may follow
+            known, _ = coarse_lattice(lattice_of(shape, params["window"], params["stride"]),
+                                      coarse_steps(params["window"], params["stride"]))
+            count = min(count, len(list(itertools.product(*known))) + int(params["drill"] * count))
+        return {"forward": count + 1 + sum(len(spots) for _, _, spots in levels), "backward": 0}
 
-    def run(self, ctx, window, stride, refine, baseline, score, batch_size):
+    def run(self, ctx, window, stride, refine, baseline, score, batch_size, approximate, tolerance, drill):
         check_score(score)
         base_all = baseline_for(ctx.x, baseline)
         shape = tuple(ctx.x.shape[2:])
@@ -136,7 +190,8 @@ class PatchOcclusion(Method):
             x, base = ctx.x[n:n + 1], base_all[n:n + 1]
             # A window where the baseline equals the input changes nothing: its drop is exactly 0, no pass needed.
             todo = changed_windows(x, base, bounds)
-            scorer = Scorer(ctx, n, len(todo) + sum(len(level) for _, _, level in levels), batch_size, "occlusion")
+            scorer = Scorer(ctx, n, len(todo) + sum(len(level) for _, _, level in levels), batch_size, "occlusion",
+                            approximate=tolerance if approximate else None)
 
             def drops_of(bounds, chosen):
                 """Drop of the target for the ``chosen`` windows of ``bounds`` (0 for the others)."""
@@ -149,7 +204,16 @@ class PatchOcclusion(Method):
                     drops[chosen[part]] = scorer.reference(score) - scorer.pick(logits, probs, score)
                 return drops
 
-            drops = drops_of(bounds, todo)
+            if approximate and max(coarse_steps(window, stride)) > 1:
+                drops, facts = self._approximate(drops_of, scorer, bounds, todo, lattice_of(shape, window, stride),
+                                                 coarse_steps(window, stride), tolerance, drill)
+                info["approximate"] = facts
+            else:
+                drops = drops_of(bounds, todo)
+                if approximate:
+                    info["approximate"] = {"coarse_steps": [1, 1, 1], "exact_windows": len(spots),
+                                           "interpolated_windows": 0, "why": "stride over half the window: "
+                                           "skipping every other window would leave voxels no scored window covers"}
             result = mean_drop_map(shape, spots, drops)
             best, refined = spots[int(torch.argmax(drops))], []
             for level_window, level_stride, relative in levels:
@@ -162,12 +226,75 @@ class PatchOcclusion(Method):
                                 "best": [[w.start, w.stop] for w in best],
                                 "best_drop": float(level_drops.max())})
             maps.append(result.float()[None, None])
-            info = {**scorer.facts, "windows": len(spots), "skipped_unchanged": len(spots) - len(todo),
+            info = {**scorer.facts, **info, "windows": len(spots), "skipped_unchanged": len(spots) - len(todo),
                     "window": list(_triple(window)), "stride": list(_triple(stride)), "refined": refined,
                     "baseline": describe_baseline(baseline), "score": score,
                     "map": f"mean drop of the target {score} over the windows covering each voxel"
                            + (", plus each refinement level's inside its box" if refined else "")}
         return torch.cat(maps).to(ctx.x.device), info
+
+    @staticmethod
+    def _approximate(drops_of, scorer, bounds, todo, lattice, steps, tolerance, drill):
+        """Drops of every window from a share of them (adaptive drill-down, in the spirit of Krypton).
+
+        Exact on every ``steps``-th lattice position per axis, linearly interpolated between; then exact where
+        the map is high (the top ``drill`` share of the interpolated |drop|) and, ring by ring, around every
+        exact position whose interpolation missed by more than ``tolerance`` of the largest drop."""
+        changed = torch.zeros(bounds.shape[0], dtype=torch.bool)
+        changed[todo] = True
+        known, matrices = coarse_lattice(lattice, steps)
+        flat = lambda index: (index[0] * lattice[1] + index[1]) * lattice[2] + index[2]  # windows() order
+        unravel = lambda i: (i // (lattice[1] * lattice[2]), i // lattice[2] % lattice[1], i % lattice[2])
+        coarse = [flat(i) for i in itertools.product(*known)]
+        done = torch.zeros(bounds.shape[0], dtype=torch.bool)
+        drops = torch.zeros(bounds.shape[0], dtype=torch.float64)
+        first = [i for i in coarse if changed[i]]
+        later = scorer.total - len(todo)  # the refinement levels' windows
+        scorer.total = len(first) + int(drill * len(todo)) + later  # progress: a guess until the drill-down ends
+        drops[first] = drops_of(bounds, first)[first]
+        done[coarse] = True
+        guess = interpolated(drops[coarse].view(*[len(k) for k in known]), matrices).flatten()
+        scale = float(drops[first].abs().max()) if first else 0.0
+        scale = scale or 1.0  # the largest exact drop so far: what the tolerance is a share of
+        ranked = torch.argsort(guess.abs(), descending=True)[:max(1, int(drill * len(guess)))].tolist()
+        todo_next, worst, rounds = [i for i in ranked if not done[i]], 0.0, 0
+        while todo_next:
+            chosen = [i for i in todo_next if changed[i]]
+            scorer.total = max(scorer.total, scorer.done + len(chosen) + later)
+            drops[chosen] = drops_of(bounds, chosen)[chosen]
+            done[todo_next] = True
+            missed = (drops[todo_next] - guess[todo_next]).abs() / scale
+            worst = max(worst, float(missed.max()))
+            rounds += 1
+            near = {flat(j) for i, m in zip(todo_next, missed.tolist()) if m > tolerance
+                    for j in _ring(unravel(i), lattice)}
+            todo_next = sorted(i for i in near if not done[i])
+        # A seeded sample of the windows left to interpolation, scored exactly: where the map has no smooth
+        # structure to interpolate (an untrained network's), the sampled error exceeds the tolerance and every
+        # window is scored: the map is then exact, and says so.
+        left = torch.nonzero(~done & changed).flatten()
+        sample = left[torch.randperm(len(left), generator=torch.Generator().manual_seed(0))[:max(
+            SAMPLED_MIN, int(SAMPLED_SHARE * len(left)))]].tolist()
+        scorer.total = max(scorer.total, scorer.done + len(sample) + later)
+        drops[sample] = drops_of(bounds, sample)[sample]
+        done[sample] = True
+        known = drops[done]
+        error = float((drops[sample] - guess[sample]).pow(2).mean().sqrt() / known.pow(2).mean().sqrt().clamp(
+            min=1e-12)) if sample else 0.0
+        facts = {"coarse_steps": list(steps), "tolerance": tolerance, "drill": drill, "drill_rounds": rounds,
+                 "largest_drill_error": round(worst, 4), "sampled_windows": len(sample),
+                 "sampled_error": round(error, 4),
+                 "error": "RMS of exact - interpolated drop over a seeded sample of the interpolated windows, "
+                          "over the RMS of the exact drops"}
+        if error > tolerance:
+            rest = torch.nonzero(~done & changed).flatten().tolist()
+            scorer.total = max(scorer.total, scorer.done + len(rest) + later)
+            drops[rest] = drops_of(bounds, rest)[rest]
+            done[:] = True
+            facts["why"] = f"the sampled error {error:.2f} is over the tolerance: every window scored exactly"
+        drops = torch.where(done, drops, guess)
+        drops[~changed] = 0.0  # a window where the baseline equals the input changes nothing, exactly
+        return drops, {**facts, "exact_windows": int(done.sum()), "interpolated_windows": int((~done).sum())}
 
 
 class RegionOcclusion(Method):

@@ -103,7 +103,7 @@ def completeness(scorer: Scorer, attribution, method, params: dict | None = None
         raise XAIError("completeness is defined on the explained score", "use a logit scorer")
     chosen = method.params(params)
     base = method.completeness_baseline(scorer.x, chosen, score=scorer.scores)  # 'auto' probes the network
-    delta = scorer.base - (float(scorer.scores(base)[0]) if base is not None else 0.0)
+    delta = scorer.base - (float(scorer.scores(base).mean()) if base is not None else 0.0)  # one or more baselines
     total = float(voxel_map(attribution).sum())
     return {"applies": True, "sum": total, "score_difference": delta,
             "completeness_error": float(completeness_error([total], [delta])[0])}

@@ -18,17 +18,17 @@ import torch.nn.functional as F
 aten = torch.ops.aten
 
 
-def _packets(names: str) -> set:
+def packets(names: str) -> set:
     return {getattr(aten, name) for name in names.split() if hasattr(aten, name)}
 
 
 # Moves or copies values without mixing them: the gradient routes relevance as it should.
-MOVE = _packets("cat concat concatenate stack view _unsafe_view reshape flatten unflatten permute transpose t "
+MOVE = packets("cat concat concatenate stack view _unsafe_view reshape flatten unflatten permute transpose t "
                 "squeeze unsqueeze expand expand_as clone contiguous alias _to_copy to slice select narrow split "
                 "split_with_sizes chunk unbind constant_pad_nd pad dropout feature_dropout alpha_dropout "
                 "feature_alpha_dropout native_dropout movedim lift_fresh_copy repeat index_select")
 # Elementwise activations: kept as ATen calls (run out of place), handled like F.relu and its kin.
-ACTIVATION = _packets("relu relu_ leaky_relu leaky_relu_ prelu _prelu_kernel elu elu_ selu selu_ celu celu_ gelu "
+ACTIVATION = packets("relu relu_ leaky_relu leaky_relu_ prelu _prelu_kernel elu elu_ selu selu_ celu celu_ gelu "
                       "gelu_ silu silu_ mish mish_ hardswish hardswish_ hardtanh hardtanh_ softplus sigmoid "
                       "sigmoid_ tanh tanh_ relu6")
 
@@ -36,6 +36,18 @@ ACTIVATION = _packets("relu relu_ leaky_relu leaky_relu_ prelu _prelu_kernel elu
 def packet(func):
     """The op family of an ATen overload (``aten.conv3d`` for ``aten.conv3d.default``), else None."""
     return getattr(func, "overloadpacket", None)
+
+
+def out_of_place(func):
+    """The out-of-place twin of an in-place ATen call (``aten.relu.default`` for ``aten.relu_.default``)."""
+    name = func.overloadpacket.__name__
+    twin = getattr(aten, name[:-1], None) if name.endswith("_") else None
+    return getattr(twin, func._overloadname, func) if twin is not None else func
+
+
+def outputs(func) -> int:
+    """How many values an ATen call returns."""
+    return len(func._schema.returns)
 
 
 def bound(func, args: tuple, kwargs: dict) -> dict:
@@ -174,7 +186,7 @@ _RESTATED = {
     "add add_": (_arithmetic("add"), 0), "sub sub_": (_arithmetic("sub"), 0),
     "mul mul_": (_arithmetic("mul"), 0), "div div_": (_arithmetic("div"), 0),
 }
-RESTATED = {p: entry for names, entry in _RESTATED.items() for p in _packets(names)}
+RESTATED = {p: entry for names, entry in _RESTATED.items() for p in packets(names)}
 
 
 def restate(func, args: tuple, kwargs: dict):

@@ -41,7 +41,9 @@ def fold_into(weight: torch.Tensor, bias: torch.Tensor | None, scale: torch.Tens
 def folded_copy(network: nn.Module) -> fx.GraphModule:
     """A traced copy of ``network`` (eval mode) with every BatchNorm that only reads a convolution's
     output folded into that convolution. Raises what torch.fx raises when the network cannot be traced."""
-    traced = fx.symbolic_trace(copy.deepcopy(network))
+    # a graph already (a torch.export program): copied as it is; traced again it would gain shape checks
+    copied = copy.deepcopy(network)
+    traced = copied if isinstance(copied, fx.GraphModule) else fx.symbolic_trace(copied)
     modules = dict(traced.named_modules())
     for node in list(traced.graph.nodes):
         norm = modules.get(node.target) if node.op == "call_module" else None

@@ -23,12 +23,15 @@ explanations" (Krypton).
 from __future__ import annotations
 
 import operator
+import weakref
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...core.conversion import passes_input
 from ...core.models import model_output
+from . import aten
 
 # Layers that act voxel by voxel: their output box is their input box.
 POINTWISE_ALWAYS = (nn.ReLU, nn.PReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
@@ -40,6 +43,85 @@ POINTWISE_FUNCTIONS = {F.relu, torch.relu, F.leaky_relu, F.elu, F.gelu, F.silu, 
 BINARY_FUNCTIONS = {operator.add, operator.sub, operator.mul, torch.add, torch.sub, torch.mul}
 BINARY_METHODS = {"add", "sub", "mul", "__add__", "__sub__", "__mul__"}
 POINTWISE_METHODS = {"relu", "sigmoid", "tanh", "contiguous"}
+ATEN = torch.ops.aten
+ATEN_COPIES = aten.packets("clone contiguous alias lift_fresh_copy")
+ATEN_DROPOUT = aten.packets("dropout feature_dropout alpha_dropout feature_alpha_dropout")
+ATEN_BOXED = aten.packets("convolution _convolution conv1d conv2d conv3d max_pool1d max_pool2d max_pool3d "
+                          "max_pool1d_with_indices max_pool2d_with_indices max_pool3d_with_indices avg_pool1d "
+                          "avg_pool2d avg_pool3d batch_norm _native_batch_norm_legit_no_training add add_ sub sub_ "
+                          "mul mul_ div div_ cat concat") | aten.ACTIVATION | ATEN_COPIES | ATEN_DROPOUT
+# What the layers above are (a module's class), read from the graph alone: see local_share()
+BOXED_MODULES = POINTWISE_MODULES + (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd,
+                                     nn.modules.pooling._AvgPoolNd)
+BOXED_FUNCTIONS = POINTWISE_FUNCTIONS | BINARY_FUNCTIONS | {torch.cat, operator.getitem}
+BOXED_METHODS = POINTWISE_METHODS | BINARY_METHODS
+# Normalisations over the whole volume: per channel an affine map of their input whose scale and shift come from
+# the volume's statistics. Approximate scoring keeps them at the unperturbed volume's (a box moves them little).
+NORM_MODULES = (nn.modules.instancenorm._InstanceNorm, nn.GroupNorm)
+ATEN_NORMS = aten.packets("instance_norm group_norm native_group_norm")
+_SHARES = weakref.WeakKeyDictionary()
+
+
+def local_share(network: nn.Module, frozen_norms: bool = False) -> float:
+    """The share of ``network``'s layers that can run on boxes: those the input reaches through layers with a
+    box rule only (``frozen_norms``: normalisations too). Read from the traced graph, without a pass; an upper
+    bound (a box can still grow to the whole grid, or a rule refuse its arguments); 0 where the network cannot
+    be traced."""
+    shares = _SHARES.setdefault(network, {})
+    if frozen_norms not in shares:
+        try:
+            module = network if isinstance(network, torch.fx.GraphModule) else torch.fx.symbolic_trace(network)
+        except Exception:  # noqa: BLE001 - untraceable: nothing runs on boxes
+            shares[frozen_norms] = 0.0
+            return 0.0
+        modules, boxed, shapes, layers, local = dict(module.named_modules()), set(), set(), 0, 0
+        for node in module.graph.nodes:
+            inputs = node.all_input_nodes
+            if node.op == "placeholder":
+                boxed.add(node)
+            elif _reads_shape(node) or (inputs and all(n in shapes for n in inputs)):
+                shapes.add(node)  # arithmetic on sizes (a traced program's checks): not a layer
+            elif node.op not in ("output", "get_attr"):
+                layers += 1
+                if any(n in boxed for n in inputs) and (_has_box_rule(node, modules) or
+                                                        frozen_norms and _is_norm(node, modules)):
+                    boxed.add(node)
+                    local += 1
+        shares[frozen_norms] = local / max(layers, 1)
+    return shares[frozen_norms]
+
+
+def _is_norm(node, modules) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules[node.target], NORM_MODULES)
+    return node.op == "call_function" and (aten.packet(node.target) in ATEN_NORMS or
+                                           node.target in (F.instance_norm, F.group_norm))
+
+
+def _affine(inputs: torch.Tensor, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel (scale, shift) with ``output = scale * inputs + shift`` on one volume (1, C, *grid): exact for
+    a normalisation by that volume's own statistics, fitted by least squares."""
+    x, y = inputs[0].flatten(1).double(), output[0].flatten(1).double()
+    dx, dy = x - x.mean(1, keepdim=True), y - y.mean(1, keepdim=True)
+    scale = (dx * dy).mean(1) / (dx * dx).mean(1).clamp(min=1e-30)
+    shift = y.mean(1) - scale * x.mean(1)
+    shape = (1, -1) + (1,) * (inputs.dim() - 2)
+    return scale.to(inputs.dtype).view(shape), shift.to(inputs.dtype).view(shape)
+
+
+def _reads_shape(node) -> bool:
+    return (node.op == "call_method" and node.target in ("size", "dim")) or \
+        (node.op == "call_function" and node.target is getattr and node.args[1:] in (("shape",), ("ndim",)))
+
+
+def _has_box_rule(node, modules) -> bool:
+    if node.op == "call_module":
+        module = modules[node.target]
+        return passes_input(module) or (isinstance(module, BOXED_MODULES) and
+                                        not isinstance(module, nn.modules.conv._ConvTransposeNd))
+    if node.op == "call_function":
+        return node.target in BOXED_FUNCTIONS or aten.packet(node.target) in ATEN_BOXED
+    return node.op == "call_method" and node.target in BOXED_METHODS
 
 
 class Base:
@@ -83,6 +165,10 @@ class Patch:
     @property
     def size(self) -> tuple[int, ...]:
         return tuple(self.values.shape[2:])
+
+    @property
+    def ndim(self) -> int:
+        return self.values.dim()
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -132,12 +218,15 @@ class IncrementalNetwork:
 
     Raises torch.fx's error where the network cannot be traced."""
 
-    def __init__(self, network: nn.Module, x: torch.Tensor):
+    def __init__(self, network: nn.Module, x: torch.Tensor, frozen_norms: bool = False):
+        self.frozen_norms = frozen_norms  # approximate: normalisations keep the unperturbed volume's statistics
+        self.affine = {}  # node name -> per-channel (scale, shift) of a frozen normalisation
         self.module = torch.fx.symbolic_trace(network) if not isinstance(network, torch.fx.GraphModule) else network
         self.modules = dict(self.module.named_modules())
         self.base = {}
         self.layers = sum(node.op not in ("placeholder", "output", "get_attr") for node in self.module.graph.nodes)
         self.local_layers = 0  # of the last call: how many layers ran on boxes
+        self.stopped_at = None  # of the last call: the first layer that computed whole volumes from boxes
         with torch.inference_mode():
             self._run(x, keep=True)
 
@@ -149,7 +238,7 @@ class IncrementalNetwork:
 
     def _run(self, x, keep=False):
         env = {}
-        self.local_layers = 0
+        self.local_layers, self.stopped_at = 0, None
         for node in self.module.graph.nodes:
             if node.op == "placeholder":
                 env[node.name] = x
@@ -158,9 +247,13 @@ class IncrementalNetwork:
                 continue
             if node.op == "output":
                 return torch.fx.node.map_aggregate(torch.fx.node.map_arg(node.args[0], lambda n: env[n.name]), _dense)
+            if not keep and node.op == "call_module" and not node.users:
+                continue  # a program's input guards: they checked the shapes on the unperturbed pass
             args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
             kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
             out = self._apply(node, args, kwargs)
+            if keep and self.frozen_norms and _is_norm(node, self.modules) and torch.is_tensor(args[0]):
+                self.affine[node.name] = _affine(args[0], out[0] if isinstance(out, tuple) else out)
             if keep and torch.is_tensor(out):
                 self.base[node.name] = Base(out)
             if isinstance(out, Patch):
@@ -170,12 +263,15 @@ class IncrementalNetwork:
         raise RuntimeError("the traced graph has no output")
 
     def _apply(self, node, args, kwargs):
+        if node.op == "call_function" and node.target is operator.getitem and isinstance(args[0], tuple):
+            return args[0][args[1]]  # one output of a call that returns several (a norm's statistics ...)
         patched = []
         torch.fx.node.map_aggregate(args, lambda a: patched.append(a) if isinstance(a, Patch) else None)
         if patched:
             local = self._local(node, args, kwargs)
             if local is not None:
                 return local
+            self.stopped_at = self.stopped_at or node.name
         args = torch.fx.node.map_aggregate(args, _dense)
         kwargs = torch.fx.node.map_aggregate(kwargs, _dense)
         if node.op == "call_module":
@@ -191,29 +287,39 @@ class IncrementalNetwork:
     def _local(self, node, args, kwargs):
         """The layer's output as a Patch where it can be computed box by box, else None."""
         first = args[0]
+        if node.name in self.affine and isinstance(first, Patch):  # a frozen normalisation: per channel affine
+            scale, shift = self.affine[node.name]
+            out = first.with_values(first.values * scale + shift)
+            return (out, None, None) if node.op == "call_function" and aten.packet(node.target) is not None \
+                and aten.outputs(node.target) == 3 else out
         if node.op == "call_module":
             module = self.modules[node.target]
             if not isinstance(first, Patch) or len(args) != 1 or kwargs:
                 return None
+            if passes_input(module):  # a layer marker of a converted TorchScript program
+                return first.with_values(first.values)
             if isinstance(module, POINTWISE_MODULES):
                 # BatchNorm and dropout act voxel by voxel only in eval mode
                 return None if module.training and not isinstance(module, POINTWISE_ALWAYS) else \
                     first.with_values(module(first.values))
             if isinstance(module, nn.modules.conv._ConvNd) and not isinstance(module, nn.modules.conv._ConvTransposeNd):
-                return self._conv(module, first)
-            if isinstance(module, (nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)):
-                return self._pool(module, first)
+                return None if module.padding_mode != "zeros" else _conv(
+                    first, module.weight, module.bias, module.stride, module.padding, module.dilation, module.groups)
+            if isinstance(module, nn.modules.pooling._MaxPoolNd) and not module.return_indices:
+                return _max_pool(first, module.kernel_size, module.stride, module.padding, module.dilation,
+                                 module.ceil_mode)
+            if isinstance(module, nn.modules.pooling._AvgPoolNd):
+                return _avg_pool(first, module.kernel_size, module.stride, module.padding, module.ceil_mode,
+                                 getattr(module, "count_include_pad", True), getattr(module, "divisor_override", None))
             return None
+        if node.op == "call_function" and aten.packet(node.target) is not None:
+            return _aten(node.target, args, kwargs)
         if node.op == "call_function" and node.target is getattr and args[1:] == ("shape",):
             return _shape(first)
         if node.op == "call_method" and node.target == "size" and isinstance(first, Patch):
             return _shape(first)[args[1]] if len(args) > 1 else _shape(first)
         if node.op == "call_function" and node.target in POINTWISE_FUNCTIONS and isinstance(first, Patch):
-            # other arguments: numbers, or per-channel parameters such as PReLU's weight
-            rest = list(args[1:]) + list(kwargs.values())
-            if all(not isinstance(a, Patch) and (not torch.is_tensor(a) or a.dim() <= 1) for a in rest):
-                return first.with_values(node.target(first.values, *args[1:], **kwargs))
-            return None
+            return _pointwise(node.target, args, kwargs)
         if node.op == "call_method" and node.target in POINTWISE_METHODS and len(args) == 1 and not kwargs:
             return first.with_values(getattr(first.values, node.target)())
         if node.op == "call_function" and node.target is torch.cat:
@@ -226,30 +332,77 @@ class IncrementalNetwork:
             return _binary(op, *args)
         return None
 
-    def _conv(self, conv, patch: Patch):
-        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
-            return None
-        dims = patch.values.dim() - 2
-        conv_fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
-        stride, dilation = _tuple(conv.stride, dims), _tuple(conv.dilation, dims)
-        return _sliding(patch, _tuple(conv.kernel_size, dims), stride, _tuple(conv.padding, dims), dilation, 0.0,
-                        lambda x: conv_fn(x, conv.weight, conv.bias, stride, 0, dilation, conv.groups))
 
-    def _pool(self, pool, patch: Patch):
-        dims = patch.values.dim() - 2
-        if pool.ceil_mode or getattr(pool, "return_indices", False) or getattr(pool, "divisor_override", None):
-            return None
-        kernel, pad = _tuple(pool.kernel_size, dims), _tuple(pool.padding, dims)
-        stride = _tuple(pool.stride or pool.kernel_size, dims)
-        if isinstance(pool, nn.modules.pooling._MaxPoolNd):
-            dilation = _tuple(pool.dilation, dims)
-            fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
-            return _sliding(patch, kernel, stride, pad, dilation, float("-inf"),
-                            lambda x: fn(x, kernel, stride, 0, dilation))
-        if any(pad) and not pool.count_include_pad:  # the divisor would depend on the border
-            return None
-        fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
-        return _sliding(patch, kernel, stride, pad, (1,) * dims, 0.0, lambda x: fn(x, kernel, stride, 0))
+def _pointwise(fn, args, kwargs):
+    """A voxelwise call on the patch ``args[0]``; other arguments: numbers, or per-channel parameters (PReLU)."""
+    rest = list(args[1:]) + list(kwargs.values())
+    if all(not isinstance(a, Patch) and (not torch.is_tensor(a) or a.dim() <= 1) for a in rest):
+        return args[0].with_values(fn(args[0].values, *args[1:], **kwargs))
+    return None
+
+
+def _aten(func, args, kwargs):
+    """An ATen call of a ``torch.export`` program on boxes: as its functional twin (``aten.py``), same rules."""
+    family = aten.packet(func)
+    if family not in ATEN_BOXED:
+        return None
+    if family in (ATEN.cat, ATEN.concat):
+        bound = aten.bound(func, args, kwargs)
+        return _cat(bound["tensors"]) if bound.get("dim", 0) == 1 else None
+    if not isinstance(args[0], Patch):
+        return None
+    if family in aten.ACTIVATION or family in ATEN_COPIES:
+        return _pointwise(aten.out_of_place(func), args, kwargs)
+    if family in ATEN_DROPOUT:
+        return args[0] if aten.bound(func, args, kwargs).get("train") is False else None
+    restated = aten.restate(func, args, kwargs)
+    if restated is None:
+        return None
+    fn, fn_args, fn_kwargs, _ = restated
+    out = None
+    if fn in (F.conv1d, F.conv2d, F.conv3d) and not isinstance(fn_args[4], str):
+        out = _conv(*fn_args)
+    elif fn in (F.max_pool1d, F.max_pool2d, F.max_pool3d):
+        out = _max_pool(*fn_args)
+    elif fn in (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d):
+        out = _avg_pool(*fn_args)
+    elif fn is F.batch_norm and fn_args[5] is False and fn_args[1] is not None:  # eval mode: per channel
+        out = _pointwise(fn, fn_args, fn_kwargs)
+    elif fn in (torch.add, torch.sub, torch.mul, torch.div):
+        out = _binary(lambda a, b: fn(a, b, **fn_kwargs), *fn_args)
+    if out is None or aten.outputs(func) == 1:
+        return out
+    return (out,) + (None,) * (aten.outputs(func) - 1)  # statistics, indices: unused in inference
+
+
+def _conv(patch: Patch, weight, bias, stride, padding, dilation, groups):
+    if isinstance(padding, str) or any(isinstance(a, Patch) for a in (weight, bias)):
+        return None
+    dims = patch.ndim - 2
+    conv_fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
+    stride, dilation = _tuple(stride, dims), _tuple(dilation, dims)
+    return _sliding(patch, tuple(weight.shape[2:]), stride, _tuple(padding, dims), dilation, 0.0,
+                    lambda x: conv_fn(x, weight, bias, stride, 0, dilation, groups))
+
+
+def _max_pool(patch: Patch, kernel, stride, padding, dilation=1, ceil_mode=False):
+    if ceil_mode:
+        return None
+    dims = patch.ndim - 2
+    kernel, pad, dilation = _tuple(kernel, dims), _tuple(padding, dims), _tuple(dilation, dims)
+    stride = _tuple(stride or kernel, dims)
+    fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
+    return _sliding(patch, kernel, stride, pad, dilation, float("-inf"), lambda x: fn(x, kernel, stride, 0, dilation))
+
+
+def _avg_pool(patch: Patch, kernel, stride, padding, ceil_mode=False, count_include_pad=True, divisor=None):
+    dims = patch.ndim - 2
+    kernel, pad = _tuple(kernel, dims), _tuple(padding, dims)
+    stride = _tuple(stride or kernel, dims)
+    if ceil_mode or divisor or (any(pad) and not count_include_pad):  # the divisor would depend on the border
+        return None
+    fn = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
+    return _sliding(patch, kernel, stride, pad, (1,) * dims, 0.0, lambda x: fn(x, kernel, stride, 0))
 
 
 def _sliding(patch: Patch, kernel, stride, pad, dilation, fill, compute):

@@ -22,7 +22,7 @@ import torch
 from ...core.models import LoadedModel, evaluation_mode, load_model, model_output, probabilities
 from ...core.targets import ClassTarget
 from ..base import Context
-from .incremental import IncrementalNetwork
+from .incremental import IncrementalNetwork, local_share
 from .inference import InferenceNetwork, agrees
 from .perturbation import check_score, paste
 
@@ -32,14 +32,49 @@ MAX_BATCH = {"cpu": 16, "cuda": 128}  # more brings nothing on a CPU (measured) 
 # than the full volumes; on a GPU the extra small kernel launches outweigh the saved arithmetic.
 INCREMENTAL_DEVICES = ("cpu",)
 INCREMENTAL_MEMORY = 3  # x one volume's footprint: every layer's unperturbed output, plus padded copies
+CHOSEN_BY_TIME = True  # boxes only where they took less time than full passes on the first batch; else wherever
+# they match them
+# Boxes skip at most the work of the layers they run through: below this share of the layers (deepbet: its first
+# convolution, then instance norms over the whole volume) keeping every layer's output costs more than it saves
+MIN_LOCAL_SHARE = 0.1
 INCREMENTAL_SHARE = 0.4  # time of a box scored incrementally / a batched full pass (demo, CPU: 0.31-0.48)
 METRIC_BATCH = 8  # the metrics' fixed batch: their values stay the same on every machine
 
 
 def incremental_share(model: LoadedModel, device: torch.device) -> float:
     """What a box (a patch, a region) scored incrementally costs, in batched full passes, on ``device``: on a CPU,
-    for networks whose layers can be traced (as the scorer decides: not TorchScript, full passes there)."""
-    return INCREMENTAL_SHARE if model.has_layers and torch.device(device).type in INCREMENTAL_DEVICES else 1.0
+    for networks whose layers can be traced (as the scorer decides: not TorchScript, full passes there), less
+    the more of the layers a box runs through (``local_share``: read from the graph)."""
+    if not model.has_layers or torch.device(device).type not in INCREMENTAL_DEVICES:
+        return 1.0
+    share = local_share(model.network)
+    return 1.0 if share < MIN_LOCAL_SHARE else 1.0 - (1.0 - INCREMENTAL_SHARE) * share
+
+
+def thread_counts() -> list[int]:
+    """The intra-op thread counts the scorer tries: torch's, and one (no barriers between threads, which stall
+    the many small box operations when another process holds a core)."""
+    return sorted({torch.get_num_threads(), 1}, reverse=True)
+
+
+@contextmanager
+def threads(count: int | None):
+    """torch's intra-op threads set to ``count`` while the block runs (None: as they are)."""
+    before = torch.get_num_threads()
+    if count and count != before:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def _timed(run):
+    """(seconds, result) of ``run()``."""
+    start = time.perf_counter()
+    out = run()
+    return time.perf_counter() - start, out
 
 
 def free_memory(device: torch.device) -> int:
@@ -125,13 +160,17 @@ class Scorer:
     """
 
     def __init__(self, ctx: Context, n: int = 0, total: int = 0, batch_size=None, label: str = "perturbations",
-                 *, fast: bool = True, output: str = "probability"):
+                 *, fast: bool = True, output: str = "probability", approximate: float | None = None):
         self.ctx, self.n, self.total, self.label = ctx, n, int(total), label
+        # approximate: boxes may keep normalisations at the unperturbed statistics, if the first batch's scores
+        # stay within this share of its largest drop
+        self.approximate = approximate
         self.output = check_score(output)
         self.x = ctx.x[n:n + 1]
         self.rows = torch.full((1,), n, dtype=torch.long, device=ctx.x.device)
         self.done = 0
         self.started = None
+        self.threads = None  # intra-op threads for local() calls, chosen on the first on a CPU (None: torch's)
         if fast:
             self._size_batches(batch_size)
         else:  # full passes of the network as given: no probe, no folding, no incremental scoring
@@ -214,40 +253,93 @@ class Scorer:
         with torch.inference_mode():
             if self.incremental is False:  # first call: build, and check on the first two copies
                 return self._scores(self._first_local(values, starts))
-            if self.incremental is None:
-                return self._scores(self.network(paste(self.x, values, starts)))
-            return self._scores(self.incremental(values, starts))
+            with threads(self.threads):
+                if self.incremental is None:
+                    return self._scores(self.network(paste(self.x, values, starts)))
+                return self._scores(self.incremental(values, starts))
 
     def _first_local(self, values, starts) -> torch.Tensor:
         """Scores the first batch; builds the incremental network where it is allowed and matches full passes."""
         self.incremental = None
+        frozen = self.approximate is not None
         if not self.network.has_layers:
             self.facts["incremental"] = "no (TorchScript: its graph cannot be traced)"
         elif self.x.device.type not in INCREMENTAL_DEVICES:
             self.facts["incremental"] = f"no (full volumes: the default on {self.x.device.type})"
         elif INCREMENTAL_MEMORY * self.footprint > free_memory(self.x.device):
             self.facts["incremental"] = "no (not enough free memory to keep every layer's unperturbed output)"
+        elif local_share(self.network.module, frozen) < MIN_LOCAL_SHARE:
+            self.facts["incremental"] = (f"no (boxes could run through only "
+                                         f"{local_share(self.network.module, frozen):.0%} of the layers: the input "
+                                         f"soon meets one that mixes the whole volume)")
         if "incremental" in self.facts:
-            return self.network(paste(self.x, values, starts))
+            if self.x.device.type != "cpu":
+                return self.network(paste(self.x, values, starts))
+            _, self.threads, expected = self._fastest(lambda: self.network(paste(self.x, values[:2], starts[:2])))
+            self.facts["threads"] = f"{self.threads} of {torch.get_num_threads()} (the faster on the first batch)"
+            if values.shape[0] <= 2:
+                return expected
+            with threads(self.threads):
+                return torch.cat([expected, self.network(paste(self.x, values[2:], starts[2:]))])
         x = self.x.contiguous(memory_format=torch.channels_last_3d) if self.x.dim() == 5 else self.x
         check, rest = slice(0, min(2, values.shape[0])), slice(min(2, values.shape[0]), None)
-        expected = self.network(paste(self.x, values[check], starts[check]))  # these copies are scored both ways
+        # the first two copies are scored both ways and timed under each thread count, after the rest has
+        # warmed the boxes' buffers: on a busy CPU fewer threads than cores can be several times faster
+        full_seconds, full_threads, expected = self._fastest(
+            lambda: self.network(paste(self.x, values[check], starts[check])))
         try:
-            network = IncrementalNetwork(self.network.module, x)
-            got = network(values, starts)
-            failure = None if agrees(got[check], expected) else "its output differed from the full pass"
+            network = IncrementalNetwork(self.network.module, x, frozen_norms=frozen)
+            got = network(values[rest], starts[rest]) if values.shape[0] > 2 else None
+            box_seconds, box_threads, boxed = self._fastest(lambda: network(values[check], starts[check]))
+            failure = self._compare(network, boxed, expected)
         except Exception as err:  # noqa: BLE001 - untraceable or unusual graphs are scored as full volumes
             failure = f"could not be traced: {type(err).__name__}"
         if failure:
+            self.threads = full_threads
             self.facts["incremental"] = f"no ({failure})"
-            return torch.cat([expected, self.network(paste(self.x, values[rest], starts[rest]))])
+            return expected if values.shape[0] <= 2 else \
+                torch.cat([expected, self.network(paste(self.x, values[rest], starts[rest]))])
+        where = f"{network.local_layers} of {network.layers} layers run on boxes" + \
+            (f" up to '{network.stopped_at}'" if network.stopped_at else "")
+        share = box_seconds / max(full_seconds, 1e-9)
         if network.local_layers == 0:
             self.facts["incremental"] = "no (the first layer already mixes the whole volume)"
+        elif share >= 1.0 and CHOSEN_BY_TIME:  # measured both ways: the boxes' bookkeeping outweighs their saving
+            self.facts["incremental"] = f"no (boxes took {share:.2f}x the full passes on the first batch: {where})"
         else:
-            self.facts["incremental"] = (f"yes: {network.local_layers} of {network.layers} layers recomputed only "
-                                         f"on the boxes a perturbation reaches (checked against full passes)")
+            self.facts["incremental"] = (f"yes: {where}, {share:.2f}x the time of full passes on the first batch "
+                                         f"(same scores, checked)")
             self.incremental = network
-        return torch.cat([expected, got[rest]])
+        self.threads = box_threads if self.incremental is not None else full_threads
+        self.facts["threads"] = f"{self.threads} of {torch.get_num_threads()} (the faster on the first batch)"
+        return expected if got is None else torch.cat([expected, got])
+
+    def _compare(self, network, boxed, expected) -> str | None:
+        """Why the boxes' output cannot stand for the full passes' (None: it can). Exact boxes must agree to
+        float rounding; frozen normalisations within ``approximate`` of the largest drop of the target."""
+        if not network.affine:
+            return None if agrees(boxed, expected) else "its output differed from the full pass"
+        rows = self.rows.expand(expected.shape[0])
+        full, approx = self.ctx.score(expected, rows).double(), self.ctx.score(boxed, rows).double()
+        drop = float((full - self.logit).abs().max())
+        error = float((approx - full).abs().max()) / max(drop, 1e-12)
+        self.facts["frozen_norms"] = (f"{len(network.affine)} normalisations kept at the unperturbed volume's "
+                                      f"statistics: target error {error:.3f} of the largest drop on the first batch "
+                                      f"(tolerance {self.approximate})")
+        return None if error <= self.approximate else \
+            f"normalisations kept at the unperturbed statistics missed by {error:.2f} of the drop"
+
+    def _fastest(self, run) -> tuple[float, int, torch.Tensor]:
+        """(seconds, threads, result) of ``run`` under the thread count it ran fastest with: torch's, or one
+        thread (each timed once; the first run is kept as the result)."""
+        result, best = None, None
+        for count in thread_counts():
+            with threads(count):
+                seconds, out = _timed(run)
+            result = out if result is None else result
+            if best is None or seconds < best[0]:
+                best = (seconds, count)
+        return best[0], best[1], result
 
     def _start(self):
         if self.started is None:
