@@ -264,6 +264,8 @@ CASES = {
     "target unknown name": explain_case("--target tumour", "unknown class 'tumour'"),
     "versus the target itself": explain_case("--target 1 --versus 1", "two different classes"),
     "roi on a classifier": explain_case("--roi {in}/labels.nrrd", "needs a segmentation model"),
+    "roi component not a number": explain_case("--roi component:big", "component is not a whole number"),
+    "roi component of a classifier": explain_case("--roi component:1", "needs a segmentation model"),
     "layer unknown": explain_case("--layer nope", "'nope'", method="gradcam"),
     "baseline unknown": explain_case("--baseline sunshine", "unknown baseline", method="integrated-gradients"),
     "baseline file missing": explain_case("--baseline {in}/absent.nrrd", "does not exist",

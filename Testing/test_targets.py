@@ -51,6 +51,27 @@ def test_segmentation_target_on_the_predicted_mask(volume):
     assert np.allclose(res.array, predicted * 2.0 / predicted.sum(), atol=1e-7)
 
 
+def test_one_connected_component_of_the_prediction_is_a_target(volume):
+    """'This lesion': the N-th largest 26-connected component of the predicted class, and nothing of the others."""
+    array = np.full((1, 12, 10, 8), 0.1, np.float32)
+    array[0, 1:4, 1:4, 1:4] = 1.0  # 27 voxels: component 1
+    array[0, 7:9, 6:8, 4:6] = 1.0  # 8 voxels: component 2 (class 1 where 2x - 1 beats 0.5x and 0.2 - x)
+    blobs = volume.with_array(array)
+    first, second = (explain(LinearSegmenter(), blobs, "gradient", target=1, roi=f"component:{n}")[0]
+                     for n in (1, 2))
+    big, small = np.zeros((12, 10, 8), bool), np.zeros((12, 10, 8), bool)
+    big[1:4, 1:4, 1:4], small[7:9, 6:8, 4:6] = True, True
+    assert np.allclose(first.array, big * 2.0 / 27, atol=1e-7)
+    assert np.allclose(second.array, small * 2.0 / 8, atol=1e-7)
+    assert first.target["region"] == "connected component 1 (by size, 26-connected) of the predicted mask, of 2"
+    assert first.target["region_voxels_model_space"] == 27
+    with pytest.raises(XAIError, match=r"predicted class 1 has 2 connected components, so no component 3\. "
+                                       r"Give --roi component:1 to component:2"):
+        explain(LinearSegmenter(), blobs, "gradient", target=1, roi="component:3")
+    with pytest.raises(XAIError, match=r"--roi component:x: the component is not a whole number of 1 or more"):
+        explain(LinearSegmenter(), blobs, "gradient", target=1, roi="component:x")
+
+
 def test_segmentation_needs_a_target_and_a_non_empty_region(volume):
     with pytest.raises(XAIError, match="needs a target class"):
         explain(LinearSegmenter(), volume, "gradient")

@@ -25,7 +25,7 @@ class ExplainRequest:
     methods: list[str]
     target: str | int | None = None
     versus: str | int | None = None
-    roi: object = None  # label map / segmentation node, or "predicted"
+    roi: object = None  # label map / segmentation node, "predicted" or "component:N"
     layer: str | None = None
     params: dict = field(default_factory=dict)  # {method: {name: value}}
     seed: int = 0
@@ -49,8 +49,8 @@ class ExplainRequest:
         reference = self.inputs[0]
         case = CaseNodes(list(self.inputs))
         try:
-            if self.roi == "predicted":
-                case.roi = "predicted"
+            if isinstance(self.roi, str):  # "predicted" or "component:N": resolved by the engine from the output
+                case.roi = self.roi
             elif self.roi is not None:
                 case.roi, temporary = roiLabelMap(scene, self.roi, reference)
                 if temporary:

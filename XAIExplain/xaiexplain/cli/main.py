@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("explain", parents=[common], help="compute attribution maps for one case")
     _case_arguments(ex)
     ex.add_argument("--versus", help="second class: explain target minus versus")
-    ex.add_argument("--roi", help="mask on the input grid (segmentation models), or 'predicted'")
+    ex.add_argument("--roi", help="mask on the input grid (segmentation models), 'predicted', or 'component:N' "
+                                  "(the N-th largest connected component of the predicted class)")
     ex.add_argument("--reference", action="append", default=[], metavar="FILE",
                     help="a reference volume for deepshap (e.g. healthy templates or a counterfactual), repeatable")
     ex.add_argument("--layer", help="module name for CAM methods (default: last spatial feature map)")

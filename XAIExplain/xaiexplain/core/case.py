@@ -18,6 +18,7 @@ from ..errors import XAIError
 from .baselines import BASELINES
 from .models import LoadedModel, check_input_shape, load_model
 from .preprocess import PreprocessSpec, Preprocessor
+from .targets import roi_component
 from .volume import VOLUME_SUFFIXES, Volume, load_inputs, read_volume, resample_to
 
 
@@ -34,6 +35,7 @@ class PreparedCase:
     regions: object = None  # a regions.Regions on the input grid, or None
     regions_model: torch.Tensor | None = None  # (X, Y, Z) integer labels in model space
     roi_model: torch.Tensor | None = None  # (X, Y, Z) bool in model space ("predicted": None here)
+    roi_component: int | None = None  # "component:N": the N-th largest component of the predicted class
     references_model: torch.Tensor | None = None  # (R, C, X, Y, Z), for DeepSHAP
 
     @property
@@ -123,7 +125,8 @@ def prepare_case(model, inputs, *, preprocessing: dict | None = None, roi=None, 
 
     ``model``: a path, ``nn.Module`` or :class:`LoadedModel`; ``inputs``: a path or Volume, or a list of
     them (channels). ``preprocessing``: overrides of the model's orientation / spacing / spatial_size /
-    intensity. ``roi``: a mask (path or Volume), or "predicted" (resolved from the output later).
+    intensity. ``roi``: a mask (path or Volume), "predicted" (resolved from the output later), or "component:N"
+    (the N-th largest connected component of the predicted class, resolved likewise).
     ``regions``: "harvard-oxford", "supervoxels", a label volume (with ``region_names``) or a Regions;
     ``needs_regions``: use SLIC supervoxels when none are given. ``references``: reference volumes.
     """
@@ -145,7 +148,8 @@ def prepare_case(model, inputs, *, preprocessing: dict | None = None, roi=None, 
         notes.append("no regions were given: the region methods scored SLIC supervoxels of the volume")
     if case.regions is not None:
         case.regions_model = torch.round(pre.forward_mask(case.regions.labels)[0]).long().to(loaded.device)
-    if roi is not None and not (isinstance(roi, str) and roi == "predicted"):
+    case.roi_component = roi_component(roi)  # checked before any pass
+    if roi is not None and not (isinstance(roi, str) and (roi == "predicted" or case.roi_component)):
         roi_volume = roi if isinstance(roi, Volume) else read_volume(roi)
         if not roi_volume.same_grid(volume):
             notes.append("the ROI was resampled (nearest) onto the input grid")

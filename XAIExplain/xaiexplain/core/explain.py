@@ -16,12 +16,12 @@ from .timing import PassTimes, check_memory
 from .targets import ClassTarget, ContrastTarget, SegmentationTarget
 
 
-def _target(target, versus, roi_model_space, logits, class_names):
+def _target(target, versus, roi_model_space, logits, class_names, component=None):
     if logits.ndim > 2:
         if target is None:
             raise XAIError("a segmentation model needs a target class", "give --target CLASS (index or name)")
-        spec = SegmentationTarget(target, roi_model_space)
-    elif roi_model_space is not None:
+        spec = SegmentationTarget(target, roi_model_space, component=component)
+    elif roi_model_space is not None or component:
         raise XAIError("--roi needs a segmentation model; this model outputs one score per class",
                        "drop --roi for a classifier")
     elif versus is not None:
@@ -114,7 +114,7 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     forward_seconds = time.perf_counter() - start
     if loaded.task is None:
         loaded.task = "segmentation" if logits.ndim > 2 else "classification"
-    resolved = _target(target, versus, case.roi_model, logits, loaded.class_names)
+    resolved = _target(target, versus, case.roi_model, logits, loaded.class_names, case.roi_component)
     predicted = prediction(logits, loaded.class_names, loaded.output_kind)
     target_info = resolved.describe(logits, loaded.class_names)
     for method in chosen:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..errors import XAIError
@@ -74,13 +75,45 @@ class ContrastTarget:
                 "name": f"{names[self.positive]} vs {names[self.negative]}"}
 
 
+COMPONENT = "component:"
+
+
+def roi_component(roi) -> int | None:
+    """N for ``roi`` = 'component:N' (the N-th largest connected component of the predicted class), else None."""
+    if not (isinstance(roi, str) and roi.startswith(COMPONENT)):
+        return None
+    text = roi[len(COMPONENT):]
+    if not text.isdigit() or int(text) < 1:
+        raise XAIError(f"--roi {roi}: the component is not a whole number of 1 or more",
+                       "give component:1 for the largest connected component of the predicted class, "
+                       "component:2 for the next")
+    return int(text)
+
+
+def _component(mask: torch.Tensor, rank: int, name: str) -> tuple[torch.Tensor, int]:
+    """The ``rank``-th largest 26-connected component of ``mask`` (X, Y, Z), and how many there are."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask.cpu().numpy(), structure=np.ones((3, 3, 3)))
+    if rank > count:
+        raise XAIError(f"the predicted {name} has {count} connected component{'s' * (count != 1)}, so no "
+                       f"component {rank}", f"give --roi component:1 to component:{count}" if count
+                       else "choose a class the model predicts somewhere")
+    sizes = np.bincount(labels.ravel())[1:]
+    chosen = int(np.argsort(-sizes, kind="stable")[rank - 1]) + 1  # ties: the first found
+    return torch.from_numpy(labels == chosen).to(mask.device), count
+
+
 @dataclass
 class SegmentationTarget:
-    """Mean logit of ``index`` over a region: a mask in model space, or the model's own predicted mask."""
+    """Mean logit of ``index`` over a region: a mask in model space, the model's own predicted mask, or one
+    connected component of it (``component``: 1 the largest)."""
 
     index: int | str
     region: torch.Tensor | None = None  # (X, Y, Z) or (N, X, Y, Z); None -> predicted mask
     predicted: torch.Tensor | None = None  # the predicted mask (N, X, Y, Z), made once from the output resolved
+    component: int | None = None
+    components: list[int] | None = None  # per sample: how many components the prediction had
 
     def resolve(self, output, class_names=None) -> "SegmentationTarget":
         if output.ndim < 3:
@@ -88,8 +121,14 @@ class SegmentationTarget:
                            "drop --roi, or use a segmentation network")
         index = class_index(self.index, class_names, output.shape[1])
         # once, not per scored batch: an argmax over a batch of 128^3 outputs took 1.3 s, more than the pass
-        predicted = (output.argmax(1) == index).float() if self.region is None else None
-        return SegmentationTarget(index, self.region, predicted)
+        predicted = (output.argmax(1) == index) if self.region is None else None
+        components = None
+        if self.component and predicted is not None:
+            name = class_names[index] if class_names else f"class {index}"
+            picked = [_component(sample, self.component, name) for sample in predicted]
+            predicted, components = torch.stack([m for m, _ in picked]), [c for _, c in picked]
+        predicted = predicted.float() if predicted is not None else None
+        return SegmentationTarget(index, self.region, predicted, self.component, components)
 
     def _mask(self, reference: torch.Tensor, rows=None) -> torch.Tensor:
         if rows is not None and bool((rows == rows[0]).all()):
@@ -120,5 +159,7 @@ class SegmentationTarget:
         mask = self._mask(reference)
         return {"kind": "segmentation", "class": self.index,
                 "name": class_names[self.index] if class_names else str(self.index),
-                "region": "predicted mask" if self.region is None else "given mask",
+                "region": "given mask" if self.region is not None else "predicted mask" if not self.component
+                else f"connected component {self.component} (by size, 26-connected) of the predicted mask, "
+                     f"of {self.components[0]}",
                 "region_voxels_model_space": int(mask[0].sum())}

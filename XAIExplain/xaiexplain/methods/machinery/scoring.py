@@ -51,10 +51,10 @@ def incremental_share(model: LoadedModel, device: torch.device) -> float:
     return 1.0 if share < MIN_LOCAL_SHARE else 1.0 - (1.0 - INCREMENTAL_SHARE) * share
 
 
-def thread_counts() -> list[int]:
-    """The intra-op thread counts the scorer tries: torch's, and one (no barriers between threads, which stall
-    the many small box operations when another process holds a core)."""
-    return sorted({torch.get_num_threads(), 1}, reverse=True)
+def thread_counts(available: int) -> list[int]:
+    """The intra-op thread counts the scorer tries: torch's (``available``), and one (no barriers between
+    threads, which stall the many small box operations when another process holds a core)."""
+    return sorted({available, 1}, reverse=True)
 
 
 @contextmanager
@@ -171,6 +171,7 @@ class Scorer:
         self.done = 0
         self.started = None
         self.threads = None  # intra-op threads for local() calls, chosen on the first on a CPU (None: torch's)
+        self.available_threads = torch.get_num_threads()
         if fast:
             self._size_batches(batch_size)
         else:  # full passes of the network as given: no probe, no folding, no incremental scoring
@@ -232,7 +233,7 @@ class Scorer:
     def __call__(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logit scores, probability scores) of a perturbed batch, as float64 on the CPU."""
         self._start()
-        with torch.inference_mode():
+        with torch.inference_mode(), threads(self.threads):
             return self._scores(self.network(batch))
 
     def scores(self, inputs: torch.Tensor, output: str | None = None) -> np.ndarray:
@@ -250,13 +251,12 @@ class Scorer:
         volumes."""
         self._start()
         starts = torch.as_tensor(starts, dtype=torch.long).cpu().reshape(values.shape[0], -1)
-        with torch.inference_mode():
+        with torch.inference_mode(), threads(self.threads):
             if self.incremental is False:  # first call: build, and check on the first two copies
                 return self._scores(self._first_local(values, starts))
-            with threads(self.threads):
-                if self.incremental is None:
-                    return self._scores(self.network(paste(self.x, values, starts)))
-                return self._scores(self.incremental(values, starts))
+            if self.incremental is None:
+                return self._scores(self.network(paste(self.x, values, starts)))
+            return self._scores(self.incremental(values, starts))
 
     def _first_local(self, values, starts) -> torch.Tensor:
         """Scores the first batch; builds the incremental network where it is allowed and matches full passes."""
@@ -276,7 +276,7 @@ class Scorer:
             if self.x.device.type != "cpu":
                 return self.network(paste(self.x, values, starts))
             _, self.threads, expected = self._fastest(lambda: self.network(paste(self.x, values[:2], starts[:2])))
-            self.facts["threads"] = f"{self.threads} of {torch.get_num_threads()} (the faster on the first batch)"
+            self.facts["threads"] = f"{self.threads} of {self.available_threads} (the faster on the first batch)"
             if values.shape[0] <= 2:
                 return expected
             with threads(self.threads):
@@ -311,7 +311,7 @@ class Scorer:
                                          f"(same scores, checked)")
             self.incremental = network
         self.threads = box_threads if self.incremental is not None else full_threads
-        self.facts["threads"] = f"{self.threads} of {torch.get_num_threads()} (the faster on the first batch)"
+        self.facts["threads"] = f"{self.threads} of {self.available_threads} (the faster on the first batch)"
         return expected if got is None else torch.cat([expected, got])
 
     def _compare(self, network, boxed, expected) -> str | None:
@@ -333,7 +333,7 @@ class Scorer:
         """(seconds, threads, result) of ``run`` under the thread count it ran fastest with: torch's, or one
         thread (each timed once; the first run is kept as the result)."""
         result, best = None, None
-        for count in thread_counts():
+        for count in thread_counts(self.available_threads):
             with threads(count):
                 seconds, out = _timed(run)
             result = out if result is None else result
