@@ -190,7 +190,7 @@ def test_boxes_slower_than_full_passes_on_the_first_batch_are_not_used(demo, dem
     assert info["incremental"].startswith("yes: 22 of 25 layers run on boxes")
     tries = len(perturb.thread_counts(torch.get_num_threads()))
     clock = iter([1.0] * tries + [2.0] * tries)  # the full passes, then the boxes: 2x slower, at each thread count
-    monkeypatch.setattr(perturb, "_timed", lambda run: (next(clock), run()))
+    monkeypatch.setattr(perturb, "timed", lambda run: (next(clock), run()))
     full, info, _ = attribute(demo, demo_x, "occlusion", target=1, params=params)
     assert info["incremental"].startswith("no (boxes took 2.00x the full passes on the first batch: 22 of 25 layers")
     assert torch.allclose(boxed, full, atol=1e-5)
@@ -209,7 +209,7 @@ def test_the_thread_count_that_scored_the_first_batch_faster_is_kept_for_the_res
         def clock(run):  # one thread looks twice as fast; record the threads every later batch runs with
             seen.append(torch.get_num_threads())
             return (1.0 if torch.get_num_threads() == 1 else 2.0), run()
-        monkeypatch.setattr(perturb, "_timed", clock)
+        monkeypatch.setattr(perturb, "timed", clock)
         monkeypatch.setattr(perturb.Scorer, "_scores", lambda self, out, real=perturb.Scorer._scores: (
             seen.append(("batch", torch.get_num_threads())), real(self, out))[1])
         one, info, _ = attribute(demo, demo_x, "occlusion", target=1, params=params)

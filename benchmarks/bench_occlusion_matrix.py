@@ -23,7 +23,6 @@ import json
 import multiprocessing
 import statistics
 import sys
-import time
 import warnings
 
 import numpy as np
@@ -34,6 +33,7 @@ from torch import nn
 from xaiexplain import attribute, load_model, prepare_case
 from xaiexplain.core.provenance import versions
 from xaiexplain.core.targets import SegmentationTarget
+from xaiexplain.methods.machinery.scoring import timed
 from xaiexplain.protocol import demo_bundle
 from xaiexplain.synthlesion.synth import generate_case
 from xaiexplain.synthlesion.train import EVAL_SEED_START
@@ -95,12 +95,6 @@ def busy(stop):
     a = torch.randn(256, 256)
     while not stop.is_set():
         a = torch.tanh(a @ a)
-
-
-def timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
 
 
 def row(name: str, size: int, window: int, stride: int, repeats: int) -> dict:

@@ -9,7 +9,6 @@ the case, so the estimate costs a few passes against the method's dozens to thou
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
@@ -22,12 +21,6 @@ WARM_LIMIT_S = 1.0  # a first forward pass under this is timed again (its one-of
 BATCH = 2  # copies of the case in a timed batch
 BACKWARD_FORWARDS = 2  # a single backward pass, in forward passes, where none was timed
 GRADIENT_MEMORY = 2  # x the activations of a volume: they, and their gradients during the backward pass
-
-
-def _seconds(run) -> float:
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
 
 
 @dataclass
@@ -44,15 +37,15 @@ class PassTimes:
                 reference: torch.Tensor) -> "PassTimes":
         """Time what ``methods`` (with their ``costs``) will run for ``target`` (resolved on ``reference``, the
         case's output); ``first_forward``: the case's first pass."""
+        from ..methods.machinery.scoring import layer_output_sizes, timed
+
         forward = first_forward
         if forward < WARM_LIMIT_S:
-            forward = min(forward, _seconds(case.output))
+            forward = min(forward, timed(case.output)[0])
         times = cls(forward)
         fixed = case.model.input_shape
         batch = 1 if fixed and fixed[0] == 1 else BATCH  # a program exported for one volume at a time
         network, x = case.model.network, case.x.expand(batch, *case.x.shape[1:]).contiguous()
-
-        from ..methods.machinery.scoring import layer_output_sizes
 
         sizes: list[int] = []
 
@@ -74,9 +67,9 @@ class PassTimes:
             with evaluation_mode(case.model):
                 if any(m.family == "perturbation" for m in methods):
                     with torch.inference_mode():
-                        times.inference = _seconds(perturbed) / batch
+                        times.inference = timed(perturbed)[0] / batch
                 if any(_batched(m) and cost["backward"] > 1 for m, cost in zip(methods, costs)):
-                    times.gradient = _seconds(gradient) / batch
+                    times.gradient = timed(gradient)[0] / batch
                     times.gradient_bytes = sum(sizes) // batch if sizes else None
         except RuntimeError:  # no batched timing (e.g. out of memory for two copies): single passes then
             pass

@@ -204,9 +204,10 @@ class PatchOcclusion(Method):
                     drops[chosen[part]] = scorer.reference(score) - scorer.pick(logits, probs, score)
                 return drops
 
-            if approximate and max(coarse_steps(window, stride)) > 1:
+            steps = coarse_steps(window, stride)
+            if approximate and max(steps) > 1:
                 drops, facts = self._approximate(drops_of, scorer, bounds, todo, lattice_of(shape, window, stride),
-                                                 coarse_steps(window, stride), tolerance, drill)
+                                                 steps, tolerance, drill)
                 info["approximate"] = facts
             else:
                 drops = drops_of(bounds, todo)
@@ -248,10 +249,16 @@ class PatchOcclusion(Method):
         coarse = [flat(i) for i in itertools.product(*known)]
         done = torch.zeros(bounds.shape[0], dtype=torch.bool)
         drops = torch.zeros(bounds.shape[0], dtype=torch.float64)
-        first = [i for i in coarse if changed[i]]
         later = scorer.total - len(todo)  # the refinement levels' windows
+
+        def exact(chosen):
+            """Score the ``chosen`` windows exactly; the scorer's total (progress) grows to cover them."""
+            scorer.total = max(scorer.total, scorer.done + len(chosen) + later)
+            drops[chosen] = drops_of(bounds, chosen)[chosen]
+
+        first = [i for i in coarse if changed[i]]
         scorer.total = len(first) + int(drill * len(todo)) + later  # progress: a guess until the drill-down ends
-        drops[first] = drops_of(bounds, first)[first]
+        exact(first)
         done[coarse] = True
         guess = interpolated(drops[coarse].view(*[len(k) for k in known]), matrices).flatten()
         scale = float(drops[first].abs().max()) if first else 0.0
@@ -259,9 +266,7 @@ class PatchOcclusion(Method):
         ranked = torch.argsort(guess.abs(), descending=True)[:max(1, int(drill * len(guess)))].tolist()
         todo_next, worst, rounds = [i for i in ranked if not done[i]], 0.0, 0
         while todo_next:
-            chosen = [i for i in todo_next if changed[i]]
-            scorer.total = max(scorer.total, scorer.done + len(chosen) + later)
-            drops[chosen] = drops_of(bounds, chosen)[chosen]
+            exact([i for i in todo_next if changed[i]])
             done[todo_next] = True
             missed = (drops[todo_next] - guess[todo_next]).abs() / scale
             worst = max(worst, float(missed.max()))
@@ -275,11 +280,9 @@ class PatchOcclusion(Method):
         left = torch.nonzero(~done & changed).flatten()
         sample = left[torch.randperm(len(left), generator=torch.Generator().manual_seed(0))[:max(
             SAMPLED_MIN, int(SAMPLED_SHARE * len(left)))]].tolist()
-        scorer.total = max(scorer.total, scorer.done + len(sample) + later)
-        drops[sample] = drops_of(bounds, sample)[sample]
+        exact(sample)
         done[sample] = True
-        known = drops[done]
-        error = float((drops[sample] - guess[sample]).pow(2).mean().sqrt() / known.pow(2).mean().sqrt().clamp(
+        error = float((drops[sample] - guess[sample]).pow(2).mean().sqrt() / drops[done].pow(2).mean().sqrt().clamp(
             min=1e-12)) if sample else 0.0
         facts = {"coarse_steps": list(steps), "tolerance": tolerance, "drill": drill, "drill_rounds": rounds,
                  "largest_drill_error": round(worst, 4), "sampled_windows": len(sample),
@@ -287,9 +290,7 @@ class PatchOcclusion(Method):
                  "error": "RMS of exact - interpolated drop over a seeded sample of the interpolated windows, "
                           "over the RMS of the exact drops"}
         if error > tolerance:
-            rest = torch.nonzero(~done & changed).flatten().tolist()
-            scorer.total = max(scorer.total, scorer.done + len(rest) + later)
-            drops[rest] = drops_of(bounds, rest)[rest]
+            exact(torch.nonzero(~done & changed).flatten().tolist())
             done[:] = True
             facts["why"] = f"the sampled error {error:.2f} is over the tolerance: every window scored exactly"
         drops = torch.where(done, drops, guess)

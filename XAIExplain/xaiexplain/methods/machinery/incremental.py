@@ -290,8 +290,7 @@ class IncrementalNetwork:
         if node.name in self.affine and isinstance(first, Patch):  # a frozen normalisation: per channel affine
             scale, shift = self.affine[node.name]
             out = first.with_values(first.values * scale + shift)
-            return (out, None, None) if node.op == "call_function" and aten.packet(node.target) is not None \
-                and aten.outputs(node.target) == 3 else out
+            return _with_extras(node.target, out) if node.op == "call_function" else out
         if node.op == "call_module":
             module = self.modules[node.target]
             if not isinstance(first, Patch) or len(args) != 1 or kwargs:
@@ -370,9 +369,14 @@ def _aten(func, args, kwargs):
         out = _pointwise(fn, fn_args, fn_kwargs)
     elif fn in (torch.add, torch.sub, torch.mul, torch.div):
         out = _binary(lambda a, b: fn(a, b, **fn_kwargs), *fn_args)
-    if out is None or aten.outputs(func) == 1:
-        return out
-    return (out,) + (None,) * (aten.outputs(func) - 1)  # statistics, indices: unused in inference
+    return None if out is None else _with_extras(func, out)
+
+
+def _with_extras(func, out):
+    """``out`` as the call ``func`` returns it: alone, or first of a tuple whose other outputs (a norm's statistics,
+    a pooling's indices) inference does not use (an ATen call's schema says how many; others return one)."""
+    count = aten.outputs(func) if aten.packet(func) is not None else 1
+    return out if count == 1 else (out,) + (None,) * (count - 1)
 
 
 def _conv(patch: Patch, weight, bias, stride, padding, dilation, groups):

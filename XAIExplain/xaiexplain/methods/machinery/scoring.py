@@ -70,7 +70,7 @@ def threads(count: int | None):
             torch.set_num_threads(before)
 
 
-def _timed(run):
+def timed(run):
     """(seconds, result) of ``run()``."""
     start = time.perf_counter()
     out = run()
@@ -262,6 +262,7 @@ class Scorer:
         """Scores the first batch; builds the incremental network where it is allowed and matches full passes."""
         self.incremental = None
         frozen = self.approximate is not None
+        check, rest = slice(0, min(2, values.shape[0])), slice(min(2, values.shape[0]), None)
         if not self.network.has_layers:
             self.facts["incremental"] = "no (TorchScript: its graph cannot be traced)"
         elif self.x.device.type not in INCREMENTAL_DEVICES:
@@ -275,14 +276,11 @@ class Scorer:
         if "incremental" in self.facts:
             if self.x.device.type != "cpu":
                 return self.network(paste(self.x, values, starts))
-            _, self.threads, expected = self._fastest(lambda: self.network(paste(self.x, values[:2], starts[:2])))
+            _, self.threads, expected = self._fastest(lambda: self.network(paste(self.x, values[check],
+                                                                                 starts[check])))
             self.facts["threads"] = f"{self.threads} of {self.available_threads} (the faster on the first batch)"
-            if values.shape[0] <= 2:
-                return expected
-            with threads(self.threads):
-                return torch.cat([expected, self.network(paste(self.x, values[2:], starts[2:]))])
+            return self._with_rest(expected, values, starts)
         x = self.x.contiguous(memory_format=torch.channels_last_3d) if self.x.dim() == 5 else self.x
-        check, rest = slice(0, min(2, values.shape[0])), slice(min(2, values.shape[0]), None)
         # the first two copies are scored both ways and timed under each thread count, after the rest has
         # warmed the boxes' buffers: on a busy CPU fewer threads than cores can be several times faster
         full_seconds, full_threads, expected = self._fastest(
@@ -297,8 +295,7 @@ class Scorer:
         if failure:
             self.threads = full_threads
             self.facts["incremental"] = f"no ({failure})"
-            return expected if values.shape[0] <= 2 else \
-                torch.cat([expected, self.network(paste(self.x, values[rest], starts[rest]))])
+            return self._with_rest(expected, values, starts)
         where = f"{network.local_layers} of {network.layers} layers run on boxes" + \
             (f" up to '{network.stopped_at}'" if network.stopped_at else "")
         share = box_seconds / max(full_seconds, 1e-9)
@@ -313,6 +310,14 @@ class Scorer:
         self.threads = box_threads if self.incremental is not None else full_threads
         self.facts["threads"] = f"{self.threads} of {self.available_threads} (the faster on the first batch)"
         return expected if got is None else torch.cat([expected, got])
+
+    def _with_rest(self, expected, values, starts) -> torch.Tensor:
+        """The first batch's outputs: ``expected`` for its first two copies, full passes for the rest, on the
+        threads chosen."""
+        if values.shape[0] <= 2:
+            return expected
+        with threads(self.threads):
+            return torch.cat([expected, self.network(paste(self.x, values[2:], starts[2:]))])
 
     def _compare(self, network, boxed, expected) -> str | None:
         """Why the boxes' output cannot stand for the full passes' (None: it can). Exact boxes must agree to
@@ -335,7 +340,7 @@ class Scorer:
         result, best = None, None
         for count in thread_counts(self.available_threads):
             with threads(count):
-                seconds, out = _timed(run)
+                seconds, out = timed(run)
             result = out if result is None else result
             if best is None or seconds < best[0]:
                 best = (seconds, count)
