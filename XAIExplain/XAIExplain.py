@@ -1,9 +1,8 @@
 """XAIExplain: explain 3D medical-imaging deep-learning models inside 3D Slicer.
 
-Thin on purpose: the module, its parameter node, the panel (widgets <-> logic), the logic (Slicer's singletons
-added to XAIExplainLib's Qt-free logic) and the self-test. The computation is the ``xaiexplain`` engine beside
-this file, imported only when needed, after its Python dependencies have been checked.
-"""
+Thin on purpose: the module, its parameter node, the panel (widgets <-> logic), the logic (Slicer's singletons added
+to XAIExplainLib's Qt-free logic) and the self-test. The computation is the ``xaiexplain`` engine beside this file,
+imported only when needed, after its Python dependencies have been checked."""
 import logging
 from typing import Annotated
 
@@ -28,29 +27,26 @@ class XAIExplain(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["XAIExplain developers"]
         self.parent.helpText = """
-Explainable AI for 3D medical-imaging models: XAIExplain computes attribution maps that show which voxels
-of the input volume drove a model's output (a class score, a contrast between two classes, or a segmentation
-region), and returns them as volumes on the input's own grid, overlaid in the slice views and, on request,
-volume rendered in 3D.
-<p>The methods are the engine's registry: the panel's method list shows each with its title, family (gradient,
-CAM, backprop, propagation, perturbation) and publication (e.g. Simonyan et al. 2014, Selvaraju et al. 2017 for
-Grad-CAM, Sundararajan et al. 2017); Advanced offers the checked methods' parameters, with their ranges and
-choices (<code>xaiexplain methods</code> lists them too).</p>
-<p>Unsigned maps use an Inferno colour map; signed maps a diverging blue-red map whose centre is transparent.
-Quick methods (by each method's cost in forward and backward passes) run inside Slicer; long ones run in a
-separate process, so Slicer stays responsive and Cancel stops them at once. Everything in the panel is also
-available from the Python console:
+Explainable AI for 3D medical-imaging models: XAIExplain computes attribution maps that show which voxels of the
+input drove a model's output (a class score, a contrast between two classes, or a segmentation network's class in
+a region: a label map, a segment, or one segment of the model's own prediction, at full resolution through
+sliding windows), as volumes on the input's own grid, overlaid in the slice views and, on request, rendered in 3D.
+<p>The methods are the engine's registry: the method list shows each with its title, family (gradient, CAM, backprop,
+propagation, perturbation) and publication (e.g. Simonyan et al. 2014; Selvaraju et al. 2017 for Grad-CAM;
+Sundararajan et al. 2017); Advanced offers the checked methods' parameters, with their ranges and choices.</p>
+<p>Unsigned maps use an Inferno colour map; signed maps a diverging blue-red map whose centre is transparent. Quick
+methods (by their cost in forward and backward passes) run inside Slicer; long ones in a separate process, so
+Slicer stays responsive and Cancel stops them at once. The Python console has it all:
 <code>slicer.util.getModuleLogic("XAIExplain").process(volumeNode, modelPath, ["gradcam"])</code>.</p>
-<p>The computation is done by the <code>xaiexplain</code> engine, a pure-Python package on PyTorch, MONAI and SimpleITK
-that does not depend on Slicer (it runs from the command line as <code>xaiexplain</code> too). PyTorch is provided
-by the PyTorch extension; the other Python packages are installed on first use, after asking.</p>
+<p>The computation is the <code>xaiexplain</code> engine, a pure-Python package on PyTorch, MONAI and SimpleITK that
+does not depend on Slicer (also the <code>xaiexplain</code> command). PyTorch comes from the PyTorch extension; the
+other Python packages are installed on first use, after asking.</p>
 """
         self.parent.helpText += self.getDefaultModuleDocumentationLink()
         self.parent.acknowledgementText = """
-XAIExplain is built on 3D Slicer, PyTorch (through the Slicer PyTorch extension), MONAI and SimpleITK. The methods
-follow their original publications (e.g. Selvaraju et al. 2017 for Grad-CAM), each cited in the panel's method list.
-The SynthLesion sample is made from the MNI152 template and the Harvard-Oxford atlas (FSL).
-"""
+XAIExplain is built on 3D Slicer, PyTorch (the Slicer PyTorch extension), MONAI and SimpleITK; its methods follow their
+publications (e.g. Selvaraju et al. 2017 for Grad-CAM), each cited in the method list. SynthLesion is made from
+MNI152 and the Harvard-Oxford atlas (FSL)."""
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -60,9 +56,7 @@ def registerSampleData():
 
     def load():
         logic = XAIExplainLogic()
-        if logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay):
-            return logic.loadSampleData()
-        return None
+        return logic.loadSampleData() if logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay) else None
 
     sampledata.registerSampleData(SampleData.SampleDataLogic, load)
 
@@ -79,6 +73,8 @@ class XAIExplainParameterNode:
     target: str = ""
     versus: str = ""
     roiNode: slicer.vtkMRMLNode
+    roiSegment: str = ""  # of a segmentation ROI: this segment alone (empty: its visible segments)
+    windowSize: str = ""  # sliding windows, "X Y Z" voxels (empty: the model's own; "none": no windows)
     methods: str = "gradcam"  # comma-separated method names
     methodParameters: str = ""  # JSON {method: {parameter: value}}: the values set in the panel (registry-checked)
     layer: str = ""
@@ -126,6 +122,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.loadSampleButton.connect("clicked(bool)", self.onLoadSample)
         self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
+        self.ui.loadPredictionButton.connect("clicked(bool)", self.onLoadPrediction)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
         self.ui.methodsListWidget.connect("itemChanged(QListWidgetItem*)", self.onMethodsChanged)
         self.ui.targetComboBox.connect("currentIndexChanged(int)", self.onTargetChanged)
@@ -191,8 +188,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # -- panel state ---------------------------------------------------------------------------------
     def updateButtons(self, caller=None, event=None) -> None:
-        p = self._parameterNode
-        running = self.logic.isRunning()
+        p, running = self._parameterNode, self.logic.isRunning()
         ready = bool(p and p.inputVolume and self.modelPath() and p.methods)
         self.ui.applyButton.enabled = running or ready
         self.ui.applyButton.text = "Cancel" if running else "Apply"
@@ -200,6 +196,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                        "Compute the maps" if ready else "Select an input volume, a model and a method")
         self.ui.modelPathLineEdit.enabled = bool(p and not p.useDemoModel)
         self.ui.regionLabelMapSelector.enabled = bool(p and p.regionSource == "label map")
+        self.ui.loadPredictionButton.enabled = bool(p and p.inputVolume and self.modelPath()) and not running
 
     def modelPath(self) -> str:
         p = self._parameterNode
@@ -344,6 +341,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = "Starting..."
             self.logic.process(self.inputVolumes(), self.modelPath(), [m for m in p.methods.split(",") if m],
                                target=p.target or None, versus=p.versus or None, roi=p.roiNode,
+                               roiSegment=p.roiSegment or None, inferer=self.logic.windowSettings(p.windowSize),
                                layer=p.layer or None, params=self.methodParams(), seed=p.seed, device=p.device,
                                regions=regionSource, useWorker=self.useWorker(), waitForCompletion=False,
                                progressCallback=self.onProgress, completionCallback=self.onCompleted,
@@ -353,6 +351,13 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not self.logic.isRunning():
             self.ui.progressBar.hide()
         self.updateButtons()
+
+    def onLoadPrediction(self) -> None:
+        """The model's own segmentation of the input, as a segmentation node: the ROI, one segment chosen."""
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay("Failed to load the model's prediction.", waitCursor=True):
+            p.roiNode = self.logic.loadPrediction(self.inputVolumes(), self.modelPath(), p.device,
+                                                  self.logic.windowSettings(p.windowSize))
 
     def onTimer(self) -> None:
         if self.logic.poll() != "running":
@@ -418,9 +423,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class XAIExplainLogic(ScriptedLoadableModuleLogic, ExplainLogicBase):
-    """Everything the panel does, callable from the Python console (see XAIExplainLib.logic for the methods).
-
-    Example::
+    """Everything the panel does, callable from the Python console (its methods: XAIExplainLib.logic), e.g.::
 
         logic = slicer.util.getModuleLogic("XAIExplain")
         brain, lesion = logic.loadSampleData()
@@ -441,10 +444,8 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic, ExplainLogicBase):
         return dependencies.isSatisfied("torch")
 
     def ensureDependencies(self, confirm=None) -> bool:
-        """PyTorch (through the PyTorch extension) and the packages of Resources/requirements.txt.
-
-        ``confirm(message) -> bool`` is asked before installing on Slicer < 5.12 (5.12's pip_ensure asks itself).
-        """
+        """PyTorch (the PyTorch extension) and Resources/requirements.txt; ``confirm(message) -> bool`` is asked
+        before installing on Slicer < 5.12 (5.12's pip_ensure asks itself)."""
         if not self.torchAvailable() and not dependencies.ensureTorch(askConfirmation=True):
             return False
         missing = self.missingDependencies()

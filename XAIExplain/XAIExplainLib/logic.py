@@ -12,6 +12,7 @@ does, from a timer).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -19,7 +20,7 @@ import time
 
 from . import dependencies, display, regions, sampledata
 from .request import ExplainRequest
-from .results import addResultNodes
+from .results import addResultNodes, predictionSegmentation
 from .runners import InProcessRunner, WorkerRunner
 from .volumenodes import volumeFromNode
 
@@ -80,6 +81,35 @@ class ExplainLogicBase:
 
         volumes = [volumeFromNode(n) for n in self._nodes(inputVolumes)]
         return prepare_case(self.loadModel(model, device), volumes, device=device).predict()
+
+    def loadPrediction(self, inputVolumes, model: str, device: str = "auto", inferer: dict | None = None):
+        """The model's own segmentation of the input as a segmentation node (one segment per predicted class,
+        named after it), on the first input's grid: choose one of its segments as the ROI to explain."""
+        from xaiexplain import load_model, prepare_case
+
+        nodes = self._nodes(inputVolumes)
+        loaded = self.loadModel(model, device)
+        if inferer is not None:  # the cached model keeps its own windows
+            loaded = load_model(dataclasses.replace(loaded, _windows=None), device=None, inferer=inferer)
+        case = prepare_case(loaded, [volumeFromNode(n) for n in nodes], device=device)
+        labels = case.predicted_labels()
+        names = loaded.class_names or [str(i) for i in range(int(labels.max()) + 1)]
+        return predictionSegmentation(self.scene, labels, nodes[0], names, f"{nodes[0].GetName()} prediction")
+
+    @staticmethod
+    def windowSettings(text: str) -> dict | None:
+        """The panel's sliding-window field: "" (the model's own: None), "none" ({}: no windows), or a window size
+        "X Y Z" (one number: a cube) as the engine's inferer settings."""
+        text = (text or "").strip().lower()
+        if not text:
+            return None
+        if text == "none":
+            return {}
+        sizes = text.replace(",", " ").replace("x", " ").split()
+        if len(sizes) not in (1, 3) or not all(size.isdigit() and int(size) > 0 for size in sizes):
+            raise ValueError(f"sliding windows '{text}' are not a size in voxels: give X Y Z (e.g. 96 96 96), one "
+                             "number for a cube, or none")
+        return {"roi_size": [int(size) for size in sizes] * (3 // len(sizes))}
 
     # -- methods (all from the engine's registry) ------------------------------------------------------
     @staticmethod
@@ -223,6 +253,7 @@ class ExplainLogicBase:
 
     def process(self, inputVolumes, model: str, methods, *, target=None, versus=None, roi=None, layer=None,
                 params: dict | None = None, seed: int = 0, device: str = "auto", regions=None,
+                roiSegment: str | None = None, inferer: dict | None = None,
                 useWorker: bool | None = None, waitForCompletion: bool = True, progressCallback=None,
                 completionCallback=None, show: bool = True, show3D: bool = False, threshold: float | None = None,
                 opacity: float = display.DEFAULT_OPACITY):
@@ -230,7 +261,10 @@ class ExplainLogicBase:
 
         ``model``: a MONAI bundle folder, a TorchScript / .pt2 file (``demoModelPath()`` for the demo).
         ``target``/``versus``: class index or name; ``roi``: label map or segmentation node (or
-        "predicted") for segmentation models; ``regions``: "harvard-oxford" or a label map node with
+        "predicted", "component:N") for segmentation models, with ``roiSegment`` (ID or name) one segment of a
+        segmentation (else its visible ones); ``inferer``: sliding-window settings ({"roi_size": [96, 96, 96],
+        "overlap": 0.25, "mode": "gaussian"}; {}: none) over the model's own; ``regions``: "harvard-oxford" or a
+        label map node with
         named colours (or a segmentation); ``params``: {method: {name: value}}. Returns the result nodes
         (one per method) when ``waitForCompletion``, else the runner (see :meth:`poll`).
         """
@@ -239,7 +273,8 @@ class ExplainLogicBase:
         methods = [methods] if isinstance(methods, str) else list(methods)
         request = ExplainRequest(self._nodes(inputVolumes), str(model) if model else "", methods, target=target,
                                  versus=versus, roi=roi, layer=layer or None, params=dict(params or {}),
-                                 seed=int(seed), device=device or "auto", regions=regions)
+                                 seed=int(seed), device=device or "auto", regions=regions, roiSegment=roiSegment,
+                                 inferer=inferer)
         request.validate()
         inWorker = self.shouldUseWorker(methods, params, useWorker)  # by default also checks the parameters
         self._display = dict(show=show, show3D=show3D, threshold=threshold, opacity=opacity)

@@ -31,6 +31,9 @@ class ExplainRequest:
     seed: int = 0
     device: str = "auto"
     regions: object = None  # "harvard-oxford", or a label map (named colours) or segmentation node
+    roiSegment: str | None = None  # of a segmentation ROI: this segment (ID or name) alone, else its visible ones
+    inferer: dict | None = None  # sliding windows (the engine's names: roi_size, overlap, mode, sw_batch_size);
+    # {}: none, even where the model has its own
 
     def validate(self) -> None:
         if not self.inputs or any(node is None for node in self.inputs):
@@ -52,7 +55,7 @@ class ExplainRequest:
             if isinstance(self.roi, str):  # "predicted" or "component:N": resolved by the engine from the output
                 case.roi = self.roi
             elif self.roi is not None:
-                case.roi, temporary = roiLabelMap(scene, self.roi, reference)
+                case.roi, temporary = roiLabelMap(scene, self.roi, reference, self.roiSegment)
                 if temporary:
                     case.temporary.append(case.roi)
             if self.regions in ATLASES:
@@ -79,6 +82,7 @@ class ExplainRequest:
                 args += [flag, str(value)]
         if files.roi is not None:
             args += ["--roi", str(files.roi)]
+        args += infererArguments(self.inferer)
         for method, values in (self.params or {}).items():
             for name, value in values.items():
                 args += ["--param", f"{method}.{name}={json.dumps(value)}"]
@@ -123,14 +127,59 @@ class EngineFiles:
     regionNames: Path | None = None  # ``id,name`` CSV of the label file
 
 
-def roiLabelMap(scene, roi, reference):
-    """A label map node for ``roi`` and whether it was made here: itself, or a segmentation exported on the grid."""
+def infererArguments(inferer: dict | None) -> list[str]:
+    """The engine's command-line flags for a request's sliding-window settings."""
+    if inferer is None:
+        return []
+    if not inferer:
+        return ["--no-window"]
+    flags = {"roi_size": "--window", "overlap": "--overlap", "mode": "--blend", "sw_batch_size": "--window-batch"}
+    unknown = sorted(set(inferer) - set(flags))
+    if unknown:
+        raise ValueError(f"unknown sliding-window settings {unknown}: use {', '.join(flags)}")
+    args = []
+    for key, flag in flags.items():
+        if key in inferer:
+            value = inferer[key]
+            args += [flag, *map(str, value)] if isinstance(value, (list, tuple)) else [flag, str(value)]
+    return args
+
+
+def segmentId(segmentation, segment: str) -> str:
+    """The ID of ``segment`` (an ID or a name) in a segmentation node, or a clear error naming the segments."""
+    inner = segmentation.GetSegmentation()
+    if inner.GetSegment(segment) is not None:
+        return segment
+    found = inner.GetSegmentIdBySegmentName(segment)
+    if found:
+        return found
+    names = [inner.GetNthSegment(i).GetName() for i in range(inner.GetNumberOfSegments())]
+    raise ValueError(f"segmentation '{segmentation.GetName()}' has no segment '{segment}' (it has: {', '.join(names)})")
+
+
+def roiLabelMap(scene, roi, reference, segment: str | None = None):
+    """A label map node for ``roi`` and whether it was made here: itself, or a segmentation (its ``segment``
+    alone, else its visible segments) exported on the grid."""
     if roi.IsA("vtkMRMLLabelMapVolumeNode") or roi.IsA("vtkMRMLScalarVolumeNode"):
+        if segment:
+            raise ValueError(f"a segment was chosen, but the ROI '{roi.GetName()}' is a label map, not a segmentation")
         return roi, False
     import slicer
+    import vtk
 
     labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "XAIExplain ROI")
-    if not slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(roi, labels, reference):
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    if segment:
+        ids = vtk.vtkStringArray()
+        try:
+            ids.InsertNextValue(segmentId(roi, segment))
+        except ValueError:
+            scene.RemoveNode(labels)
+            raise
+        done = logic.ExportSegmentsToLabelmapNode(roi, ids, labels, reference)
+    else:
+        done = logic.ExportVisibleSegmentsToLabelmapNode(roi, labels, reference)
+    if not done:
         scene.RemoveNode(labels)
         raise ValueError(f"cannot turn segmentation '{roi.GetName()}' into a mask on the input grid")
     return labels, True

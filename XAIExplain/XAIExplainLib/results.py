@@ -66,3 +66,31 @@ def addRegionResults(scene, resultNode, rows, labels=None, names=None, *, prefix
         labels.GetDisplayNode().SetAndObserveColorNodeID(colours.GetID())
     regions.linkRegions(resultNode, table, labels)
     return table, labels
+
+
+def predictionSegmentation(scene, labels: np.ndarray, reference, classNames: list[str], name: str):
+    """A segmentation node of a predicted label volume (I, J, K) on ``reference``'s grid: one segment per class
+    predicted somewhere (background, label 0, left out), named after the class."""
+    import slicer
+
+    present = sorted(int(v) for v in np.unique(labels) if v != 0)
+    if not present:
+        raise ValueError("the model predicts no voxel of any class but the background on this input")
+    names = {label: classNames[label] if label < len(classNames) else str(label) for label in present}
+    labelNode = regions.addRegionLabelMap(scene, labels, names, reference, name=f"{name} labels")
+    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    segmentation.CreateDefaultDisplayNodes()
+    segmentation.SetReferenceImageGeometryParameterFromVolumeNode(reference)
+    colours = labelNode.GetDisplayNode().GetColorNode()
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelNode, segmentation):
+            raise ValueError(f"cannot turn the prediction into segmentation '{name}'")
+    finally:
+        scene.RemoveNode(labelNode)
+        if colours is not None:
+            scene.RemoveNode(colours)
+    inner = segmentation.GetSegmentation()
+    for index in range(inner.GetNumberOfSegments()):  # one per label, in label order
+        inner.GetNthSegment(index).SetName(names[present[index]])
+    segmentation.SetAttribute("XAIExplain.prediction", "true")
+    return segmentation

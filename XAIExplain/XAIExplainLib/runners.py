@@ -117,7 +117,7 @@ class InProcessRunner(Runner):
             results = explain(model, volumes, request.methods, target=request.target, versus=request.versus,
                               roi=_asVolume(case.roi), layer=request.layer, params=request.params,
                               seed=request.seed, device=request.device, regions=_asVolume(case.regions),
-                              region_names=case.regionNames, progress=self._progress,
+                              region_names=case.regionNames, inferer=request.inferer, progress=self._progress,
                               cancel=lambda: self._cancelRequested)
         except Cancelled:
             self._finish("cancelled", error="cancelled")

@@ -62,6 +62,18 @@ def _preprocessing_overrides(args) -> dict:
     return out
 
 
+def _inferer_overrides(args) -> dict | None:
+    """--window / --overlap / --blend / --window-batch (each overrides the model's own), --no-window (none)."""
+    given = {key: value for key, value in (("roi_size", args.window), ("overlap", args.overlap),
+                                           ("mode", args.blend), ("sw_batch_size", args.window_batch))
+             if value is not None}
+    if args.no_window:
+        if given:
+            raise XAIError("--no-window and the window settings contradict each other", "give one or the other")
+        return {}
+    return given or None
+
+
 def _regions(args, volume):
     """The region source named by --atlas / --regions / --supervoxels (None: none given)."""
     from ..regions import harvard_oxford_regions, label_regions, supervoxel_regions
@@ -112,7 +124,7 @@ def cmd_explain(args) -> int:
         results = explain(args.model, volumes, args.method, target=args.target, versus=args.versus,
                           roi=args.roi, references=args.reference, layer=args.layer, params=params,
                           seed=args.seed, device=args.device, preprocessing=_preprocessing_overrides(args),
-                          progress=bar, regions=regions)
+                          progress=bar, regions=regions, inferer=_inferer_overrides(args))
     finally:
         bar.close()
     written = write_results(args.out, volumes[0], results, {"inputs": [str(p) for p in args.input],
@@ -282,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--spacing", type=float, nargs=3, help="resample to this spacing (mm)")
     ex.add_argument("--size", type=int, nargs=3, help="crop/pad to this size (voxels)")
     ex.add_argument("--intensity", help="range:AMIN,AMAX,BMIN,BMAX | percentiles:LOW,HIGH | zscore")
+    ex.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                    help="run the model on sliding windows of this size over the whole scan, as MONAI's "
+                         "SlidingWindowInferer (default: the bundle's or the model's own inferer, if any)")
+    ex.add_argument("--overlap", type=float, help="sliding windows' overlap, 0 to <1 (0.25)")
+    ex.add_argument("--blend", choices=["constant", "gaussian"], help="how overlapping windows are blended")
+    ex.add_argument("--window-batch", type=int, help="windows per forward pass (sw_batch_size)")
+    ex.add_argument("--no-window", action="store_true", help="ignore the model's own sliding-window inferer")
     ex.add_argument("--atlas", choices=["harvard-oxford"], help="score anatomical regions of this atlas")
     ex.add_argument("--registration", choices=["none", "affine", "deformable"], default="affine",
                     help="how the atlas gets into the volume: none (already MNI), affine (default), deformable")

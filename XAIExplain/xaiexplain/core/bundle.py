@@ -23,8 +23,9 @@ _HARMLESS_TRANSFORMS = ("LoadImaged", "EnsureChannelFirstd", "EnsureTyped", "Ens
 
 def write_bundle(folder, model: torch.nn.Module, network_target: str, network_args: dict, *, name: str,
                  description: str, class_names: list[str], in_channels: int, preprocessing: dict,
-                 extra: dict | None = None) -> Path:
-    """Write ``model`` as a MONAI bundle whose preprocessing MONAI itself can also run."""
+                 extra: dict | None = None, task: str = "classification", inferer: dict | None = None) -> Path:
+    """Write ``model`` as a MONAI bundle whose preprocessing MONAI itself can also run; ``inferer``: the
+    settings of a ``SlidingWindowInferer`` for a segmentation network."""
     folder = Path(folder)
     (folder / "configs").mkdir(parents=True, exist_ok=True)
     (folder / "models").mkdir(parents=True, exist_ok=True)
@@ -50,9 +51,11 @@ def write_bundle(folder, model: torch.nn.Module, network_target: str, network_ar
         "network": "$@network_def.to(@device)",
         "preprocessing": {"_target_": "Compose", "transforms": transforms},
     }
+    if inferer:
+        inference["inferer"] = {"_target_": "SlidingWindowInferer", **inferer}
     classes = {str(i): n for i, n in enumerate(class_names)}
     metadata = {
-        "version": "1.0.0", "name": name, "description": description, "task": "classification",
+        "version": "1.0.0", "name": name, "description": description, "task": task,
         "monai_version": monai.__version__, "pytorch_version": torch.__version__.split("+")[0],
         "numpy_version": np.__version__, "required_packages_version": {},
         "authors": "XAIExplain", "license": "Apache-2.0",
@@ -61,8 +64,10 @@ def write_bundle(folder, model: torch.nn.Module, network_target: str, network_ar
                                  "num_channels": in_channels, "spatial_shape": spec.spatial_size,
                                  "dtype": "float32", "value_range": [], "is_patch_data": False,
                                  "channel_def": {"0": "T1"}}},
-            "outputs": {"pred": {"type": "logits", "format": "classes", "num_channels": len(class_names),
-                                 "spatial_shape": [len(class_names)], "dtype": "float32", "value_range": [],
+            "outputs": {"pred": {"type": "logits", "format": "segmentation" if task == "segmentation" else "classes",
+                                 "num_channels": len(class_names),
+                                 "spatial_shape": [-1, -1, -1] if task == "segmentation" else [len(class_names)],
+                                 "dtype": "float32", "value_range": [],
                                  "is_patch_data": False, "channel_def": classes}},
         },
         "xaiexplain": {"preprocessing": spec.to_dict(), **(extra or {})},
@@ -96,6 +101,33 @@ def _spec_from_monai_transforms(config: dict) -> tuple[PreprocessSpec, list[str]
         elif target and target not in _HARMLESS_TRANSFORMS:
             ignored.append(target)
     return spec, ignored
+
+
+def _inferer(parser, config: dict) -> dict | None:
+    """The settings of the bundle's sliding-window inferer (``inferer`` in its config), None for a simple one."""
+    item = config.get("inferer")
+    if not isinstance(item, dict):
+        return None
+    from .windows import SLIDING, WindowSpec
+
+    target = str(item.get("_target_", "")).split(".")[-1]
+    if target not in SLIDING:
+        if target in ("SimpleInferer", ""):
+            return None
+        raise XAIError(f"the bundle's inferer {target} is not one XAIExplain can run window by window",
+                       "give the windows yourself: --window X Y Z (and --overlap, --blend)")
+
+    settings = {}
+    for key in WindowSpec.__dataclass_fields__:
+        if key in item:
+            try:
+                settings[key] = parser.get_parsed_content(f"inferer#{key}")
+            except Exception as err:  # an expression or reference the bundle cannot resolve
+                raise XAIError(f"cannot read the bundle's inferer {key} ({type(err).__name__})",
+                               "give the windows yourself: --window X Y Z") from None
+    if isinstance(settings.get("roi_size"), tuple):
+        settings["roi_size"] = list(settings["roi_size"])
+    return settings
 
 
 def read_bundle(folder) -> dict:
@@ -149,6 +181,8 @@ def read_bundle(folder) -> dict:
     class_names = [channel_def[k] for k in sorted(channel_def, key=int)] if channel_def else None
     out_shape = pred.get("spatial_shape") or []
     task = "segmentation" if len(out_shape) >= 3 or pred.get("format") == "segmentation" else "classification"
+    inferer = _inferer(parser, config)
     return {"network": network.eval(), "metadata": metadata, "preprocessing": spec, "ignored_transforms": ignored,
+            "inferer": inferer,
             "in_channels": image.get("num_channels"), "class_names": class_names, "task": task,
             "output": pred.get("type")}  # MONAI's "logits" or "probabilities", checked by load_model

@@ -71,6 +71,19 @@ class PreparedCase:
     def predict(self) -> dict:
         return self.model.predict(self.x)
 
+    def predicted_labels(self) -> np.ndarray:
+        """A segmentation model's predicted class per voxel of the input grid (I, J, K): the class scores brought
+        back through the inverse transforms, then the largest (a single-logit model: above 0.5 is 1)."""
+        from .models import probabilities
+
+        output = self.output()
+        if output.ndim < 3:
+            raise XAIError("this model gives one score per class, not a segmentation",
+                           "load the prediction of a segmentation model")
+        back = self.to_input_grid(probabilities(output, self.model.output_kind)[0])
+        labels = (back[0] > 0.5) if back.shape[0] == 1 else back.argmax(0)
+        return labels.astype(np.int16)
+
     def on_grid(self, item) -> Volume:
         """A reference volume (path or Volume) with the input's channels, on the input's grid, finite."""
         ref, _ = load_inputs(item)
@@ -138,6 +151,9 @@ def prepare_case(model, inputs, *, preprocessing: dict | None = None, roi=None, 
     volume, notes = load_inputs(inputs)
     check_volume(volume, loaded)
     spec = loaded.preprocessing.merged(**(preprocessing or {}))
+    if loaded.inferer is not None and spec.spatial_size:
+        raise XAIError(f"the model runs sliding windows over the whole scan, and its preprocessing also crops/pads "
+                       f"the scan to {spec.spatial_size}", "drop the spatial size (--size), or the windows")
     pre = Preprocessor(spec)
     case = PreparedCase(loaded, volume, spec, pre, pre.forward(volume)[None].to(loaded.device), notes)
     check_input_shape(loaded, case.x)

@@ -1,6 +1,7 @@
 """The engine's front door: volumes + model + target + methods -> attributions on the input grid."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import numpy as np
@@ -12,8 +13,8 @@ from .case import PreparedCase, prepare_case
 from .models import LoadedModel, evaluation_mode, load_model, prediction
 from .provenance import versions
 from .result import Attribution
-from .timing import PassTimes, check_memory
 from .targets import ClassTarget, ContrastTarget, SegmentationTarget
+from .timing import PassTimes, check_memory
 
 
 def _target(target, versus, roi_model_space, logits, class_names, component=None):
@@ -58,14 +59,27 @@ def attribute(model, x: torch.Tensor, method, *, target=None, layer: str | None 
     ctx = Context(loaded, x, resolved, reference, layer=layer, seed=seed, progress=progress, cancel=cancel,
                   references=None if references is None else references.to(x), regions=regions)
     torch.manual_seed(seed)
+    computed = loaded.windows.computed if loaded.inferer is not None else 0
     with evaluation_mode(loaded):
-        maps, info = method.run(ctx, **chosen)
+        if loaded.inferer is not None and method.needs_layers:  # hooks see one window's pass at a time
+            from ..methods.per_window import run_per_window
+            maps, info = run_per_window(method, ctx, chosen)
+        else:
+            maps, info = method.run(ctx, **chosen)
+    if loaded.inferer is not None:
+        windows = loaded.windows
+        info["sliding_window"] = {**windows.describe(x), **info.get("sliding_window", {}),
+                                  "windows_computed": windows.computed - computed}
+        if getattr(resolved, "linear", False) and "windows_on_target" not in info["sliding_window"]:
+            info["sliding_window"]["windows_on_target"] = [
+                len(windows.weights(x[n:n + 1], ctx.output_gradient()[n:n + 1])[2]) for n in range(x.shape[0])]
     return maps, info, ctx
 
 
 def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, roi=None, layer: str | None = None,
             params: dict | None = None, seed: int = 0, device="auto", preprocessing: dict | None = None,
-            references=None, progress=None, cancel=None, regions=None, region_names=None) -> list[Attribution]:
+            references=None, progress=None, cancel=None, regions=None, region_names=None,
+            inferer: dict | None = None) -> list[Attribution]:
     """Explain ``model``'s decision on ``inputs`` with each of ``methods``.
 
     ``model``: a path (TorchScript, .pt2, MONAI bundle folder), an ``nn.Module``, a
@@ -81,7 +95,10 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     table, and region methods (occlusion-regions, LIME, KernelSHAP) score these regions
     (SLIC supervoxels when none are given). A method parameter ``baseline`` may be a
     reference volume (path or Volume on the input grid); ``references``: a set of them
-    for DeepSHAP. Nothing given is modified.
+    for DeepSHAP. ``inferer``: sliding-window settings (``roi_size``, ``overlap``, ``mode``,
+    ``sw_batch_size``; MONAI's names) overriding the model's own ({}: none): the network then runs on windows
+    of the whole scan, as MONAI's ``SlidingWindowInferer``, and every map explains that blended output.
+    Nothing given is modified.
     """
     # a method named twice, or by its name and an alias, runs once (one map, one output file)
     chosen = list({m.name: m for m in (get_method(m) for m in ([methods] if isinstance(methods, str) else methods))
@@ -96,11 +113,13 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     check_seed(seed)
     if isinstance(inputs, PreparedCase):
         case = inputs
-        _check_case(case, model, chosen, preprocessing=preprocessing, roi=roi, regions=regions,
+        _check_case(case, model, chosen, preprocessing=preprocessing, roi=roi, regions=regions, inferer=inferer,
                     region_names=region_names, references=references)
         _check_methods(chosen, params)
     else:
         loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
+        if inferer is not None:  # the caller's model keeps its own inferer
+            loaded = load_model(dataclasses.replace(loaded, _windows=None), device=None, inferer=inferer)
         _check_methods(chosen, params)
         case = prepare_case(loaded, inputs, preprocessing=preprocessing, roi=roi, regions=regions,
                             region_names=region_names, references=references,
@@ -127,7 +146,7 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     results = []
     with evaluation_mode(loaded):
         for number, (method, chosen_params, cost) in enumerate(zip(chosen, all_params, costs)):
-            estimate = times.seconds(method, cost, loaded, case.device)
+            estimate = times.seconds(method, cost, loaded, case.device, chosen_params)
 
             def report(fraction, message, number=number):
                 if progress is not None:

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..errors import XAIError
 from .preprocess import PreprocessSpec
+from .windows import SlidingWindows, WindowSpec
 
 FORMATS = ("module", "bundle", "export", "torchscript")
 
@@ -42,6 +43,17 @@ class LoadedModel:
     converted_from: str | None = None  # "torchscript" once with_layers() converted it
     output_kind: str | None = None  # "logits" | "probabilities" (the network ends in softmax/sigmoid); None: detect
     input_shape: tuple | None = None  # what a .pt2 program was exported for: an int per fixed axis, None per free one
+    inferer: WindowSpec | None = None  # a sliding-window inferer: the network runs on windows of the whole scan
+    _windows: SlidingWindows | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def windows(self) -> SlidingWindows | None:
+        """The sliding-window runner of ``inferer`` (None without one); it calls whatever ``network`` is now."""
+        if self.inferer is None:
+            return None
+        if self._windows is None or self._windows.spec is not self.inferer:
+            self._windows = SlidingWindows(self.inferer, lambda batch: model_output(self.network(batch)))
+        return self._windows
 
     @property
     def has_layers(self) -> bool:
@@ -63,7 +75,8 @@ class LoadedModel:
         return {"source": self.source, "format": self.format, "sha256": self.sha256, "task": self.task,
                 "class_names": self.class_names, "in_channels": self.in_channels,
                 "preprocessing": self.preprocessing.to_dict(), "notes": list(self.notes),
-                "converted_from": self.converted_from}
+                "converted_from": self.converted_from,
+                "inferer": None if self.inferer is None else {"kind": "sliding-window", **self.inferer.to_dict()}}
 
     def named_layers(self) -> dict[str, nn.Module]:
         if not self.has_layers:
@@ -81,6 +94,9 @@ class LoadedModel:
         if self.has_layers:
             return self
         from .conversion import program_from_torchscript
+        if self.inferer is not None:  # the network runs on windows: converted, and checked, on the first one
+            layout = self.windows.layout(example)
+            example = layout.padded_input(example, self.inferer)[(slice(None), slice(None), *layout.slices[0])]
         sample = example[:1].detach().to(self.device)
         sample = sample.expand(2, *sample.shape[1:]).contiguous()  # a batch of 2 keeps the batch size free
         refuse = ("give the model as a MONAI bundle, a torch.export .pt2 file or a torch.nn.Module, or use a "
@@ -109,7 +125,8 @@ class LoadedModel:
         """The network's output (float, detached) for a model-space batch, in eval mode without autograd."""
         with torch.inference_mode(), evaluation_mode(self):
             try:
-                out = model_output(self.network(x.to(self.device))).float()
+                x = x.to(self.device)
+                out = (self.windows.forward(x) if self.inferer else model_output(self.network(x))).float()
             except RuntimeError as err:
                 raise XAIError(f"the model failed on the input ({str(err).splitlines()[0][:160]})",
                                "check channels, size and preprocessing (--spacing/--size) against the model") from None
@@ -205,7 +222,7 @@ def _first_conv_channels(network: nn.Module) -> int | None:
     return None
 
 
-SIDECAR_KEYS = ("class_names", "in_channels", "task", "preprocessing", "output")
+SIDECAR_KEYS = ("class_names", "in_channels", "task", "preprocessing", "output", "inferer")
 OUTPUT_KINDS = ("logits", "probabilities")
 
 
@@ -228,6 +245,21 @@ def _output_kind(value):
         raise XAIError(f"unknown model output kind {value!r}",
                        "say 'logits' or 'probabilities' (the network already ends in softmax or sigmoid)")
     return value
+
+
+def _inferer(value, current: WindowSpec | None = None) -> WindowSpec | None:
+    """A sliding-window inferer from its settings ({} or None: none); settings without ``roi_size`` change
+    ``current``'s."""
+    if value is None or isinstance(value, WindowSpec):
+        return value
+    if not isinstance(value, dict):
+        raise XAIError(f"the sliding-window inferer {value!r} is not a set of settings",
+                       "give {\"roi_size\": [96, 96, 96], \"overlap\": 0.25, ...}")
+    if not value:
+        return None
+    if "roi_size" not in value and current is not None:
+        value = {**current.to_dict(), **value}
+    return WindowSpec.from_dict(value)
 
 
 def _load_file(path: Path) -> tuple[nn.Module, str, list[str], tuple | None]:
@@ -312,11 +344,15 @@ def check_input_shape(model: LoadedModel, x: torch.Tensor) -> None:
 
 def load_model(source, *, class_names: list[str] | None = None, in_channels: int | None = None,
                task: str | None = None, preprocessing: dict | PreprocessSpec | None = None,
-               device: str | torch.device | None = "auto", output: str | None = None) -> LoadedModel:
+               device: str | torch.device | None = "auto", output: str | None = None,
+               inferer: dict | WindowSpec | None = None) -> LoadedModel:
     """Load ``source`` (path or ``nn.Module``); arguments given here override the model's own metadata.
 
     ``output``: "logits" or "probabilities" (the network ends in softmax/sigmoid); when
-    neither the metadata nor the caller says, it is read from the first output.
+    neither the metadata nor the caller says, it is read from the first output. ``inferer``: a
+    sliding-window inferer's settings (``roi_size``, ``overlap``, ``mode``, ``sigma_scale``,
+    ``sw_batch_size``; MONAI's names), read from a bundle's ``inferer`` or a sidecar's ``"inferer"`` when not
+    given; ``{}`` drops the model's own.
     """
     notes: list[str] = []
     meta: dict = {}
@@ -338,7 +374,8 @@ def load_model(source, *, class_names: list[str] | None = None, in_channels: int
                 info = read_bundle(path)
                 network, fmt = info["network"], "bundle"
                 meta = {"class_names": info["class_names"], "in_channels": info["in_channels"],
-                        "task": info["task"], "preprocessing": info["preprocessing"], "output": info["output"]}
+                        "task": info["task"], "preprocessing": info["preprocessing"], "output": info["output"],
+                        "inferer": info["inferer"]}
                 notes.append("a MONAI bundle runs the code its config names; load only bundles you trust")
                 if info["ignored_transforms"]:
                     notes.append(f"bundle preprocessing steps not reproduced: {', '.join(info['ignored_transforms'])}")
@@ -351,6 +388,7 @@ def load_model(source, *, class_names: list[str] | None = None, in_channels: int
                             else PreprocessSpec.from_dict(meta.get("preprocessing")), where, digest, notes)
         model.output_kind = _output_kind(meta.get("output"))
         model.input_shape = input_shape
+        model.inferer = _inferer(meta.get("inferer"))
         if model.in_channels is None and model.has_layers:
             model.in_channels = _first_conv_channels(network)
     if class_names is not None:
@@ -361,6 +399,8 @@ def load_model(source, *, class_names: list[str] | None = None, in_channels: int
         model.task = task
     if output is not None:
         model.output_kind = _output_kind(output)
+    if inferer is not None:
+        model.inferer = _inferer(inferer, model.inferer)
     if preprocessing is not None:
         model.preprocessing = (preprocessing if isinstance(preprocessing, PreprocessSpec)
                                else PreprocessSpec.from_dict(preprocessing))

@@ -109,6 +109,7 @@ class SegmentationTarget:
     """Mean logit of ``index`` over a region: a mask in model space, the model's own predicted mask, or one
     connected component of it (``component``: 1 the largest)."""
 
+    linear = True  # the score is linear in the output (what sliding windows need to explain it window by window)
     index: int | str
     region: torch.Tensor | None = None  # (X, Y, Z) or (N, X, Y, Z); None -> predicted mask
     predicted: torch.Tensor | None = None  # the predicted mask (N, X, Y, Z), made once from the output resolved
@@ -163,3 +164,15 @@ class SegmentationTarget:
                 else f"connected component {self.component} (by size, 26-connected) of the predicted mask, "
                      f"of {self.components[0]}",
                 "region_voxels_model_space": int(mask[0].sum())}
+
+
+def output_gradient(target, reference: torch.Tensor) -> torch.Tensor:
+    """d score / d output (N, K, X, Y, Z) of a target linear in the output (the same at every output); what
+    sliding windows weigh each window's output by, and what decides which windows a map needs."""
+    if not getattr(target, "linear", False):
+        raise XAIError("sliding windows explain a score that is linear in the network's output (a class over a "
+                       "region); this target is not", "give a segmentation target (--target, --roi)")
+    with torch.inference_mode(False), torch.enable_grad():  # asked for from inside scoring loops, too
+        out = reference.detach().clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(target.score(out, reference).sum(), out)
+    return grad

@@ -15,7 +15,9 @@ import torch
 
 from ..errors import XAIError
 from .case import PreparedCase
+from .memory import free_memory
 from .models import evaluation_mode, model_output, probabilities
+from .targets import output_gradient
 
 WARM_LIMIT_S = 1.0  # a first forward pass under this is timed again (its one-off start-up costs dominate)
 BATCH = 2  # copies of the case in a timed batch
@@ -31,6 +33,10 @@ class PassTimes:
     inference: float | None = None
     gradient: float | None = None
     gradient_bytes: int | None = None  # per volume: the layers' outputs autograd keeps for the backward pass
+    # through sliding windows (``forward``: all of them, blended): the share of the windows on the target, and
+    # the windows' number and layout (how many a perturbed box runs again)
+    window_share: float | None = None
+    layout: object = None
 
     @classmethod
     def measure(cls, case: PreparedCase, methods, first_forward: float, costs: list[dict], target,
@@ -43,6 +49,10 @@ class PassTimes:
         if forward < WARM_LIMIT_S:
             forward = min(forward, timed(case.output)[0])
         times = cls(forward)
+        if case.model.inferer is not None:  # no pass on the whole scan at once: the windows' share of one
+            layout, _, touched = case.model.windows.weights(case.x, output_gradient(target, reference))
+            times.window_share, times.layout = len(touched) / len(layout.slices), layout
+            return times
         fixed = case.model.input_shape
         batch = 1 if fixed and fixed[0] == 1 else BATCH  # a program exported for one volume at a time
         network, x = case.model.network, case.x.expand(batch, *case.x.shape[1:]).contiguous()
@@ -75,9 +85,12 @@ class PassTimes:
             pass
         return times
 
-    def seconds(self, method, cost: dict, model, device: torch.device) -> float:
-        """The estimate for ``method`` running ``cost`` passes per volume of ``model`` on ``device``."""
+    def seconds(self, method, cost: dict, model, device: torch.device, params: dict | None = None) -> float:
+        """The estimate for ``method`` running ``cost`` passes per volume of ``model`` on ``device`` (with
+        ``params``: the size of occlusion's box, through sliding windows)."""
         forward, backward = int(cost["forward"]), int(cost["backward"])
+        if self.window_share is not None:
+            return self._windowed(method, forward, backward, params or {}) * method.time_factor(model, device)
         if method.family == "perturbation" and self.inference is not None:
             plain = forward * self.inference
         elif _batched(method) and backward > 1 and self.gradient is not None:  # batched forward+backward
@@ -87,11 +100,22 @@ class PassTimes:
         return plain * method.time_factor(model, device)
 
 
+    def _windowed(self, method, forward: int, backward: int, params: dict) -> float:
+        """Through sliding windows: every window for the prediction maps, the target's for the others, and for
+        occlusion's boxes the windows each box lies in."""
+        if method.family == "uncertainty":
+            return forward * self.forward
+        per_window = self.forward / len(self.layout.slices)
+        if method.family == "perturbation" and "window" in method.defaults:
+            box = params.get("window", method.defaults["window"])
+            box = box if isinstance(box, (list, tuple)) else [box] * 3
+            return forward * self.layout.windows_per_box(box) * per_window
+        return (forward + BACKWARD_FORWARDS * backward) * self.window_share * self.forward
+
+
 def check_memory(method, params: dict, times: PassTimes, device: torch.device) -> None:
     """Refuse, before it runs, a batched gradient method whose batches cannot fit in the free memory."""
-    from ..methods.machinery.scoring import free_memory
-
-    if not _batched(method) or method.family == "perturbation" or not times.gradient_bytes:
+    if not _batched(method) or method.family == "perturbation" or not times.gradient_bytes or times.window_share:
         return  # the perturbation methods size their batches to the memory themselves
     rows = params.get("samples", params.get("steps", 1))
     batch = min(int(params["batch_size"] or rows), int(rows))

@@ -15,6 +15,7 @@ import torch
 
 from ..core.baselines import BASELINES
 from ..core.models import LoadedModel, model_output
+from ..core.targets import output_gradient
 from ..errors import XAIError
 
 ProgressFn = Callable[[float, str], None]
@@ -44,14 +45,28 @@ class Context:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.passes["forward"] += int(x.shape[0])  # counted in volumes, not batches
+        if self.model.inferer is not None:  # every window, blended: without autograd (see gradient)
+            return self.model.windows.forward(x)
         return model_output(self.model.network(x))
+
+    def output_gradient(self) -> torch.Tensor:
+        """d score / d output (N, K, X, Y, Z) per sample (``core.targets.output_gradient``), made once."""
+        if "output_gradient" not in self.cache:
+            self.cache["output_gradient"] = output_gradient(self.target, self.reference)
+        return self.cache["output_gradient"]
 
     def score(self, output: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Target score per row; ``rows`` maps each row of ``output`` to its original sample."""
         return self.target.score(output, self.reference, rows)
 
     def gradient(self, x: torch.Tensor, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(d score / d x, score) for a batch of inputs."""
+        """(d score / d x, score) for a batch of inputs; through sliding windows one window's graph at a time."""
+        if self.model.inferer is not None:
+            rows = torch.arange(x.shape[0], device=x.device) if rows is None else rows
+            grad, scores = self.model.windows.gradient(x, self.output_gradient(), rows)
+            self.passes["forward"] += int(x.shape[0])
+            self.passes["backward"] += int(x.shape[0])
+            return grad, scores.to(x.dtype)
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             scores = self.score(self.forward(x), rows)

@@ -12,13 +12,13 @@ folded copy.
 """
 from __future__ import annotations
 
-import os
 import time
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
+from ...core.memory import free_memory
 from ...core.models import LoadedModel, evaluation_mode, load_model, model_output, probabilities
 from ...core.targets import ClassTarget
 from ..base import Context
@@ -75,19 +75,6 @@ def timed(run):
     start = time.perf_counter()
     out = run()
     return time.perf_counter() - start, out
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes free for new tensors on ``device``."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            info = dict(line.split(":", 1) for line in fh)
-        return int(info["MemAvailable"].split()[0]) * 1024
-    except (OSError, KeyError, ValueError):
-        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
 
 
 def inference_network(ctx: Context) -> InferenceNetwork:
@@ -152,6 +139,26 @@ class GivenNetwork:
             return model_output(self.model.network(batch)).float()
 
 
+WINDOWED_BATCH = 2  # copies a sliding-window scorer blends at once: each is a whole scan's output
+
+
+class WindowedNetwork:
+    """The blended output of the windows that hold the target (exact wherever the target reads it)."""
+
+    how = "sliding windows (the target's only)"
+    has_layers = False
+
+    def __init__(self, ctx: Context, n: int):
+        self.ctx, self.n = ctx, n
+        self.module = ctx.model.network
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        windows = self.ctx.model.windows
+        _, _, touched = windows.weights(batch[:1], self.ctx.output_gradient()[self.n:self.n + 1])
+        with evaluation_mode(self.ctx.model):
+            return windows.forward(batch, touched).float()
+
+
 class Scorer:
     """Scores batches of altered copies of sample ``n`` of ``ctx.x`` (logit and probability of the target).
 
@@ -172,7 +179,13 @@ class Scorer:
         self.started = None
         self.threads = None  # intra-op threads for local() calls, chosen on the first on a CPU (None: torch's)
         self.available_threads = torch.get_num_threads()
-        if fast:
+        if ctx.model.inferer is not None:  # sliding windows: only the target's windows, and of them those a box meets
+            self.network, self.footprint, self.incremental = WindowedNetwork(ctx, n), None, "windows"
+            self.batch_size = max(1, min(int(batch_size or WINDOWED_BATCH), max(self.total, 1)))
+            self.facts = {"batch_size": self.batch_size, "batch_size_chosen": "given" if batch_size else "auto",
+                          "network": self.network.how, "perturbations": self.total,
+                          "incremental": "sliding windows: a box runs again only the target's windows it meets"}
+        elif fast:
             self._size_batches(batch_size)
         else:  # full passes of the network as given: no probe, no folding, no incremental scoring
             self.network, self.footprint, self.incremental = GivenNetwork(ctx.model), None, None
@@ -251,6 +264,15 @@ class Scorer:
         volumes."""
         self._start()
         starts = torch.as_tensor(starts, dtype=torch.long).cpu().reshape(values.shape[0], -1)
+        if self.incremental == "windows" and not self.ctx.model.windows.boxes_exact(self.x):
+            with torch.inference_mode():
+                return self._scores(self.network(paste(self.x, values, starts)))
+        if self.incremental == "windows":
+            with torch.inference_mode():
+                logits, probs = self.ctx.model.windows.local_scores(
+                    self.x, self.ctx.output_gradient()[self.n:self.n + 1], self.ctx.reference[self.n:self.n + 1],
+                    values, starts, lambda out: probabilities(out, self.ctx.model.output_kind))
+            return self._counted(self.logit + logits, self.probability + probs)
         with torch.inference_mode(), threads(self.threads):
             if self.incremental is False:  # first call: build, and check on the first two copies
                 return self._scores(self._first_local(values, starts))
@@ -351,11 +373,15 @@ class Scorer:
             self.started = time.perf_counter()
 
     def _scores(self, output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        count = int(output.shape[0])
-        self.ctx.passes["forward"] += count
-        rows = self.rows.expand(count)
+        rows = self.rows.expand(int(output.shape[0]))
         logits = self.ctx.score(output, rows).double().cpu()
         probs = self.ctx.score(probabilities(output, self.ctx.model.output_kind), rows).double().cpu()
+        return self._counted(logits, probs)
+
+    def _counted(self, logits: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scores of a batch, counted as its forward passes, with progress reported."""
+        count = int(logits.shape[0])
+        self.ctx.passes["forward"] += count
         self.done += count
         elapsed = time.perf_counter() - self.started
         eta = elapsed / self.done * (self.total - self.done)
