@@ -258,6 +258,14 @@ CASES = {
     "size absurd": explain_case("--size 100000 64 64", "spatial_size .* from 1 to 4096"),
     "orientation bogus": explain_case("--orientation XYZ", "orientation 'XYZ' is not three axis codes"),
     "orientation repeated axis": explain_case("--orientation RRS", "orientation 'RRS' is not three axis codes"),
+    # sliding windows
+    "window size 0": explain_case("--window 16 0 16", "roi_size .* is not three whole numbers of voxels from 1"),
+    "window overlap 1": explain_case("--window 16 16 16 --overlap 1", "overlap=1.0 is not a number from 0"),
+    "window batch 0": explain_case("--window 16 16 16 --window-batch 0", "sw_batch_size=0 is not a whole number"),
+    "window overlap without a size": explain_case("--overlap 0.5", "needs roi_size"),
+    "window and no window": explain_case("--window 16 16 16 --no-window", "contradict each other"),
+    "window with a crop size": explain_case("--window 32 32 32", "crops/pads the scan to"),
+    "window blend unknown": explain_case("--window 16 16 16 --blend mean", "invalid choice"),
     # what to explain
     "target out of range": explain_case("--target 7", "class 7 is out of range"),
     "target negative": explain_case("--target -1", "out of range"),
@@ -383,7 +391,8 @@ def _run_command(world: Path, name: str, capfd) -> tuple[int, str]:
 def _api_request(name: str, world: Path) -> dict | None:
     """The explain() call the command makes for this case; None if the case is the command line's own (its
     syntax, its --out) and has no Python equivalent."""
-    from xaiexplain.cli.main import _parse_params, _preprocessing_overrides, _regions, _with_baseline, build_parser
+    from xaiexplain.cli.main import (_inferer_overrides, _parse_params, _preprocessing_overrides, _regions,
+                                     _with_baseline, build_parser)
 
     case = CASES[name]
     if case.get("command", "explain") != "explain" or "--out" in case["args"]:
@@ -391,7 +400,7 @@ def _api_request(name: str, world: Path) -> dict | None:
     try:
         args = build_parser().parse_args(_argv(case, world / "in", world / "unused")[:-1])
         params = _with_baseline(_parse_params(args.param), args.method, args.baseline)
-        preprocessing = _preprocessing_overrides(args)
+        preprocessing, inferer = _preprocessing_overrides(args), _inferer_overrides(args)
         if args.region_names and not args.regions or sum(map(bool, (args.atlas, args.regions,
                                                                   args.supervoxels is not None))) > 1:
             return None
@@ -403,7 +412,7 @@ def _api_request(name: str, world: Path) -> dict | None:
         return {"raises": err}
     return dict(model=args.model, inputs=args.input, methods=args.method, target=args.target, versus=args.versus,
                 roi=args.roi, references=args.reference or None, layer=args.layer, params=params, seed=args.seed,
-                device=args.device, preprocessing=preprocessing or None, regions=regions)
+                device=args.device, preprocessing=preprocessing or None, regions=regions, inferer=inferer)
 
 
 API_CASES = [name for name in CASES if CASES[name].get("command", "explain") == "explain"]
@@ -428,7 +437,8 @@ def test_the_python_api_raises_the_same_one_line_error(world, name, capfd):
 
 # the cases a Slicer scene can express: a good volume node, and a defect in the model, methods, parameters,
 # target, layer, baseline, seed or device (a file's defects are Slicer's reader's to meet, before the module)
-SLICER_KEYS = {"model", "method", "param", "target", "versus", "layer", "baseline", "seed", "device"}
+SLICER_KEYS = {"model", "method", "param", "target", "versus", "layer", "baseline", "seed", "device", "window",
+               "overlap", "window-batch", "blend"}
 SLICER_CASES = [name for name in API_CASES if CASES[name]["case"] == "case.nrrd" and CASES[name]["method"]
                 and CASES[name]["model"] and all(word.startswith("--") is False or word[2:] in SLICER_KEYS
                                                  for word in CASES[name]["args"].split())
@@ -459,7 +469,8 @@ def test_the_slicer_logic_refuses_it_and_leaves_the_scene_as_it_was(world, name,
         with pytest.raises(Exception) as caught:
             logic.process(node, request["model"], request["methods"], target=request["target"],
                           versus=request["versus"], layer=request["layer"], params=request["params"],
-                          seed=request["seed"], device=request["device"], useWorker=False, show=False)
+                          seed=request["seed"], device=request["device"], inferer=request["inferer"],
+                          useWorker=False, show=False)
         assert rc == 2 and _same_text(name, str(caught.value), text)
         assert _scene_state(logic.scene) == state and not logic.isRunning() and logic.resultNodes() == []
         assert np.array_equal(volumenodes.arrayFromNode(node), array)

@@ -251,3 +251,21 @@ def test_occlusion_with_mirrored_padding_scores_whole_copies(x, roi):
         copy[..., 8:12, 8:12, 0:4] = 0  # a box on the border, next to the region (boxes alone: twice the drop)
         expected = score(small) - score(copy)
     assert float(expected) != 0 and float(ours[0, 0, 9, 9, 1]) == pytest.approx(float(expected), rel=1e-4)
+
+
+def test_a_scan_too_big_for_the_free_memory_is_refused_before_any_window_runs(unet, monkeypatch):
+    from xaiexplain.core import timing
+    from xaiexplain.core.explain import explain
+
+    seen = Seen(unet)
+    model = windowed(seen)
+    volume = Volume(torch.rand(1, *SHAPE).numpy())
+    (result,) = explain(model, volume, "gradient", target=2, roi="component:1")
+    assert result.timings["peak_memory_mb"] > 0 and result.timings["peak_memory"].startswith("process peak")
+    monkeypatch.setattr(timing, "free_memory", lambda device: 2**20)  # the scan needs about 5 MB
+    calls = len(seen.shapes)
+    with pytest.raises(XAIError, match="through sliding windows holds the whole scan") as err:
+        explain(model, volume, "integrated-gradients", target=2, roi="component:1")
+    assert "batch_size=1" in str(err.value)
+    # only the prediction ran (twice: a quick first pass is timed again for the estimate), no method's window
+    assert len(seen.shapes) - calls == 2 * len(model.windows.layout(torch.zeros(1, 1, *SHAPE)).slices)

@@ -153,6 +153,7 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
                     progress((number + fraction) / len(chosen), message)
 
             report(0.0, f"{method.name}: about {estimate:.1f} s ({cost['forward']} forward, {cost['backward']} backward passes)")
+            _peak_memory(case.device, reset=True)
             start = time.perf_counter()
             maps, info, ctx = attribute(loaded, case.x, method, target=resolved, layer=layer, params=chosen_params,
                                         seed=seed, reference=logits, references=case.references_model,
@@ -163,10 +164,27 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
                 params={**chosen_params, **recorded_params.get(method.name, {})}, target=target_info,
                 prediction=predicted,
                 timings={"seconds": round(seconds, 4), "estimated_seconds": round(estimate, 4),
-                         "forward_seconds": round(times.forward, 4), **ctx.passes},
+                         "forward_seconds": round(times.forward, 4), **ctx.passes,
+                         **_peak_memory(case.device)},
                 versions=versions(), seed=seed, model={**loaded.describe(), "device": str(case.device)})))
             report(1.0, f"{method.name}: done in {seconds:.2f} s")
     return results
+
+
+def _peak_memory(device: torch.device, reset: bool = False) -> dict:
+    """The peak memory of a method's run: a GPU's peak allocation (reset when the run starts), or the process's
+    peak resident memory on a CPU (the highest so far: it covers the run, and anything before it)."""
+    if device.type == "cuda":
+        if reset:
+            torch.cuda.reset_peak_memory_stats(device)
+        return {"peak_memory_mb": round(torch.cuda.max_memory_allocated(device) / 2**20, 1),
+                "peak_memory": "GPU allocation during the run"}
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return {}
+    return {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_memory": "process peak resident memory so far"}
 
 
 def _check_applies(method, target, channels: int) -> None:

@@ -37,6 +37,7 @@ class PassTimes:
     # the windows' number and layout (how many a perturbed box runs again)
     window_share: float | None = None
     layout: object = None
+    scan: tuple | None = None  # (padded voxels, input channels, output classes) of the scan the windows cover
 
     @classmethod
     def measure(cls, case: PreparedCase, methods, first_forward: float, costs: list[dict], target,
@@ -52,6 +53,7 @@ class PassTimes:
         if case.model.inferer is not None:  # no pass on the whole scan at once: the windows' share of one
             layout, _, touched = case.model.windows.weights(case.x, output_gradient(target, reference))
             times.window_share, times.layout = len(touched) / len(layout.slices), layout
+            times.scan = (int(torch.tensor(layout.padded).prod()), case.x.shape[1], reference.shape[1])
             return times
         fixed = case.model.input_shape
         batch = 1 if fixed and fixed[0] == 1 else BATCH  # a program exported for one volume at a time
@@ -114,7 +116,10 @@ class PassTimes:
 
 
 def check_memory(method, params: dict, times: PassTimes, device: torch.device) -> None:
-    """Refuse, before it runs, a batched gradient method whose batches cannot fit in the free memory."""
+    """Refuse, before it runs, a batched gradient method whose batches cannot fit in the free memory; through
+    sliding windows, a method whose whole-scan buffers cannot."""
+    if times.scan is not None:
+        return _check_scan_memory(method, params, times, device)
     if not _batched(method) or method.family == "perturbation" or not times.gradient_bytes or times.window_share:
         return  # the perturbation methods size their batches to the memory themselves
     rows = params.get("samples", params.get("steps", 1))
@@ -125,6 +130,26 @@ def check_memory(method, params: dict, times: PassTimes, device: torch.device) -
         raise XAIError(f"{method.name} in batches of {batch} needs about {need / 2**30:.1f} GB (the activations "
                        f"of {batch} copies and their gradients), and {free / 2**30:.1f} GB are free",
                        f"give {method.name}.batch_size={fits} or less")
+
+
+def _check_scan_memory(method, params: dict, times: PassTimes, device: torch.device) -> None:
+    """Through sliding windows a pass holds one window's graph, but the scan is held whole, in float32: the input,
+    its padded copy and gradient buffer per copy in a batch, the output gradient, the blending sum and the
+    output (per class)."""
+    voxels, channels, classes = times.scan
+    rows = params.get("samples", params.get("steps", 1)) if _batched(method) else 1
+    batch = min(int(params.get("batch_size") or rows), int(rows))
+    if method.family == "perturbation":
+        batch = 2  # the scorer's copies (WINDOWED_BATCH), each with a whole output
+    need = 4 * voxels * (channels * (2 * batch + 3) + classes * (3 + (batch if method.family == "perturbation"
+                                                                       else 0)) + 1)
+    free = free_memory(torch.device(device))
+    if need > free:
+        fix = f"give {method.name}.batch_size=1, or " if batch > 1 and "batch_size" in method.defaults else ""
+        raise XAIError(f"{method.name} through sliding windows holds the whole scan ({voxels:,} voxels with the "
+                       f"padding, {channels} channel(s), {classes} classes) several times: about "
+                       f"{need / 2**30:.1f} GB, and {free / 2**30:.1f} GB are free",
+                       f"{fix}crop the scan to the region of interest, or run on a machine with more memory")
 
 
 def _batched(method) -> bool:
