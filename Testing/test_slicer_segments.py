@@ -110,7 +110,7 @@ def test_the_worker_gets_the_segment_and_the_windows_on_its_command_line(logic, 
     assert np.array_equal(seen["roi"] > 0, labels == 1)  # the organ segment only
     run.cancel()
     assert infererArguments({}) == ["--no-window"] and infererArguments(None) == []
-    with pytest.raises(ValueError, match="unknown sliding-window settings"):
+    with pytest.raises(ValueError, match="cannot be given from Slicer"):
         infererArguments({"stride": 4})
 
 

@@ -223,6 +223,16 @@ def test_a_sidecar_inferer_and_the_cli_flags(tmp_path, unet, x):
     (tmp_path / "seg.json").write_text(json.dumps({"task": "segmentation", "inferer": {
         "_target_": "monai.inferers.SlidingWindowInferer", "roi_size": [40, 36, 30]}}))
     assert load_model(tmp_path / "seg.pt2", device="cpu").inferer.roi_size == [40, 36, 30]
+    # exported for one size: the windows must have it, whatever the scan's size
+    torch.export.save(torch.export.export(unet, (torch.rand(1, 1, *ROI),)), tmp_path / "fixed.pt2")
+    fixed = load_model(tmp_path / "fixed.pt2", device="cpu", inferer={"roi_size": list(ROI), "overlap": 0.5,
+                                                                       "mode": "gaussian"})
+    assert torch.allclose(fixed.output(x), monai_output(unet, x), atol=1e-5)
+    from xaiexplain import prepare_case
+    prepare_case(fixed, Volume(x[0].numpy()), device="cpu")
+    with pytest.raises(XAIError, match="exported for inputs of shape"):
+        prepare_case(load_model(tmp_path / "fixed.pt2", device="cpu", inferer={"roi_size": [8, 8, 8]}),
+                     Volume(x[0].numpy()), device="cpu")
     write_volume(Volume(x[0].numpy()), tmp_path / "in.nrrd")
     code = main(["explain", "--model", str(tmp_path / "seg.pt2"), "--input", str(tmp_path / "in.nrrd"),
                  "--method", "gradient", "--target", "1", "--window", "40", "36", "30", "--overlap", "0.5",
@@ -269,3 +279,62 @@ def test_a_scan_too_big_for_the_free_memory_is_refused_before_any_window_runs(un
     assert "batch_size=1" in str(err.value)
     # only the prediction ran (twice: a quick first pass is timed again for the estimate), no method's window
     assert len(seen.shapes) - calls == 2 * len(model.windows.layout(torch.zeros(1, 1, *SHAPE)).slices)
+
+
+def test_each_target_on_one_model_gets_its_own_windows_and_gradient(unet, x, roi):
+    """The windows' caches belong to one run: a second region on the same model is not given the first's."""
+    model = windowed(unet)
+    other = torch.zeros(SHAPE, dtype=torch.bool)
+    other[28:36, 2:8, 20:28] = True
+    for region in (roi, other, roi):
+        ours, _, _ = attribute(model, x, "gradient", target=SegmentationTarget(2, region))
+        inputs = x.clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(region_score(monai_output(unet, inputs), region), inputs)
+        assert float((ours - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+
+
+def test_a_copy_with_another_network_runs_its_own_network_through_the_windows(unet, x):
+    import dataclasses
+
+    from xaiexplain.metrics.robustness import fixed_target
+
+    model = windowed(unet)
+    torch.manual_seed(9)
+    copy = dataclasses.replace(model, network=UNet(3, 1, 3, (4, 8), (2,), num_res_units=1).eval())
+    assert copy.windows is not model.windows
+    assert not torch.allclose(copy.output(x), model.output(x))  # the randomisation metric's copies differ
+    _, reference = fixed_target(model, x, SegmentationTarget(2, None))
+    assert torch.equal(reference, model.output(x))  # the metrics' reference is the blended output
+
+
+@pytest.mark.parametrize("padding", ["replicate", "reflect"])
+def test_gradients_through_padding_that_copies_the_volume_are_folded_back(x, roi, padding):
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv3d(1, 3, 3, padding=1), nn.Tanh(), nn.Conv3d(3, 3, 3, padding=1)).eval()
+    small, region = x[..., :20, :18, :10].contiguous(), roi[:20, :18, :10]
+    model = load_model(net, device="cpu", inferer={"roi_size": [8, 8, 16], "padding_mode": padding})
+    ours, _, _ = attribute(model, small, "gradient", target=SegmentationTarget(2, region))
+    inputs = small.clone().requires_grad_(True)
+    out = sliding_window_inference(inputs, (8, 8, 16), 1, net, overlap=0.25, padding_mode=padding)
+    (expected,) = torch.autograd.grad(region_score(out, region), inputs)
+    assert float((ours - expected).abs().max()) <= 1e-5 * float(expected.abs().max())
+    relevance, info, _ = attribute(model, small, "lrp", target=SegmentationTarget(2, region),
+                                   params={"composite": "epsilon"})
+    assert relevance.shape == small.shape  # folded onto the volume, the padding's share included
+
+
+def test_window_settings_given_change_only_themselves_and_an_unusable_bundle_inferer_can_be_dropped(tmp_path, unet):
+    model = windowed(unet)
+    changed = load_model(model, device="cpu", inferer={"roi_size": [8, 8, 8]})
+    assert changed.inferer.roi_size == [8, 8, 8] and changed.inferer.mode == "gaussian"
+    assert changed.inferer.overlap == 0.5
+    bundle = write_bundle(tmp_path / "seg", unet, "monai.networks.nets.UNet",
+                          {"spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8],
+                           "strides": [2], "num_res_units": 1}, name="seg", description="a test", task="segmentation",
+                          class_names=["background", "a", "b"], in_channels=1, preprocessing={})
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    config["inferer"] = {"_target_": "SliceInferer", "roi_size": [16, 16]}
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    with pytest.raises(XAIError, match="SliceInferer is not one XAIExplain can run window by window"):
+        load_model(bundle, device="cpu")
+    assert load_model(bundle, device="cpu", inferer={}).inferer is None

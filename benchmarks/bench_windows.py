@@ -21,11 +21,13 @@ import time
 ROI = [96, 96, 96]
 
 
-def network():
+def network(name: str = "segresnet"):
     import torch
-    from monai.networks.nets import SegResNet
+    from monai.networks.nets import SegResNet, UNet
 
     torch.manual_seed(0)
+    if name == "unet":
+        return UNet(3, 1, 2, (16, 32, 64, 128), (2, 2, 2), num_res_units=2).eval()
     return SegResNet(spatial_dims=3, in_channels=1, out_channels=2, init_filters=8).eval()
 
 
@@ -39,12 +41,12 @@ def region(shape):
     return mask
 
 
-def measure(tool: str, shape: list[int]) -> dict:
+def measure(tool: str, shape: list[int], name: str) -> dict:
     import numpy as np
     import torch
 
     torch.set_num_threads(2)
-    net = network()
+    net = network(name)
     volume = np.random.default_rng(0).normal(size=shape).astype(np.float32)
     mask = region(shape)
     start = time.perf_counter()
@@ -71,12 +73,13 @@ def measure(tool: str, shape: list[int]) -> dict:
         total, windows = float(grad.abs().sum()), None
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: kilobytes
-    return {"tool": tool, "shape": shape, "seconds": seconds, "peak_gb": peak / 2**30, "abs_sum": total,
+    return {"tool": tool, "network": name, "shape": shape, "seconds": seconds, "peak_gb": peak / 2**30, "abs_sum": total,
             "windows": windows}
 
 
-def run(tool: str, shape: list[int]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--one", tool, *map(str, shape)], capture_output=True, text=True)
+def run(tool: str, shape: list[int], name: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", tool, *map(str, shape), "--network", name],
+                         capture_output=True, text=True)
     if out.returncode != 0:
         return {"tool": tool, "shape": shape, "failed": (out.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -86,14 +89,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs=3, default=[160, 160, 160])
     parser.add_argument("--no-ct", action="store_true", help="skip the 512 x 512 x 300 run")
+    parser.add_argument("--network", choices=["segresnet", "unet"], default="segresnet")
     parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], [int(v) for v in args.one[1:]])))
+        print(json.dumps(measure(args.one[0], [int(v) for v in args.one[1:]], args.network)))
         return
-    rows = [run("ours", args.sizes), run("graph", args.sizes)]
+    rows = [run("ours", args.sizes, args.network), run("graph", args.sizes, args.network)]
     if not args.no_ct:
-        rows.append(run("ours", [512, 512, 300]))
+        rows.append(run("ours", [512, 512, 300], args.network))
     for row in rows:
         if "failed" in row:
             print(f"{row['tool']:6s} {row['shape']}: failed ({row['failed']})")

@@ -90,7 +90,7 @@ class ExplainLogicBase:
         nodes = self._nodes(inputVolumes)
         loaded = self.loadModel(model, device)
         if inferer is not None:  # the cached model keeps its own windows
-            loaded = load_model(dataclasses.replace(loaded, _windows=None), device=None, inferer=inferer)
+            loaded = load_model(dataclasses.replace(loaded), device=None, inferer=inferer)
         case = prepare_case(loaded, [volumeFromNode(n) for n in nodes], device=device)
         labels = case.predicted_labels()
         names = loaded.class_names or [str(i) for i in range(int(labels.max()) + 1)]

@@ -42,6 +42,7 @@ class ExplainRequest:
             raise ValueError("select a model (a MONAI bundle folder, a TorchScript or .pt2 file, or the demo model)")
         if not self.methods:
             raise ValueError("select at least one method")
+        infererArguments(self.inferer)  # settings both runners take, or the same refusal in both
 
     def channelNames(self) -> list[str]:
         """The input channels' names, the same in both runners (the worker's input files are named so)."""
@@ -136,11 +137,14 @@ def infererArguments(inferer: dict | None) -> list[str]:
     flags = {"roi_size": "--window", "overlap": "--overlap", "mode": "--blend", "sw_batch_size": "--window-batch"}
     unknown = sorted(set(inferer) - set(flags))
     if unknown:
-        raise ValueError(f"unknown sliding-window settings {unknown}: use {', '.join(flags)}")
+        raise ValueError(f"sliding-window settings {unknown} cannot be given from Slicer: use {', '.join(flags)} "
+                         "(the others are the model's own)")
     args = []
     for key, flag in flags.items():
         if key in inferer:
             value = inferer[key]
+            if key == "roi_size" and not isinstance(value, (list, tuple)):
+                value = [value] * 3  # a cube
             args += [flag, *map(str, value)] if isinstance(value, (list, tuple)) else [flag, str(value)]
     return args
 

@@ -111,11 +111,11 @@ def _inferer(parser, config: dict) -> dict | None:
     from .windows import SLIDING, WindowSpec
 
     target = str(item.get("_target_", "")).split(".")[-1]
-    if target not in SLIDING:
+    if target not in SLIDING:  # said when the windows are used: --no-window still loads the bundle
         if target in ("SimpleInferer", ""):
             return None
-        raise XAIError(f"the bundle's inferer {target} is not one XAIExplain can run window by window",
-                       "give the windows yourself: --window X Y Z (and --overlap, --blend)")
+        return {"_error": [f"the bundle's inferer {target} is not one XAIExplain can run window by window",
+                           "give the windows yourself (--window X Y Z, --overlap, --blend), or --no-window"]}
 
     settings = {}
     for key in WindowSpec.__dataclass_fields__:
@@ -123,8 +123,8 @@ def _inferer(parser, config: dict) -> dict | None:
             try:
                 settings[key] = parser.get_parsed_content(f"inferer#{key}")
             except Exception as err:  # an expression or reference the bundle cannot resolve
-                raise XAIError(f"cannot read the bundle's inferer {key} ({type(err).__name__})",
-                               "give the windows yourself: --window X Y Z") from None
+                return {"_error": [f"cannot read the bundle's inferer {key} ({type(err).__name__})",
+                                   "give the windows yourself (--window X Y Z), or --no-window"]}
     if isinstance(settings.get("roi_size"), tuple):
         settings["roi_size"] = list(settings["roi_size"])
     return settings

@@ -156,7 +156,9 @@ def prepare_case(model, inputs, *, preprocessing: dict | None = None, roi=None, 
                        f"the scan to {spec.spatial_size}", "drop the spatial size (--size), or the windows")
     pre = Preprocessor(spec)
     case = PreparedCase(loaded, volume, spec, pre, pre.forward(volume)[None].to(loaded.device), notes)
-    check_input_shape(loaded, case.x)
+    # a program exported for a fixed size: through sliding windows it sees the windows, not the scan
+    check_input_shape(loaded, case.x if loaded.inferer is None else
+                      torch.empty((1, case.x.shape[1], *loaded.inferer.roi_size), device="meta"))
     if regions is not None:
         case.regions = resolve_regions(regions, region_names, volume)
     elif needs_regions:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 
 import numpy as np
@@ -72,7 +73,8 @@ def attribute(model, x: torch.Tensor, method, *, target=None, layer: str | None 
                                   "windows_computed": windows.computed - computed}
         if getattr(resolved, "linear", False) and "windows_on_target" not in info["sliding_window"]:
             info["sliding_window"]["windows_on_target"] = [
-                len(windows.weights(x[n:n + 1], ctx.output_gradient()[n:n + 1])[2]) for n in range(x.shape[0])]
+                len(windows.weights(x[n:n + 1], ctx.output_gradient(), n)[2]) for n in range(x.shape[0])]
+        windows.release()  # what the run kept is not kept with the model
     return maps, info, ctx
 
 
@@ -119,7 +121,7 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     else:
         loaded = model if isinstance(model, LoadedModel) else load_model(model, device=device)
         if inferer is not None:  # the caller's model keeps its own inferer
-            loaded = load_model(dataclasses.replace(loaded, _windows=None), device=None, inferer=inferer)
+            loaded = load_model(dataclasses.replace(loaded), device=None, inferer=inferer)
         _check_methods(chosen, params)
         case = prepare_case(loaded, inputs, preprocessing=preprocessing, roi=roi, regions=regions,
                             region_names=region_names, references=references,
@@ -183,7 +185,8 @@ def _peak_memory(device: torch.device, reset: bool = False) -> dict:
         import resource
     except ImportError:  # not on Windows
         return {}
-    return {"peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)  # bytes
+    return {"peak_memory_mb": round(peak / 2**20, 1),
             "peak_memory": "process peak resident memory so far"}
 
 

@@ -44,15 +44,17 @@ class LoadedModel:
     output_kind: str | None = None  # "logits" | "probabilities" (the network ends in softmax/sigmoid); None: detect
     input_shape: tuple | None = None  # what a .pt2 program was exported for: an int per fixed axis, None per free one
     inferer: WindowSpec | None = None  # a sliding-window inferer: the network runs on windows of the whole scan
-    _windows: SlidingWindows | None = field(default=None, repr=False, compare=False)
+    _windows: SlidingWindows | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def windows(self) -> SlidingWindows | None:
         """The sliding-window runner of ``inferer`` (None without one); it calls whatever ``network`` is now."""
         if self.inferer is None:
             return None
-        if self._windows is None or self._windows.spec is not self.inferer:
-            self._windows = SlidingWindows(self.inferer, lambda batch: model_output(self.network(batch)))
+        windows = self._windows
+        if windows is None or windows.spec is not self.inferer or windows.owner is not self:  # a copy's own
+            windows = self._windows = SlidingWindows(self.inferer, lambda batch: model_output(self.network(batch)))
+            windows.owner = self
         return self._windows
 
     @property
@@ -143,6 +145,9 @@ class LoadedModel:
             kind = "probabilities" if in_unit_range and sums_to_one else "logits"
             reason = "its outputs are in [0, 1] and sum to 1 over the classes"
         else:
+            if self.inferer is not None:  # the network itself runs on windows: asked on the first
+                layout = self.windows.layout(x)
+                x = layout.padded_input(x, self.inferer)[(slice(None), slice(None), *layout.slices[0])]
             kind = "probabilities" if in_unit_range and final_call(self, x) == "sigmoid" else "logits"
             reason = "it ends in a sigmoid"
         if kind == "probabilities":
@@ -248,8 +253,8 @@ def _output_kind(value):
 
 
 def _inferer(value, current: WindowSpec | None = None) -> WindowSpec | None:
-    """A sliding-window inferer from its settings ({} or None: none); settings without ``roi_size`` change
-    ``current``'s."""
+    """A sliding-window inferer from its settings ({} or None: none); given with a ``current`` one, they change
+    ``current``'s (its other settings stay)."""
     if value is None or isinstance(value, WindowSpec):
         return value
     if not isinstance(value, dict):
@@ -257,7 +262,7 @@ def _inferer(value, current: WindowSpec | None = None) -> WindowSpec | None:
                        "give {\"roi_size\": [96, 96, 96], \"overlap\": 0.25, ...}")
     if not value:
         return None
-    if "roi_size" not in value and current is not None:
+    if current is not None:  # what is given changes the model's own settings, the rest stay
         value = {**current.to_dict(), **value}
     return WindowSpec.from_dict(value)
 
@@ -388,7 +393,7 @@ def load_model(source, *, class_names: list[str] | None = None, in_channels: int
                             else PreprocessSpec.from_dict(meta.get("preprocessing")), where, digest, notes)
         model.output_kind = _output_kind(meta.get("output"))
         model.input_shape = input_shape
-        model.inferer = _inferer(meta.get("inferer"))
+        model.inferer = None if inferer == {} else _inferer(meta.get("inferer"))  # {}: not even read
         if model.in_channels is None and model.has_layers:
             model.in_channels = _first_conv_channels(network)
     if class_names is not None:

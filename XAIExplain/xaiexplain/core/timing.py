@@ -51,7 +51,7 @@ class PassTimes:
             forward = min(forward, timed(case.output)[0])
         times = cls(forward)
         if case.model.inferer is not None:  # no pass on the whole scan at once: the windows' share of one
-            layout, _, touched = case.model.windows.weights(case.x, output_gradient(target, reference))
+            layout, _, touched = case.model.windows.weights(case.x, output_gradient(target, reference), 0)
             times.window_share, times.layout = len(touched) / len(layout.slices), layout
             times.scan = (int(torch.tensor(layout.padded).prod()), case.x.shape[1], reference.shape[1])
             return times
@@ -92,7 +92,8 @@ class PassTimes:
         ``params``: the size of occlusion's box, through sliding windows)."""
         forward, backward = int(cost["forward"]), int(cost["backward"])
         if self.window_share is not None:
-            return self._windowed(method, forward, backward, params or {}) * method.time_factor(model, device)
+            factor = 1.0 if method.family == "perturbation" else method.time_factor(model, device)  # no boxes
+            return self._windowed(method, forward, backward, params or {}) * factor
         if method.family == "perturbation" and self.inference is not None:
             plain = forward * self.inference
         elif _batched(method) and backward > 1 and self.gradient is not None:  # batched forward+backward

@@ -45,6 +45,8 @@ class WindowSpec:
     @classmethod
     def from_dict(cls, data: dict) -> "WindowSpec":
         data = dict(data)
+        if "_error" in data:  # a bundle's inferer that could not be read: said now that it is used
+            raise XAIError(*data["_error"])
         target = str(data.pop("_target_", SLIDING[0])).split(".")[-1]
         if target not in SLIDING:
             raise XAIError(f"the inferer {target} is not a sliding-window inferer",
@@ -129,6 +131,19 @@ class Layout:
             count *= min(along, -(-(r + min(b, p) - 1) // i))
         return count
 
+    def fold(self, values: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
+        """A (1, C, ...) map on the padded grid brought onto the volume's: cropped, with what lies on padding that
+        mirrors or repeats the volume added to the voxels it copies (the padding's own backward pass)."""
+        if not any(self.pad):
+            return values
+        if spec.padding_mode == "constant":
+            return values[(slice(None), slice(None), *self.crop)]
+        with torch.enable_grad():
+            leaf = torch.zeros((1, values.shape[1], *self.shape), dtype=values.dtype, device=values.device,
+                               requires_grad=True)
+            (folded,) = torch.autograd.grad(self.padded_input(leaf, spec), leaf, values)
+        return folded
+
     def touching(self, support: torch.Tensor) -> list[int]:
         """The windows holding any voxel of the padded (X, Y, Z) boolean ``support``."""
         return [i for i, window in enumerate(self.slices) if bool(support[window].any())]
@@ -143,7 +158,9 @@ class SlidingWindows:
         self.spec, self.predictor = spec, predictor
         self._layouts: dict = {}
         self._weights = None  # the last sample's output gradient on the padded grid, and its windows
-        self._kept: dict = {}  # unperturbed window outputs, for the boxes' differences
+        self._kept: dict = {}  # unperturbed window outputs (by window), for the boxes' differences, and their input
+        self._kept_bytes = 0
+        self.owner = None  # the LoadedModel whose network ``predictor`` calls
         self.computed = 0  # windows computed so far (each is one window's forward pass)
 
     def layout(self, x: torch.Tensor) -> Layout:
@@ -191,15 +208,21 @@ class SlidingWindows:
                 outputs.append((total / layout.count)[(slice(None), slice(None), *layout.crop)])
         return torch.cat(outputs)
 
-    def weights(self, x: torch.Tensor, output_gradient: torch.Tensor) -> tuple[Layout, torch.Tensor, list[int]]:
-        """(layout, the output gradient on the padded grid divided by the importance sum, the windows it
-        touches) for one sample's ``output_gradient`` (1, K, X, Y, Z)."""
+    def weights(self, x: torch.Tensor, output_gradients: torch.Tensor, k: int = 0) -> tuple[Layout, torch.Tensor,
+                                                                                             list[int]]:
+        """(layout, sample ``k``'s output gradient (of ``output_gradients``, N x K x X x Y x Z) on the padded grid
+        divided by the importance sum, the windows it touches) for the sample ``x`` (1, C, X, Y, Z)."""
         layout = self.layout(x)
-        key = (output_gradient.data_ptr(), tuple(output_gradient.shape), id(layout))
-        if self._weights is None or self._weights[0] != key:  # the same sample's, for every step of a path
-            weights = layout.padded_map(output_gradient) / layout.count
-            self._weights = (key, weights, layout.touching(weights[0].ne(0).any(0)))
-        return layout, self._weights[1], self._weights[2]
+        kept = self._weights
+        # the same sample's for every step of a path; the entry holds the gradient, so no other can take its place
+        if kept is None or kept[0] is not output_gradients or kept[1] != k or kept[2] is not layout:
+            weights = layout.padded_map(output_gradients[k:k + 1]) / layout.count
+            kept = self._weights = (output_gradients, k, layout, weights, layout.touching(weights[0].ne(0).any(0)))
+        return layout, kept[3], kept[4]
+
+    def release(self) -> None:
+        """Forget what was kept for one run (the unperturbed window outputs, the last output gradient)."""
+        self._weights, self._kept, self._kept_bytes = None, {}, 0
 
     def gradient(self, x: torch.Tensor, output_gradients: torch.Tensor, rows=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(d score / d x, score) per row of ``x`` (B, C, X, Y, Z), where row b's score is linear in the blended
@@ -207,7 +230,7 @@ class SlidingWindows:
         grads, scores = torch.zeros_like(x), torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         for n in range(x.shape[0]):
             k = n if rows is None else int(rows[n])
-            layout, weights, touched = self.weights(x[n:n + 1], output_gradients[k:k + 1])
+            layout, weights, touched = self.weights(x[n:n + 1], output_gradients, k)
             padded = layout.padded_input(x[n:n + 1].detach(), self.spec)
             grad = torch.zeros_like(padded)
             for batch in self._batches(touched):
@@ -221,10 +244,10 @@ class SlidingWindows:
                 scores[n] += float(score.detach())
                 for row, s in enumerate(spans):
                     grad[s] += crop_grad[row:row + 1]
-            grads[n] = grad[(0, slice(None), *layout.crop)]
+            grads[n] = layout.fold(grad, self.spec)[0]
         return grads, scores
 
-    def local_scores(self, x: torch.Tensor, output_gradient: torch.Tensor, reference: torch.Tensor,
+    def local_scores(self, x: torch.Tensor, output_gradients: torch.Tensor, n: int, reference: torch.Tensor,
                      values: torch.Tensor, starts, probabilities) -> tuple[torch.Tensor, torch.Tensor]:
         """(logit, probability) changes of the target score from ``x``'s for copies of ``x`` (1, C, X, Y, Z),
         copy b with the box at ``starts[b]`` holding ``values[b]``: only the target's windows that overlap the box
@@ -232,10 +255,11 @@ class SlidingWindows:
 
         The blended output changes by ``sum_w I (f(x'_w) - f(x_w)) / W`` on those windows; the logit score by
         that change weighted by the output gradient, the probability score by its ``probabilities`` (a function
-        of the output, voxel by voxel) over the windows' extent. ``reference``: the blended output at ``x``."""
-        layout, weights, touched = self.weights(x, output_gradient)
+        of the output, voxel by voxel) over the windows' extent. ``x`` is sample ``n``, of ``output_gradients``
+        (N, K, X, Y, Z); ``reference``: the blended output at ``x``."""
+        layout, weights, touched = self.weights(x, output_gradients, n)
         padded = layout.padded_input(x, self.spec)
-        gradient, blended = layout.padded_map(output_gradient), layout.padded_map(reference)
+        gradient, blended = layout.padded_map(output_gradients[n:n + 1]), layout.padded_map(reference)
         size = values.shape[2:]
         offsets = layout.before
         logits, probs = [], []
@@ -279,17 +303,18 @@ class SlidingWindows:
         return torch.tensor(logits, dtype=torch.float64), torch.tensor(probs, dtype=torch.float64)
 
     def _unperturbed(self, x: torch.Tensor, padded: torch.Tensor, layout: Layout, i: int) -> torch.Tensor:
-        """Window ``i``'s output on the unperturbed input ``x``, kept for the next box that overlaps it while the
-        kept outputs fit in KEPT_SHARE of the free memory (else computed again)."""
-        key = (x.data_ptr(), tuple(x.shape), i)
-        if key in self._kept:
-            return self._kept[key]
-        if self._kept and next(iter(self._kept))[:2] != key[:2]:
-            self._kept.clear()  # another sample
+        """Window ``i``'s output on the unperturbed input ``x``, kept for the next box that overlaps it while all
+        that is kept stays under KEPT_SHARE of the memory free when the first was kept (else computed again)."""
+        if self._kept.get("input") is not x or self._kept.get("version") != x._version:
+            self._kept_bytes = 0  # another input, or this one changed: nothing kept holds for it
+            self._kept = {"input": x, "version": x._version, "budget": KEPT_SHARE * free_memory(x.device)}
+        if i in self._kept:
+            return self._kept[i]
         with torch.no_grad():
             out = self._run([padded[(slice(None), slice(None), *layout.slices[i])]]).float()
-        if out.numel() * out.element_size() < KEPT_SHARE * free_memory(out.device):
-            self._kept[key] = out
+        size = out.numel() * out.element_size()
+        if self._kept_bytes + size <= self._kept["budget"]:
+            self._kept[i], self._kept_bytes = out, self._kept_bytes + size
         return out
 
     def boxes_exact(self, x: torch.Tensor) -> bool:

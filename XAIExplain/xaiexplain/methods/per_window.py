@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.baselines import BaselineProbe, resolve_baseline
+from ..core.baselines import BaselineProbe, baseline_for, resolve_baseline
 from .base import Context, completeness_error
 
 
@@ -41,12 +41,16 @@ def run_per_window(method, ctx: Context, params: dict) -> tuple[torch.Tensor, di
     """``method`` run on every window that holds part of ``ctx``'s target; its maps added on the input grid."""
     windows = ctx.model.windows
     params, chosen = dict(params), {}
-    if "baseline" in params and not torch.is_tensor(params["baseline"]):
-        params["baseline"], chosen = resolve_baseline(ctx.x, params["baseline"], BaselineProbe.of(ctx))
-    plain = dataclasses.replace(ctx.model, inferer=None, _windows=None)  # the network itself, on one window
+    if "baseline" in params:  # made once from the whole scan, one per sample, then cut per window
+        if torch.is_tensor(params["baseline"]):
+            params["baseline"] = baseline_for(ctx.x, params["baseline"])
+        else:
+            params["baseline"], chosen = resolve_baseline(ctx.x, params["baseline"], BaselineProbe.of(ctx))
+    plain = dataclasses.replace(ctx.model, inferer=None)  # the network itself, on one window
+    references = None if ctx.references is None else layout_references(windows, ctx)
     maps, infos, deltas, touched_counts = None, [], [], []
     for n in range(ctx.x.shape[0]):
-        layout, weights, touched = windows.weights(ctx.x[n:n + 1], ctx.output_gradient()[n:n + 1])
+        layout, weights, touched = windows.weights(ctx.x[n:n + 1], ctx.output_gradient(), n)
         touched_counts.append(len(touched))
         padded = layout.padded_input(ctx.x[n:n + 1], windows.spec)
         base = params.get("baseline")
@@ -58,8 +62,7 @@ def run_per_window(method, ctx: Context, params: dict) -> tuple[torch.Tensor, di
             share = WindowShare(weights[span] * layout.importance)
             # the reference a window's method reads (predicted classes, checks): the blended output there
             sub = Context(plain, padded[span].contiguous(), share, blended[span], layer=ctx.layer, seed=ctx.seed,
-                          cancel=ctx.cancel, references=None if ctx.references is None
-                          else layout.padded_input(ctx.references, windows.spec)[span].contiguous())
+                          cancel=ctx.cancel, references=None if references is None else references[span].contiguous())
             window_params = params if base is None else {**params, "baseline": base[span].contiguous()}
             part, info = method.run(sub, **window_params)
             windows.computed += sub.passes["forward"]  # the window's own passes
@@ -72,10 +75,16 @@ def run_per_window(method, ctx: Context, params: dict) -> tuple[torch.Tensor, di
             infos.append(info)
             ctx.report((n + (count + 1) / len(touched)) / ctx.x.shape[0],
                        f"{method.name}: window {count + 1} of {len(touched)} on the target")
-        maps = total[(slice(None), slice(None), *layout.crop)] if maps is None else \
-            torch.cat([maps, total[(slice(None), slice(None), *layout.crop)]])
+        folded = layout.fold(total, windows.spec)
+        maps = folded if maps is None else torch.cat([maps, folded])
         deltas.append(delta)
     return maps, _summary(method, ctx, maps, infos, deltas, touched_counts, chosen)
+
+
+def layout_references(windows, ctx: Context) -> torch.Tensor:
+    """DeepSHAP's reference volumes on the padded grid, padded once for every window."""
+    layout = windows.layout(ctx.x[:1])
+    return layout.padded_input(ctx.references, windows.spec)
 
 
 def _delta(info: dict) -> float:
@@ -90,7 +99,7 @@ def _summary(method, ctx, maps, infos, deltas, touched, chosen) -> dict:
     """The first window's facts that hold for every window, with the totals made over all of them."""
     per_window = ("score_difference", "score", "relevance_sum", "absorbed_share", "absorbed_by",
                   "completeness_error", "conservation_error", "warnings", "halving_score_change",
-                  "reference_score_own_statistics", "axes_check")
+                  "reference_score_own_statistics", "completeness_error_own_statistics", "axes_check")
     info = {k: v for k, v in infos[0].items() if k not in per_window}
     info.update(chosen)
     sums = maps.flatten(1).sum(1).double().cpu()

@@ -12,9 +12,7 @@ import torch
 
 from ..errors import XAIError
 from ..core.explain import attribute
-from ..core.models import evaluation_mode
 from ..methods.base import batched
-from ..core.models import model_output
 from ..core.targets import ClassTarget, SegmentationTarget
 from .common import loaded, spearman, voxel_map
 
@@ -24,8 +22,7 @@ def fixed_target(model, x: torch.Tensor, target=None):
 
     Recomputed maps (noisy inputs, randomised models) must explain the same score as the original.
     """
-    with torch.inference_mode(), evaluation_mode(model):
-        reference = model_output(model.network(x)).float().clone()
+    reference = model.output(x)  # through the model's sliding windows, if it has them
     target = target if hasattr(target, "score") else ClassTarget(target)
     target = target.resolve(reference, model.class_names)
     if isinstance(target, ClassTarget) and target.index is None:

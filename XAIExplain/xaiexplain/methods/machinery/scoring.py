@@ -154,7 +154,7 @@ class WindowedNetwork:
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         windows = self.ctx.model.windows
-        _, _, touched = windows.weights(batch[:1], self.ctx.output_gradient()[self.n:self.n + 1])
+        _, _, touched = windows.weights(batch[:1], self.ctx.output_gradient(), self.n)
         with evaluation_mode(self.ctx.model):
             return windows.forward(batch, touched).float()
 
@@ -270,7 +270,7 @@ class Scorer:
         if self.incremental == "windows":
             with torch.inference_mode():
                 logits, probs = self.ctx.model.windows.local_scores(
-                    self.x, self.ctx.output_gradient()[self.n:self.n + 1], self.ctx.reference[self.n:self.n + 1],
+                    self.x, self.ctx.output_gradient(), self.n, self.ctx.reference[self.n:self.n + 1],
                     values, starts, lambda out: probabilities(out, self.ctx.model.output_kind))
             return self._counted(self.logit + logits, self.probability + probs)
         with torch.inference_mode(), threads(self.threads):
