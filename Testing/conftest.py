@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 
 import numpy as np
@@ -58,6 +59,16 @@ def harness():
     pytest.importorskip("slicer")
     from slicer_harness import SlicerHarness
     return SlicerHarness.shared()
+
+
+@pytest.fixture()
+def logic(harness):
+    """The module's Qt-free logic on the harness's scene, emptied before and after (worker: this Python)."""
+    from XAIExplainLib.logic import ExplainLogicBase
+
+    harness.clear()
+    yield ExplainLogicBase(harness.scene, vrLogic=harness.vrLogic, python=sys.executable)
+    harness.clear()
 
 
 @pytest.fixture()

@@ -21,17 +21,10 @@ import pytest
 slicer = pytest.importorskip("slicer")
 
 from XAIExplainLib import colormaps, dependencies, display, regions, volumenodes  # noqa: E402
-from XAIExplainLib.logic import QUICK_PASSES, ExplainLogicBase  # noqa: E402
+from XAIExplainLib.logic import QUICK_PASSES  # noqa: E402
 from XAIExplainLib.request import ExplainRequest  # noqa: E402
 from XAIExplainLib.results import addRegionResults  # noqa: E402
 from XAIExplainLib.runners import WorkerRunner  # noqa: E402
-
-
-@pytest.fixture()
-def logic(harness):
-    harness.clear()
-    yield ExplainLogicBase(harness.scene, vrLogic=harness.vrLogic, python=sys.executable)
-    harness.clear()
 
 
 @pytest.fixture()

@@ -13,7 +13,6 @@ from torch import nn
 slicer = pytest.importorskip("slicer")
 
 from XAIExplainLib import display, volumenodes  # noqa: E402
-from XAIExplainLib.logic import ExplainLogicBase  # noqa: E402
 from XAIExplainLib.request import ExplainRequest, infererArguments  # noqa: E402
 from XAIExplainLib.runners import WorkerRunner  # noqa: E402
 
@@ -29,13 +28,6 @@ class Thresholds(nn.Module):
 
     def forward(self, x):
         return torch.cat([(0.3 - x) * 10, -(x - 0.5).abs() * 10 + 2, (x - 0.7) * 10], 1)
-
-
-@pytest.fixture()
-def logic(harness):
-    harness.clear()
-    yield ExplainLogicBase(harness.scene, vrLogic=harness.vrLogic, python=sys.executable)
-    harness.clear()
 
 
 @pytest.fixture()

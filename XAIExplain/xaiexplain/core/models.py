@@ -55,7 +55,7 @@ class LoadedModel:
         if windows is None or windows.spec is not self.inferer or windows.owner is not self:  # a copy's own
             windows = self._windows = SlidingWindows(self.inferer, lambda batch: model_output(self.network(batch)))
             windows.owner = self
-        return self._windows
+        return windows
 
     @property
     def has_layers(self) -> bool:
@@ -97,8 +97,7 @@ class LoadedModel:
             return self
         from .conversion import program_from_torchscript
         if self.inferer is not None:  # the network runs on windows: converted, and checked, on the first one
-            layout = self.windows.layout(example)
-            example = layout.padded_input(example, self.inferer)[(slice(None), slice(None), *layout.slices[0])]
+            example = self.windows.first_window(example)
         sample = example[:1].detach().to(self.device)
         sample = sample.expand(2, *sample.shape[1:]).contiguous()  # a batch of 2 keeps the batch size free
         refuse = ("give the model as a MONAI bundle, a torch.export .pt2 file or a torch.nn.Module, or use a "
@@ -146,8 +145,7 @@ class LoadedModel:
             reason = "its outputs are in [0, 1] and sum to 1 over the classes"
         else:
             if self.inferer is not None:  # the network itself runs on windows: asked on the first
-                layout = self.windows.layout(x)
-                x = layout.padded_input(x, self.inferer)[(slice(None), slice(None), *layout.slices[0])]
+                x = self.windows.first_window(x)
             kind = "probabilities" if in_unit_range and final_call(self, x) == "sigmoid" else "logits"
             reason = "it ends in a sigmoid"
         if kind == "probabilities":

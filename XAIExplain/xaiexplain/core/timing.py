@@ -121,7 +121,7 @@ def check_memory(method, params: dict, times: PassTimes, device: torch.device) -
     sliding windows, a method whose whole-scan buffers cannot."""
     if times.scan is not None:
         return _check_scan_memory(method, params, times, device)
-    if not _batched(method) or method.family == "perturbation" or not times.gradient_bytes or times.window_share:
+    if not _batched(method) or method.family == "perturbation" or not times.gradient_bytes:
         return  # the perturbation methods size their batches to the memory themselves
     rows = params.get("samples", params.get("steps", 1))
     batch = min(int(params["batch_size"] or rows), int(rows))

@@ -112,6 +112,10 @@ class Layout:
         for window in self.slices:
             self.count[window] += self.importance
 
+    def span(self, i: int) -> tuple:
+        """Window ``i`` as an index of a (N, C, X, Y, Z) tensor on the padded grid."""
+        return (slice(None), slice(None), *self.slices[i])
+
     def padded_input(self, x: torch.Tensor, spec: WindowSpec) -> torch.Tensor:
         if not any(self.pad):
             return x
@@ -172,6 +176,11 @@ class SlidingWindows:
             self._layouts = {key: Layout(self.spec, key[0], x.device, x.dtype)}  # one shape per case
         return self._layouts[key]
 
+    def first_window(self, x: torch.Tensor) -> torch.Tensor:
+        """The first window of ``x``, padded as the inferer pads it: what the network itself is probed on."""
+        layout = self.layout(x)
+        return layout.padded_input(x, self.spec)[layout.span(0)]
+
     def _run(self, crops: list[torch.Tensor]) -> torch.Tensor:
         self.computed += len(crops)
         out = self.predictor(torch.cat(crops))
@@ -198,11 +207,11 @@ class SlidingWindows:
             for n in range(x.shape[0]):
                 padded, total = layout.padded_input(x[n:n + 1], self.spec), None
                 for batch in self._batches(chosen):
-                    out = self._run([padded[(slice(None), slice(None), *layout.slices[i])] for i in batch])
+                    out = self._run([padded[layout.span(i)] for i in batch])
                     if total is None:
                         total = torch.zeros((1, out.shape[1], *layout.padded), dtype=x.dtype, device=x.device)
                     for row, i in enumerate(batch):
-                        total[(slice(None), slice(None), *layout.slices[i])] += out[row:row + 1] * layout.importance
+                        total[layout.span(i)] += out[row:row + 1] * layout.importance
                 if total is None:
                     raise XAIError("no sliding window was chosen", "give a target region inside the volume")
                 outputs.append((total / layout.count)[(slice(None), slice(None), *layout.crop)])
@@ -234,7 +243,7 @@ class SlidingWindows:
             padded = layout.padded_input(x[n:n + 1].detach(), self.spec)
             grad = torch.zeros_like(padded)
             for batch in self._batches(touched):
-                spans = [(slice(None), slice(None), *layout.slices[i]) for i in batch]
+                spans = [layout.span(i) for i in batch]
                 with torch.enable_grad():
                     crops = torch.cat([padded[s] for s in spans]).requires_grad_(True)
                     out = self._run([crops])
@@ -279,7 +288,7 @@ class SlidingWindows:
             for batch in self._batches(hits):
                 crops = []
                 for i in batch:
-                    crop = padded[(slice(None), slice(None), *layout.slices[i])].clone()
+                    crop = padded[layout.span(i)].clone()
                     inside = tuple(slice(max(lo[a], w.start) - w.start, min(lo[a] + size[a], w.stop) - w.start)
                                    for a, w in enumerate(layout.slices[i]))
                     part = tuple(slice(max(lo[a], w.start) - lo[a], min(lo[a] + size[a], w.stop) - lo[a])
@@ -290,7 +299,7 @@ class SlidingWindows:
                     before = torch.cat([self._unperturbed(x, padded, layout, i) for i in batch])
                     diffs = self._run(crops).float() - before
                 for row, i in enumerate(batch):
-                    span = (slice(None), slice(None), *layout.slices[i])
+                    span = layout.span(i)
                     step = diffs[row:row + 1] * layout.importance
                     logit += float((weights[span].double() * step).sum())
                     within = tuple(slice(w.start - e.start, w.stop - e.start)
@@ -311,7 +320,7 @@ class SlidingWindows:
         if i in self._kept:
             return self._kept[i]
         with torch.no_grad():
-            out = self._run([padded[(slice(None), slice(None), *layout.slices[i])]]).float()
+            out = self._run([padded[layout.span(i)]]).float()
         size = out.numel() * out.element_size()
         if self._kept_bytes + size <= self._kept["budget"]:
             self._kept[i], self._kept_bytes = out, self._kept_bytes + size

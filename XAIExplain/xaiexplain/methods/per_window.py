@@ -47,7 +47,8 @@ def run_per_window(method, ctx: Context, params: dict) -> tuple[torch.Tensor, di
         else:
             params["baseline"], chosen = resolve_baseline(ctx.x, params["baseline"], BaselineProbe.of(ctx))
     plain = dataclasses.replace(ctx.model, inferer=None)  # the network itself, on one window
-    references = None if ctx.references is None else layout_references(windows, ctx)
+    references = None if ctx.references is None else (  # DeepSHAP's, padded once for every window
+        windows.layout(ctx.x[:1]).padded_input(ctx.references, windows.spec))
     maps, infos, deltas, touched_counts = None, [], [], []
     for n in range(ctx.x.shape[0]):
         layout, weights, touched = windows.weights(ctx.x[n:n + 1], ctx.output_gradient(), n)
@@ -58,7 +59,7 @@ def run_per_window(method, ctx: Context, params: dict) -> tuple[torch.Tensor, di
         blended = layout.padded_map(ctx.reference[n:n + 1])
         total, delta = None, 0.0
         for count, i in enumerate(touched):
-            span = (slice(None), slice(None), *layout.slices[i])
+            span = layout.span(i)
             share = WindowShare(weights[span] * layout.importance)
             # the reference a window's method reads (predicted classes, checks): the blended output there
             sub = Context(plain, padded[span].contiguous(), share, blended[span], layer=ctx.layer, seed=ctx.seed,
@@ -81,12 +82,6 @@ def run_per_window(method, ctx: Context, params: dict) -> tuple[torch.Tensor, di
     return maps, _summary(method, ctx, maps, infos, deltas, touched_counts, chosen)
 
 
-def layout_references(windows, ctx: Context) -> torch.Tensor:
-    """DeepSHAP's reference volumes on the padded grid, padded once for every window."""
-    layout = windows.layout(ctx.x[:1])
-    return layout.padded_input(ctx.references, windows.spec)
-
-
 def _delta(info: dict) -> float:
     """What a window's map should sum to, from its info (the score, or its difference from the baseline's)."""
     for key in ("score_difference", "score"):
@@ -96,10 +91,11 @@ def _delta(info: dict) -> float:
 
 
 def _summary(method, ctx, maps, infos, deltas, touched, chosen) -> dict:
-    """The first window's facts that hold for every window, with the totals made over all of them."""
+    """The first window's facts that hold for every window (its layer, rules, axes check), with the totals made
+    over all of them."""
     per_window = ("score_difference", "score", "relevance_sum", "absorbed_share", "absorbed_by",
                   "completeness_error", "conservation_error", "warnings", "halving_score_change",
-                  "reference_score_own_statistics", "completeness_error_own_statistics", "axes_check")
+                  "reference_score_own_statistics", "completeness_error_own_statistics")
     info = {k: v for k, v in infos[0].items() if k not in per_window}
     info.update(chosen)
     sums = maps.flatten(1).sum(1).double().cpu()
@@ -109,9 +105,6 @@ def _summary(method, ctx, maps, infos, deltas, touched, chosen) -> dict:
     warnings = {w["code"]: w for i in infos for w in i.get("warnings", [])}  # each kind said once
     if warnings:
         info["warnings"] = list(warnings.values())
-    checks = [i["axes_check"] for i in infos if "axes_check" in i]
-    if checks:
-        info["axes_check"] = checks[0]
-    info["sliding_window"] = {**ctx.model.windows.describe(ctx.x), "windows_on_target": touched,
+    info["sliding_window"] = {"windows_on_target": touched,  # the settings are added by attribute()
                               "how": "each window explains its share of the target; the window maps are added"}
     return info

@@ -264,12 +264,12 @@ class Scorer:
         volumes."""
         self._start()
         starts = torch.as_tensor(starts, dtype=torch.long).cpu().reshape(values.shape[0], -1)
-        if self.incremental == "windows" and not self.ctx.model.windows.boxes_exact(self.x):
-            with torch.inference_mode():
-                return self._scores(self.network(paste(self.x, values, starts)))
         if self.incremental == "windows":
+            windows = self.ctx.model.windows
             with torch.inference_mode():
-                logits, probs = self.ctx.model.windows.local_scores(
+                if not windows.boxes_exact(self.x):  # padding that copies the volume: whole copies
+                    return self._scores(self.network(paste(self.x, values, starts)))
+                logits, probs = windows.local_scores(
                     self.x, self.ctx.output_gradient(), self.n, self.ctx.reference[self.n:self.n + 1],
                     values, starts, lambda out: probabilities(out, self.ctx.model.output_kind))
             return self._counted(self.logit + logits, self.probability + probs)
