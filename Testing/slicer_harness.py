@@ -28,7 +28,6 @@ if str(MODULE_DIR) not in sys.path:
 import numpy as np  # noqa: E402
 import slicer  # noqa: E402
 import vtk  # noqa: E402
-from vtk.util import numpy_support  # noqa: E402
 
 SLICE_MANAGERS = ("vtkMRMLColorLegendDisplayableManager",)
 THREED_MANAGERS = ("vtkMRMLCameraDisplayableManager", "vtkMRMLViewDisplayableManager",
@@ -48,14 +47,9 @@ def _offscreenWindow(size):
 
 
 def _capture(window) -> np.ndarray:
-    grab = vtk.vtkWindowToImageFilter()
-    grab.SetInput(window)
-    grab.ReadFrontBufferOff()
-    grab.Update()
-    image = grab.GetOutput()
-    w, h, _ = image.GetDimensions()
-    pixels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, -1)[:, :, :3]
-    return np.ascontiguousarray(pixels[::-1])  # first row at the top, like the PNG
+    from XAIExplainLib.trust import windowPixels
+
+    return windowPixels(window)
 
 
 def savePng(pixels: np.ndarray, path) -> None:

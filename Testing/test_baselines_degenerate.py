@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from xaiexplain.core.explain import attribute
+from xaiexplain.core.attribute import attribute
 from xaiexplain.core.targets import SegmentationTarget
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from xaiexplain import load_model
 from xaiexplain.core.bundle import write_bundle
-from xaiexplain.core.explain import attribute
+from xaiexplain.core.attribute import attribute
 from xaiexplain.core.targets import SegmentationTarget
 from xaiexplain.core.volume import Volume
 from xaiexplain.errors import XAIError

@@ -9,7 +9,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from XAIExplainLib import dependencies, display, sampledata, volumenodes
+from XAIExplainLib import dependencies, display, sampledata
 from XAIExplainLib.logic import ExplainLogicBase
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
@@ -34,13 +34,10 @@ sliding windows), as volumes on the input's own grid, overlaid in the slice view
 <p>The methods are the engine's registry: the method list shows each with its title, family (gradient, CAM, backprop,
 propagation, perturbation) and publication (e.g. Simonyan et al. 2014; Selvaraju et al. 2017 for Grad-CAM;
 Sundararajan et al. 2017); Advanced offers the checked methods' parameters, with their ranges and choices.</p>
-<p>Unsigned maps use an Inferno colour map; signed maps a diverging blue-red map whose centre is transparent. Quick
-methods (by their cost in forward and backward passes) run inside Slicer; long ones in a separate process, so
-Slicer stays responsive and Cancel stops them at once. The Python console has it all:
-<code>slicer.util.getModuleLogic("XAIExplain").process(volumeNode, modelPath, ["gradcam"])</code>.</p>
-<p>The computation is the <code>xaiexplain</code> engine, a pure-Python package on PyTorch, MONAI and SimpleITK that
-does not depend on Slicer (also the <code>xaiexplain</code> command). PyTorch comes from the PyTorch extension; the
-other Python packages are installed on first use, after asking.</p>
+<p>Unsigned maps are Inferno, signed ones blue-red with a transparent centre. Quick methods run inside Slicer, long
+ones in a separate process (Cancel stops them at once). Console: <code>getModuleLogic("XAIExplain").process</code>.</p>
+<p>Check this map gives each result a trust card (randomisation, deletion/insertion against random maps, shortcut);
+Write report makes HTML and PDF. The engine, <code>xaiexplain</code>, needs no Slicer (also a command).</p>
 """
         self.parent.helpText += self.getDefaultModuleDocumentationLink()
         self.parent.acknowledgementText = """
@@ -128,6 +125,11 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.targetComboBox.connect("currentIndexChanged(int)", self.onTargetChanged)
         self.ui.versusComboBox.connect("currentIndexChanged(int)", self.onTargetChanged)
         self.ui.regionTableView.connect("clicked(QModelIndex)", self.onRegionClicked)
+        self.ui.checkButton.connect("clicked(bool)", self.onCheckButton)
+        self.ui.shortcutButton.connect("clicked(bool)", self.onShortcutCheck)
+        self.ui.curvesButton.connect("clicked(bool)", lambda: self.logic.showCurves(self._parameterNode.resultVolume))
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareRegions)
+        self.ui.reportButton.connect("clicked(bool)", self.onWriteReport)
 
         self.initializeParameterNode()
         qt.QTimer.singleShot(0, self.fillMethods)  # after the panel shows: the method list imports the engine
@@ -190,13 +192,18 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateButtons(self, caller=None, event=None) -> None:
         p, running = self._parameterNode, self.logic.isRunning()
         ready = bool(p and p.inputVolume and self.modelPath() and p.methods)
-        self.ui.applyButton.enabled = running or ready
-        self.ui.applyButton.text = "Cancel" if running else "Apply"
+        checking = running and self.logic.runner.request.checkNode is not None
+        self.ui.applyButton.text = "Cancel" if running and not checking else "Apply"
         self.ui.applyButton.toolTip = ("Stop the run" if running else
                                        "Compute the maps" if ready else "Select an input volume, a model and a method")
         self.ui.modelPathLineEdit.enabled = bool(p and not p.useDemoModel)
         self.ui.regionLabelMapSelector.enabled = bool(p and p.regionSource == "label map")
         self.ui.loadPredictionButton.enabled = bool(p and p.inputVolume and self.modelPath()) and not running
+        self.ui.applyButton.enabled = (running and not checking) or (ready and not running)
+        result = p.resultVolume if p else None
+        self.ui.checkButton.enabled = checking or (display.isResult(result) and not running)
+        self.ui.checkButton.text = "Cancel" if checking else "Check this map"
+        self.ui.shortcutButton.enabled = self.ui.curvesButton.enabled = display.isResult(result) and not running
 
     def modelPath(self) -> str:
         p = self._parameterNode
@@ -326,31 +333,54 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.fillMethods()
 
     def onApplyButton(self) -> None:
+        p = self._parameterNode
+        regionSource = {"none": None, "harvard-oxford": "harvard-oxford", "label map": p.regionLabelMap}[p.regionSource]
+        self.startRun("Failed to compute the explanation.", lambda: self.logic.process(
+            self.inputVolumes(), self.modelPath(), [m for m in p.methods.split(",") if m], target=p.target or None,
+            versus=p.versus or None, roi=p.roiNode, roiSegment=p.roiSegment or None,
+            inferer=self.logic.windowSettings(p.windowSize), layer=p.layer or None, params=self.methodParams(),
+            seed=p.seed, device=p.device, regions=regionSource, useWorker=self.useWorker(), waitForCompletion=False,
+            progressCallback=self.onProgress, completionCallback=self.onCompleted, show3D=p.showIn3D,
+            opacity=p.opacity))
+
+    def onCheckButton(self) -> None:
+        """The trust card of the selected result, in a worker with progress; the button becomes Cancel."""
+        self.startRun("Failed to check the map.", lambda: self.logic.checkResult(
+            self._parameterNode.resultVolume, waitForCompletion=False, progressCallback=self.onProgress,
+            completionCallback=self.onCompleted))
+
+    def startRun(self, failure: str, start) -> None:
+        """Cancel the run in progress, or start one (``start()``) with the progress bar and the timer."""
         if self.logic.isRunning():
             self.logic.cancel()
             self.updateButtons()
             return
-        with slicer.util.tryWithErrorDisplay("Failed to compute the explanation.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
             if not self.logic.ensureDependencies(confirm=slicer.util.confirmOkCancelDisplay):
                 return
-            p = self._parameterNode
-            regionSource = {"none": None, "harvard-oxford": "harvard-oxford", "label map": p.regionLabelMap}[
-                p.regionSource]
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
             self.ui.statusLabel.text = "Starting..."
-            self.logic.process(self.inputVolumes(), self.modelPath(), [m for m in p.methods.split(",") if m],
-                               target=p.target or None, versus=p.versus or None, roi=p.roiNode,
-                               roiSegment=p.roiSegment or None, inferer=self.logic.windowSettings(p.windowSize),
-                               layer=p.layer or None, params=self.methodParams(), seed=p.seed, device=p.device,
-                               regions=regionSource, useWorker=self.useWorker(), waitForCompletion=False,
-                               progressCallback=self.onProgress, completionCallback=self.onCompleted,
-                               show3D=p.showIn3D, opacity=p.opacity)
+            start()
             if self.logic.isRunning():
                 self._timer.start()
         if not self.logic.isRunning():
             self.ui.progressBar.hide()
         self.updateButtons()
+
+    def onShortcutCheck(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to check for shortcuts.", waitCursor=True):
+            value = self.logic.shortcutCheck(self._parameterNode.resultVolume)
+            self.ui.statusLabel.text = f"Shortcut check: {value['verdict']}: {value['text']}"
+
+    def onCompareRegions(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Failed to compare the region tables.", waitCursor=True):
+            self.ui.regionTableView.setMRMLTableNode(self.logic.compareRegions())
+
+    def onWriteReport(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(None, "Folder for report.html and report.pdf")
+        with slicer.util.tryWithErrorDisplay("Failed to write the report.", waitCursor=True):
+            self.ui.statusLabel.text = f"Wrote {', '.join(map(str, self.logic.writeReport(folder)))}" if folder else ""
 
     def onLoadPrediction(self) -> None:
         """The model's own segmentation of the input, as a segmentation node: the ROI, one segment chosen."""
@@ -375,6 +405,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = self.logic.completionText(nodes)  # with warnings, e.g. a blind baseline
             if nodes:
                 self._parameterNode.resultVolume = nodes[-1]
+                self.showResultSettings(nodes[-1])  # a checked result: its card
         elif status == "cancelled":
             self.ui.statusLabel.text = "Cancelled: no result was added."
         else:
@@ -455,45 +486,14 @@ class XAIExplainLogic(ScriptedLoadableModuleLogic, ExplainLogicBase):
 
 
 class XAIExplainTest(ScriptedLoadableModuleTest):
-    """Runs in Slicer's test mode on the SynthLesion sample and the demo model (dependencies are installed)."""
+    """Runs in Slicer's test mode on the SynthLesion sample and the demo model (XAIExplainLib.selftest)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        self.setUp()
-        self.test_XAIExplainInProcess()
-        self.setUp()
-        self.test_XAIExplainWorkerProcess()
+        from XAIExplainLib import selftest
 
-    def test_XAIExplainInProcess(self):
-        self.delayDisplay("Grad-CAM of the demo classifier on the SynthLesion sample")
-        logic = XAIExplainLogic()
-        self.assertTrue(logic.ensureDependencies(confirm=lambda message: True))
-        brain, lesion = logic.loadSampleData()
-        (result,) = logic.process(brain, logic.demoModelPath(), ["gradcam"], target="lesion", device="cpu",
-                                  show3D=True)
-        self.assertTrue(display.isResult(result))
-        self.assertTrue(volumenodes.sameGrid(result, brain, tolerance=1e-6))  # the input's dimensions and IJK-to-RAS
-        composite = slicer.app.layoutManager().sliceWidget("Red").sliceLogic().GetSliceCompositeNode()
-        self.assertEqual(composite.GetForegroundVolumeID(), result.GetID())
-        self.assertEqual(display.record(result)["prediction"]["predicted_name"], "lesion")
-        logic.setThreshold(result, 0.5 * float(result.GetAttribute(display.PREFIX + "displayMax")))
-        self.assertIsNotNone(display.volumeRenderingDisplayNode(result))
-        slicer.util.forceRenderAllViews()
-        self.delayDisplay("In-process run passed")
-
-    def test_XAIExplainWorkerProcess(self):
-        self.delayDisplay("SmoothGrad in a worker process (PythonSlicer running the engine's command line)")
-        logic = XAIExplainLogic()
-        brain, lesion = logic.loadSampleData()
-        progress = []
-        (result,) = logic.process(brain, logic.demoModelPath(), ["smoothgrad"], target="lesion", device="cpu",
-                                  params={"smoothgrad": {"samples": 4}}, useWorker=True,
-                                  progressCallback=lambda fraction, message: progress.append(fraction))
-        self.assertTrue(display.isSigned(result))
-        self.assertEqual(progress[-1], 1.0)
-        self.assertEqual(result.GetNodeReference(display.INPUT_REFERENCE), brain)
-        self.assertIsNone(logic.regionTable(result))
-        self.assertFalse(logic.isRunning())
-        self.delayDisplay("Worker run passed")
+        for test in (selftest.inProcess, selftest.workerProcess):
+            self.setUp()
+            test(self, XAIExplainLogic())

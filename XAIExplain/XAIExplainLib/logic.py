@@ -18,9 +18,9 @@ import logging
 import math
 import time
 
-from . import dependencies, display, regions, sampledata
+from . import dependencies, display, regions, results, sampledata, trust
 from .request import ExplainRequest
-from .results import addResultNodes, predictionSegmentation
+from .results import addResultNodes, labelSegmentation
 from .runners import InProcessRunner, WorkerRunner
 from .volumenodes import volumeFromNode
 
@@ -94,7 +94,11 @@ class ExplainLogicBase:
         case = prepare_case(loaded, [volumeFromNode(n) for n in nodes], device=device)
         labels = case.predicted_labels()
         names = loaded.class_names or [str(i) for i in range(int(labels.max()) + 1)]
-        return predictionSegmentation(self.scene, labels, nodes[0], names, f"{nodes[0].GetName()} prediction")
+        if not (labels > 0).any():
+            raise ValueError("the model predicts no voxel of any class but the background on this input")
+        segmentation = labelSegmentation(self.scene, labels, nodes[0], names, f"{nodes[0].GetName()} prediction")
+        segmentation.SetAttribute("XAIExplain.prediction", "true")
+        return segmentation
 
     @staticmethod
     def windowSettings(text: str) -> dict | None:
@@ -198,7 +202,8 @@ class ExplainLogicBase:
         seconds = record.get("timings", {}).get("seconds")
         return (f"{record.get('method')}: target {target.get('name', target.get('class', '?'))}"
                 + (f", {seconds:.1f} s" if seconds is not None else "")
-                + "".join(f"\nWARNING: {text}" for text in display.warnings(node)))
+                + "".join(f"\nWARNING: {text}" for text in display.warnings(node))
+                + "\n" + trust.describeTrust(node))
 
     def describeWarnings(self) -> str:
         """The last run's warnings for the status line ('' when none)."""
@@ -253,9 +258,9 @@ class ExplainLogicBase:
 
     def process(self, inputVolumes, model: str, methods, *, target=None, versus=None, roi=None, layer=None,
                 params: dict | None = None, seed: int = 0, device: str = "auto", regions=None,
-                roiSegment: str | None = None, inferer: dict | None = None,
-                useWorker: bool | None = None, waitForCompletion: bool = True, progressCallback=None,
-                completionCallback=None, show: bool = True, show3D: bool = False, threshold: float | None = None,
+                roiSegment: str | None = None, inferer: dict | None = None, checks=None,
+                checkSettings: dict | None = None, useWorker: bool | None = None, waitForCompletion: bool = True,
+                progressCallback=None, completionCallback=None, show: bool = True, show3D: bool = False, threshold: float | None = None,
                 opacity: float = display.DEFAULT_OPACITY):
         """Explain ``model`` on ``inputVolumes`` (one node, or a list: channels) with each of ``methods``.
 
@@ -266,18 +271,44 @@ class ExplainLogicBase:
         "overlap": 0.25, "mode": "gaussian"}; {}: none) over the model's own; ``regions``: "harvard-oxford" or a
         label map node with
         named colours (or a segmentation); ``params``: {method: {name: value}}. Returns the result nodes
-        (one per method) when ``waitForCompletion``, else the runner (see :meth:`poll`).
+        (one per method) when ``waitForCompletion``, else the runner (see :meth:`poll`). ``checks``: True or check
+        names: every result then carries its trust card (see :meth:`checkResult`).
         """
-        if self.isRunning():
-            raise RuntimeError("a run is in progress: cancel it or wait for it to finish")
         methods = [methods] if isinstance(methods, str) else list(methods)
         request = ExplainRequest(self._nodes(inputVolumes), str(model) if model else "", methods, target=target,
                                  versus=versus, roi=roi, layer=layer or None, params=dict(params or {}),
                                  seed=int(seed), device=device or "auto", regions=regions, roiSegment=roiSegment,
-                                 inferer=inferer)
+                                 inferer=inferer, checks=checks, checkSettings=dict(checkSettings or {}))
+        return self._start(request, useWorker=useWorker, waitForCompletion=waitForCompletion,
+                           progressCallback=progressCallback, completionCallback=completionCallback,
+                           display=dict(show=show, show3D=show3D, threshold=threshold, opacity=opacity))
+
+    def checkResult(self, resultNode, checks=True, checkSettings: dict | None = None, *, useWorker: bool | None = None,
+                    waitForCompletion: bool = True, progressCallback=None, completionCallback=None):
+        """The trust card of a result: its map re-made as it was made (method, parameters, seed, target, ROI,
+        regions, windows), with the checks (True: all; or names of ``xaiexplain.trust.CHECKS``) and their
+        ``checkSettings``. The card goes onto ``resultNode`` (attributes, curves chart, shortcut region), with a
+        check that the re-made map is the one shown; no new result node. Runs like :meth:`process`."""
+        record = display.record(resultNode)
+        if not record:
+            raise ValueError(f"'{resultNode.GetName()}' is not an XAIExplain result")
+        settings = results.requestSettings(resultNode)
+        method = record["method"]
+        settings.update(methods=[method], params={k: v for k, v in settings["params"].items() if k == method},
+                        seed=int(record.get("seed", 0)), checks=checks, checkSettings=dict(checkSettings or {}),
+                        checkNode=resultNode)
+        return self._start(ExplainRequest(**settings), useWorker=useWorker, waitForCompletion=waitForCompletion,
+                           progressCallback=progressCallback, completionCallback=completionCallback,
+                           display=dict(show=False))
+
+    def _start(self, request: ExplainRequest, *, useWorker, waitForCompletion, progressCallback, completionCallback,
+               display: dict):
+        if self.isRunning():
+            raise RuntimeError("a run is in progress: cancel it or wait for it to finish")
         request.validate()
-        inWorker = self.shouldUseWorker(methods, params, useWorker)  # by default also checks the parameters
-        self._display = dict(show=show, show3D=show3D, threshold=threshold, opacity=opacity)
+        inWorker = self.shouldUseWorker(request.methods, request.params, useWorker) or bool(
+            request.checks and useWorker is None)  # checks re-make maps several times: a worker by default
+        self._display = display
         self._completion = completionCallback
         self.lastResults, self.lastWarnings, self._exception = [], [], None
         callbacks = dict(onProgress=progressCallback, onFinished=self._onFinished)
@@ -318,17 +349,22 @@ class ExplainLogicBase:
         """The one end of every run: result nodes, display, the completion callback."""
         status, error, self._exception = runner.status, runner.error, runner.exception
         nodes = []
+        checked = runner.request.checkNode
         if status == "done":
             try:
-                nodes = addResultNodes(self.scene, runner.attributions, runner.request,
-                                       regionLabels=runner.case.regionLabels)
+                if checked is not None:  # a card for a result shown: onto it
+                    results.addCard(self.scene, checked, runner.attributions[0])
+                    nodes = [checked]
+                else:
+                    nodes = addResultNodes(self.scene, runner.attributions, runner.request,
+                                           regionLabels=runner.case.regionLabels)
             except Exception as err:  # noqa: BLE001 (reported like any failure)
                 status, error, self._exception = "failed", str(err), err
         self.status, self.lastResults = status, nodes
-        self.lastWarnings = [text for node in nodes for text in display.warnings(node)]
+        self.lastWarnings = [] if checked is not None else [text for node in nodes for text in display.warnings(node)]
         for text in self.lastWarnings:  # Slicer's log and the Python console
             logging.warning(f"XAIExplain: {text}")
-        if self._display.get("show"):
+        if self._display.get("show") and checked is None:
             for node in nodes:
                 self.showResult(node, threshold=self._display["threshold"], opacity=self._display["opacity"],
                                 show3D=self._display["show3D"])
@@ -376,6 +412,71 @@ class ExplainLogicBase:
             return None
         regionId = regions.regionRowsFromTable(table)[row].id
         return regions.centerViewsOnRegion(self.scene, labels, regionId)
+
+    # -- trust ---------------------------------------------------------------------------------------
+    @staticmethod
+    def trustCard(resultNode) -> dict | None:
+        """The result's trust card (verdicts, numbers, curves), None before :meth:`checkResult`."""
+        return trust.trustCard(resultNode)
+
+    def shortcutCheck(self, resultNode) -> dict:
+        """The shortcut check alone, at once (no model pass): the share of the map's top evidence outside the
+        anatomy, its verdict, and (unless it passes) the offending region as a segmentation linked to the result."""
+        from xaiexplain.trust import shortcut_check
+
+        inputNode = resultNode.GetNodeReference(display.INPUT_REFERENCE)
+        if inputNode is None:
+            raise ValueError(f"the input volume of '{resultNode.GetName()}' is no longer in the scene")
+        value = shortcut_check(volumeFromNode(inputNode), volumeFromNode(resultNode).array[0])
+        region = value.pop("region")
+        resultNode.SetAttribute(trust.TRUST + ".shortcut", value["verdict"])
+        resultNode.SetAttribute(display.PREFIX + "shortcut", json.dumps(value))
+        if region is not None and region.any():
+            value["segmentation"] = trust.addShortcutSegmentation(self.scene, resultNode, region)
+        return value
+
+    def showCurves(self, resultNode) -> bool:
+        """Show the result's deletion/insertion chart in Slicer's plot view (False before its card)."""
+        chart = trust.curvesChart(resultNode)
+        if chart is None or self.appLogic is None:
+            return False
+        self.appLogic.GetSelectionNode().SetActivePlotChartID(chart.GetID())
+        self.appLogic.PropagatePlotChartSelection()
+        layout = self.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+        if layout is not None:
+            layout.SetViewArrangement(38)  # four-up, plot and table: the curves beside the region table
+        return True
+
+    def compareRegions(self, resultNodes=None):
+        """One table node with the region scores and ranks of several results side by side (default: every
+        result with a region table), regions in the first one's rank order; shown in the table view."""
+        nodes = [n for n in (resultNodes or self.resultNodes()) if self.regionTable(n) is not None]
+        if not nodes:
+            raise ValueError("no result has a region table: explain with regions (an atlas or a label map) first")
+        table = regions.addComparisonTable(self.scene, [(display.record(n).get("method", n.GetName()),
+                                                         regions.regionRowsFromTable(self.regionTable(n)))
+                                                        for n in nodes])
+        if self.appLogic is not None:
+            regions.showRegionTable(self.appLogic, table)
+        return table
+
+    def writeReport(self, folder, resultNodes=None) -> list:
+        """report.html and report.pdf of results (default: every result in the scene) into ``folder``: the input,
+        model and software, each map's previews and trust card, the curves and the region tables."""
+        from pathlib import Path
+
+        from xaiexplain.io.report import write_report
+
+        nodes = list(resultNodes or self.resultNodes())
+        if not nodes:
+            raise ValueError("there is no result to report: explain first")
+        inputNode = nodes[0].GetNodeReference(display.INPUT_REFERENCE)
+        if inputNode is None:
+            raise ValueError(f"the input volume of '{nodes[0].GetName()}' is no longer in the scene")
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        attributions = [results.attributionFromNode(node) for node in nodes]
+        return write_report(folder, volumeFromNode(inputNode), attributions,
+                            {"inputs": [inputNode.GetName()], "command": "XAIExplain in 3D Slicer"})
 
     # -- sample data -------------------------------------------------------------------------------
     def loadSampleData(self, seed: int = sampledata.SAMPLE_SEED):

@@ -75,6 +75,38 @@ def addRegionTable(scene, rows, name: str = "XAIExplain regions"):
     return table
 
 
+def addComparisonTable(scene, tables, name: str = "XAIExplain regions compared"):
+    """One table node of several results' regions side by side: ``tables`` is [(method, rows)], the rows in
+    the first method's rank order, a score and a rank column per method (empty where a method lacks a region)."""
+    import vtk
+
+    first = asRows(tables[0][1])
+    table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
+    ids, names = vtk.vtkIntArray(), vtk.vtkStringArray()
+    ids.SetName("region id")
+    names.SetName("region")
+    for row in first:
+        ids.InsertNextValue(row.id)
+        names.InsertNextValue(row.name)
+    table.AddColumn(ids)
+    table.AddColumn(names)
+    for method, rows in tables:
+        byId = {row.id: row for row in asRows(rows)}
+        scores, ranks = vtk.vtkDoubleArray(), vtk.vtkIntArray()
+        scores.SetName(f"{method} score")
+        ranks.SetName(f"{method} rank")
+        for row in first:
+            other = byId.get(row.id)
+            scores.InsertNextValue(other.score if other is not None else float("nan"))
+            ranks.InsertNextValue(other.rank if other is not None else 0)
+        table.AddColumn(scores)
+        table.AddColumn(ranks)
+        table.SetColumnDescription(f"{method} rank", "1 = most important for this method; 0 = not scored")
+    table.SetUseColumnTitleAsColumnHeader(True)
+    table.SetLocked(True)
+    return table
+
+
 def regionRowsFromTable(table) -> list[RegionRow]:
     t = table.GetTable()
     rows = []

@@ -34,6 +34,9 @@ class ExplainRequest:
     roiSegment: str | None = None  # of a segmentation ROI: this segment (ID or name) alone, else its visible ones
     inferer: dict | None = None  # sliding windows (the engine's names: roi_size, overlap, mode, sw_batch_size);
     # {}: none, even where the model has its own
+    checks: object = None  # the trust card: True (every check) or check names; None: no card
+    checkSettings: dict = field(default_factory=dict)  # {check: {name: value}}
+    checkNode: object = None  # a result node whose map is re-made for its card (the card goes to it, no new node)
 
     def validate(self) -> None:
         if not self.inputs or any(node is None for node in self.inputs):
@@ -43,6 +46,15 @@ class ExplainRequest:
         if not self.methods:
             raise ValueError("select at least one method")
         infererArguments(self.inferer)  # settings both runners take, or the same refusal in both
+        if self.checkSettings and not self.checks:
+            raise ValueError("check settings were given without checks: ask for the checks too")
+
+    def describe(self) -> dict:
+        """What re-makes this request for a result (saved on its node; the nodes by reference): JSON."""
+        return {"model": self.model, "methods": list(self.methods), "target": self.target, "versus": self.versus,
+                "layer": self.layer, "params": self.params, "seed": self.seed, "device": self.device,
+                "roi": self.roi if isinstance(self.roi, str) else None, "roiSegment": self.roiSegment,
+                "regions": self.regions if self.regions in ATLASES else None, "inferer": self.inferer}
 
     def channelNames(self) -> list[str]:
         """The input channels' names, the same in both runners (the worker's input files are named so)."""
@@ -91,6 +103,11 @@ class ExplainRequest:
             args += ["--atlas", files.regions]
         elif files.regions is not None:
             args += ["--regions", str(files.regions), "--region-names", str(files.regionNames)]
+        if self.checks:
+            args += ["--check"] + ([] if self.checks is True else list(self.checks))
+            for check, values in (self.checkSettings or {}).items():
+                args += [item for name, value in values.items()
+                         for item in ("--check-setting", f"{check}.{name}={json.dumps(value)}")]
         return args + ["--seed", str(int(self.seed)), "--device", self.device or "auto", "--out", str(files.out),
                        "--progress-lines", "--no-previews"]
 

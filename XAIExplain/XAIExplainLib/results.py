@@ -6,10 +6,17 @@ linked to a label map of the regions (the user's own, or one made from the engin
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
-from . import display, regions
-from .volumenodes import addVolumeNode, ijkToRas
+from . import display, regions, trust
+from .volumenodes import addVolumeNode, arrayFromNode, ijkToRas
+
+CHANNELS_REFERENCE = "XAIExplainChannel"  # every input channel, in order (the first is also display.INPUT_REFERENCE)
+ROI_REFERENCE = "XAIExplainROI"
+REGION_SOURCE_REFERENCE = "XAIExplainRegionSource"
+REPRODUCED_TOLERANCE = 1e-4  # of the map's largest magnitude: a map re-made for its card must come out the same
 
 GRID_TOLERANCE = 1e-3  # mm: a map further off its input's grid is refused, not silently moved
 
@@ -37,6 +44,9 @@ def addResultNodes(scene, attributions, request, *, regionLabels=None) -> list:
         display.markResult(node, method=attribution.method, signed=attribution.signed, inputNode=reference,
                            record=attribution.to_dict())
         display.markWarnings(node, [warning_text(w) for w in attribution.warnings])
+        markRequest(node, request)
+        if attribution.trust is not None:
+            trust.markTrust(scene, node, attribution.trust, attribution.shortcut_region)
         if attribution.regions:
             labels = regionLabels
             if labels is None and attribution.region_labels is not None:
@@ -49,6 +59,70 @@ def addResultNodes(scene, attributions, request, *, regionLabels=None) -> list:
             addRegionResults(scene, node, attribution.regions, labels, prefix=node.GetName())
         nodes.append(node)
     return nodes
+
+
+def markRequest(node, request) -> None:
+    """What re-makes the result (its card re-makes the map): the request's settings, its nodes by reference."""
+    node.SetAttribute(display.PREFIX + "request", json.dumps(request.describe(), default=str))
+    for index, channel in enumerate(request.inputs):
+        node.SetNthNodeReferenceID(CHANNELS_REFERENCE, index, channel.GetID())
+    if request.roi is not None and not isinstance(request.roi, str):
+        node.SetNodeReferenceID(ROI_REFERENCE, request.roi.GetID())
+    if request.regions is not None and not isinstance(request.regions, str):
+        node.SetNodeReferenceID(REGION_SOURCE_REFERENCE, request.regions.GetID())
+
+
+def requestSettings(node) -> dict:
+    """The settings and nodes a result was made with, as ``ExplainRequest`` fields."""
+    text = node.GetAttribute(display.PREFIX + "request")
+    if not text:
+        raise ValueError(f"'{node.GetName()}' does not say how it was made: explain again to check it")
+    settings = json.loads(text)
+    settings["inputs"] = [node.GetNthNodeReference(CHANNELS_REFERENCE, i)
+                          for i in range(node.GetNumberOfNodeReferences(CHANNELS_REFERENCE))]
+    if None in settings["inputs"] or not settings["inputs"]:
+        raise ValueError(f"the input volume(s) of '{node.GetName()}' are no longer in the scene")
+    settings["roi"] = node.GetNodeReference(ROI_REFERENCE) or settings.get("roi")
+    settings["regions"] = node.GetNodeReference(REGION_SOURCE_REFERENCE) or settings.get("regions")
+    return settings
+
+
+def addCard(scene, node, attribution) -> None:
+    """The card of a map re-made for it goes to the result shown, with a check that the re-made map is that one."""
+    shown = arrayFromNode(node)[0].astype(np.float64)
+    remade = np.asarray(attribution.array, np.float64)
+    scale = max(float(np.abs(shown).max()), 1e-30)
+    difference = float(np.abs(shown - remade).max()) / scale if shown.shape == remade.shape else float("inf")
+    same = difference <= REPRODUCED_TOLERANCE
+    card = attribution.to_dict()["trust"]  # the JSON form: a copy
+    card["checks"].append({
+        "check": "reproduced", "title": "The checked map is the one shown", "verdict": "pass" if same else "fail",
+        "text": (f"the map re-made for the checks equals the one shown (largest difference {difference:.1e} of its "
+                 f"peak)" if same else f"the map re-made for the checks differs from the one shown (by {difference:.2g}"
+                 " of its peak): the card is of the re-made map; the shown one cannot be reproduced"),
+        "difference": difference, "passes": {"forward": 0, "backward": 0},
+        "stated_passes": {"forward": 0, "backward": 0}, "settings": {}, "seconds": 0.0})
+    if not same:
+        card["verdict"], card["text"] = "fail", "do not trust this map as it is: it cannot be reproduced"
+    trust.markTrust(scene, node, card, attribution.shortcut_region)
+
+
+def attributionFromNode(node):
+    """A result node as the engine's Attribution (its map, record, card and region table): for reports."""
+    from xaiexplain.core.result import Attribution
+
+    from .volumenodes import volumeFromNode
+
+    record = display.record(node)
+    table = node.GetNodeReference(regions.REGIONS_REFERENCE)
+    rows = None if table is None else [vars(row) for row in regions.regionRowsFromTable(table)]
+    return Attribution(map=volumeFromNode(node), method=record["method"], signed=bool(record["signed"]),
+                       params=record.get("params", {}), target=record.get("target", {}),
+                       prediction=record.get("prediction", {}), timings=record.get("timings", {}),
+                       versions=record.get("versions", {}), seed=int(record.get("seed", 0)),
+                       model=record.get("model", {}), info=dict(record.get("info") or {},
+                                                               warnings=record.get("warnings") or []),
+                       notes=record.get("notes", []), regions=rows, trust=trust.trustCard(node))
 
 
 def addRegionResults(scene, resultNode, rows, labels=None, names=None, *, prefix: str = ""):
@@ -68,14 +142,14 @@ def addRegionResults(scene, resultNode, rows, labels=None, names=None, *, prefix
     return table, labels
 
 
-def predictionSegmentation(scene, labels: np.ndarray, reference, classNames: list[str], name: str):
-    """A segmentation node of a predicted label volume (I, J, K) on ``reference``'s grid: one segment per class
-    predicted somewhere (background, label 0, left out), named after the class."""
+def labelSegmentation(scene, labels: np.ndarray, reference, classNames: list[str], name: str):
+    """A segmentation node of a label volume (I, J, K) on ``reference``'s grid (a prediction, a suspect region):
+    one segment per label present (label 0, the background, left out), named ``classNames[label]``."""
     import slicer
 
     present = sorted(int(v) for v in np.unique(labels) if v != 0)
     if not present:
-        raise ValueError("the model predicts no voxel of any class but the background on this input")
+        raise ValueError(f"'{name}' has no voxel of any label but the background")
     names = {label: classNames[label] if label < len(classNames) else str(label) for label in present}
     labelNode = regions.addRegionLabelMap(scene, labels, names, reference, name=f"{name} labels")
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
@@ -92,5 +166,4 @@ def predictionSegmentation(scene, labels: np.ndarray, reference, classNames: lis
     inner = segmentation.GetSegmentation()
     for index in range(inner.GetNumberOfSegments()):  # one per label, in label order
         inner.GetNthSegment(index).SetName(names[present[index]])
-    segmentation.SetAttribute("XAIExplain.prediction", "true")
     return segmentation

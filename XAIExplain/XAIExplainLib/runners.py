@@ -118,7 +118,8 @@ class InProcessRunner(Runner):
                               roi=_asVolume(case.roi), layer=request.layer, params=request.params,
                               seed=request.seed, device=request.device, regions=_asVolume(case.regions),
                               region_names=case.regionNames, inferer=request.inferer, progress=self._progress,
-                              cancel=lambda: self._cancelRequested)
+                              cancel=lambda: self._cancelRequested, checks=request.checks,
+                              check_settings=request.checkSettings or None)
         except Cancelled:
             self._finish("cancelled", error="cancelled")
             return

@@ -15,7 +15,7 @@ from .errors import XAIError
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "attribute": "core.explain", "explain": "core.explain", "load_inputs": "core.volume",
+    "attribute": "core.attribute", "explain": "core.explain", "load_inputs": "core.volume",
     "prepare_case": "core.case", "PreparedCase": "core.case",
     "METHODS": "methods", "get_method": "methods", "METRICS": "metrics", "get_metric": "metrics",
     "LoadedModel": "core.models", "load_model": "core.models",

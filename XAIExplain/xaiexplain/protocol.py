@@ -52,6 +52,16 @@ def preview_file(method: str) -> str:
     return f"{method}.png"
 
 
+def shortcut_file(method: str) -> str:
+    """The shortcut check's offending region of ``method``'s map (labels: trust.shortcut.LABELS)."""
+    return f"{method}_shortcut.nrrd"
+
+
+# The labels of a shortcut region file: which kind of suspect area each voxel is in.
+SHORTCUT_LABELS = {1: "outside the body", 2: "image border", 3: "bright object"}
+REPORT_FILES = ("report.html", "report.pdf")
+
+
 def read_summary(folder) -> dict:
     """The ``summary.json`` of an output folder (a clear error if the folder holds no results)."""
     path = Path(folder) / SUMMARY_FILE

@@ -1,4 +1,4 @@
-"""The ``xaiexplain`` command: explain, methods, metrics, demo, evaluate, benchmark."""
+"""The ``xaiexplain`` command: explain, report, methods, metrics, demo, evaluate, benchmark."""
 from __future__ import annotations
 
 import argparse
@@ -117,19 +117,26 @@ def cmd_explain(args) -> int:
 
     check_output_folder(args.out, overwrite=args.overwrite)
     volumes = [read_volume(path) for path in args.input]
+    checks = _checks(args)
+    roi = read_volume(args.roi) if args.roi and args.roi != "predicted" and not args.roi.startswith(
+        "component:") else None
+    outline = read_volume(args.outline) if args.outline else roi
     bar = ProgressLines() if args.progress_lines else ProgressBar(not args.quiet)
     try:
         regions = _regions(args, volumes[0])
         params = _with_baseline(_parse_params(args.param), args.method, args.baseline)
         results = explain(args.model, volumes, args.method, target=args.target, versus=args.versus,
-                          roi=args.roi, references=args.reference, layer=args.layer, params=params,
-                          seed=args.seed, device=args.device, preprocessing=_preprocessing_overrides(args),
-                          progress=bar, regions=regions, inferer=_inferer_overrides(args))
+                          roi=roi if roi is not None else args.roi, references=args.reference,
+                          layer=args.layer, params=params, seed=args.seed, device=args.device,
+                          preprocessing=_preprocessing_overrides(args), progress=bar, regions=regions,
+                          inferer=_inferer_overrides(args), checks=checks,
+                          check_settings=_parse_params(args.check_setting, "--check-setting"))
     finally:
         bar.close()
     written = write_results(args.out, volumes[0], results, {"inputs": [str(p) for p in args.input],
                                                         "command": " ".join(sys.argv)},
-                            previews=not args.no_previews, overwrite=args.overwrite)
+                            previews=not args.no_previews, overwrite=args.overwrite, outline=outline,
+                            report=args.report)
     pred = results[0].prediction
     if pred["task"] == "classification":
         print(f"prediction: {pred['predicted_name']} (p={max(pred['probabilities']):.3f})")
@@ -141,10 +148,48 @@ def cmd_explain(args) -> int:
             print("  channels: " + ", ".join(f"{c['channel']} {c['abs_share']:.0%}" for c in r.info["channel_shares"]))
         for warning in r.warnings:  # e.g. a baseline the network cannot see: said where the map is reported
             print(f"  WARNING: {warning_text(warning)}")
+        if r.trust:
+            print(f"  trust card: {r.trust['verdict']} ({r.trust['text']})")
+            for check in r.trust["checks"]:
+                print(f"    {check['verdict']:12} {check['check']}: {check['text']}")
     warned = sum(len(r.warnings) for r in results)
     if warned:
         print(f"{warned} warning(s) above: those maps may not mean what they seem (also in summary.json)")
     print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def _checks(args):
+    """--check alone: every check; --check NAME ...: those; none: no trust card."""
+    if args.check is None:
+        if args.check_setting:
+            raise XAIError("--check-setting needs --check", "add --check (all checks) or --check NAME ...")
+        return None
+    return args.check or True
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from ..core.volume import read_volume
+    from ..io.outputs import check_output_folder, read_results
+    from ..io.report import write_report
+    from ..protocol import REPORT_FILES, read_summary
+
+    out = Path(args.out or args.results)
+    check_output_folder(out, REPORT_FILES, overwrite=args.overwrite or out == Path(args.results))
+    summary = read_summary(args.results)
+    inputs = args.input or summary.get("inputs") or []
+    if not inputs:
+        raise XAIError(f"{args.results} does not say which image its maps are of", "give it with --input FILE")
+    results = read_results(args.results)
+    image = read_volume(inputs[0])
+    if tuple(image.array.shape[1:]) != tuple(results[0].array.shape):
+        raise XAIError(f"{inputs[0]} is not the image the maps in {args.results} were made on",
+                       "give the run's first input with --input")
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_report(out, image, results, summary, outline=read_volume(args.outline) if args.outline else None)
+    print(f"wrote {', '.join(p.name for p in written)} to {out}")
     return 0
 
 
@@ -313,7 +358,22 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--progress-lines", action="store_true",
                     help="report progress as 'xaiexplain-progress {\"fraction\": F, \"message\": M}' lines on stdout")
     ex.add_argument("--no-previews", action="store_true", help="do not write the PNG previews")
+    ex.add_argument("--check", nargs="*", metavar="CHECK",
+                    help="a trust card for every map: randomisation, deletion, insertion, completeness, saturation, "
+                         "shortcut, warnings (all without names); its cost in passes is said before it runs")
+    ex.add_argument("--check-setting", action="append", help="CHECK.NAME=VALUE, e.g. deletion.steps=10")
+    ex.add_argument("--report", action="store_true", help="also write report.html and report.pdf")
+    ex.add_argument("--outline", help="a mask on the input grid drawn as an outline in the previews and the report "
+                                      "(default: the --roi mask)")
     ex.set_defaults(func=cmd_explain)
+
+    rp = sub.add_parser("report", parents=[common], help="write report.html and report.pdf of an explain run's folder")
+    rp.add_argument("--results", required=True, help="the folder an explain run wrote")
+    rp.add_argument("--input", action="append", help="the run's first input (default: as its summary.json names it)")
+    rp.add_argument("--outline", help="a mask on the input grid drawn as an outline (e.g. the ROI)")
+    rp.add_argument("--out", help="where to write the report (default: the results folder)")
+    rp.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    rp.set_defaults(func=cmd_report)
 
     me = sub.add_parser("methods", parents=[common], help="list the registered methods")
     me.add_argument("--json", action="store_true")

@@ -1,4 +1,5 @@
-"""The engine's front door: volumes + model + target + methods -> attributions on the input grid."""
+"""The engine's front door: volumes + model + target + methods -> attributions on the input grid (each method
+through ``core.attribute``), with trust cards on request."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +10,8 @@ import numpy as np
 import torch
 
 from ..errors import XAIError
-from ..methods import Context, get_method
+from ..methods import get_method
+from .attribute import attribute
 from .case import PreparedCase, prepare_case
 from .models import LoadedModel, evaluation_mode, load_model, prediction
 from .provenance import versions
@@ -33,55 +35,10 @@ def _target(target, versus, roi_model_space, logits, class_names, component=None
     return spec.resolve(logits, class_names)
 
 
-def attribute(model, x: torch.Tensor, method, *, target=None, layer: str | None = None, params: dict | None = None,
-              seed: int = 0, reference: torch.Tensor | None = None, references: torch.Tensor | None = None,
-              progress=None, cancel=None, regions: torch.Tensor | None = None):
-    """Model-space attributions for a batch ``x`` (N, C, X, Y, Z) already in model space.
-
-    ``references``: reference volumes (R, C, X, Y, Z) in model space, for DeepSHAP.
-
-    ``target``: a target object (ClassTarget, ContrastTarget, SegmentationTarget) or a class
-    index/name (None: each sample's predicted class). ``regions``: integer labels (X, Y, Z)
-    in model space for the region methods (0 = background). Returns ``(maps, info, context)``;
-    ``context.passes`` counts forward and backward passes in volumes.
-    """
-    loaded = model if isinstance(model, LoadedModel) else load_model(model, device=None)
-    method = get_method(method) if isinstance(method, str) else method
-    if method.needs_layers:
-        loaded.with_layers(x)
-    chosen = method.params(params)
-    if reference is None:
-        reference = loaded.output(x)
-    if not hasattr(target, "score"):
-        target = ClassTarget(target)
-    resolved = target.resolve(reference, loaded.class_names)
-    if regions is not None:
-        regions = torch.as_tensor(regions, device=x.device)
-    ctx = Context(loaded, x, resolved, reference, layer=layer, seed=seed, progress=progress, cancel=cancel,
-                  references=None if references is None else references.to(x), regions=regions)
-    torch.manual_seed(seed)
-    computed = loaded.windows.computed if loaded.inferer is not None else 0
-    with evaluation_mode(loaded):
-        if loaded.inferer is not None and method.needs_layers:  # hooks see one window's pass at a time
-            from ..methods.per_window import run_per_window
-            maps, info = run_per_window(method, ctx, chosen)
-        else:
-            maps, info = method.run(ctx, **chosen)
-    if loaded.inferer is not None:
-        windows = loaded.windows
-        info["sliding_window"] = {**windows.describe(x), **info.get("sliding_window", {}),
-                                  "windows_computed": windows.computed - computed}
-        if getattr(resolved, "linear", False) and "windows_on_target" not in info["sliding_window"]:
-            info["sliding_window"]["windows_on_target"] = [
-                len(windows.weights(x[n:n + 1], ctx.output_gradient(), n)[2]) for n in range(x.shape[0])]
-        windows.release()  # what the run kept is not kept with the model
-    return maps, info, ctx
-
-
 def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, roi=None, layer: str | None = None,
             params: dict | None = None, seed: int = 0, device="auto", preprocessing: dict | None = None,
             references=None, progress=None, cancel=None, regions=None, region_names=None,
-            inferer: dict | None = None) -> list[Attribution]:
+            inferer: dict | None = None, checks=None, check_settings: dict | None = None) -> list[Attribution]:
     """Explain ``model``'s decision on ``inputs`` with each of ``methods``.
 
     ``model``: a path (TorchScript, .pt2, MONAI bundle folder), an ``nn.Module``, a
@@ -100,6 +57,8 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     for DeepSHAP. ``inferer``: sliding-window settings (``roi_size``, ``overlap``, ``mode``,
     ``sw_batch_size``; MONAI's names) overriding the model's own ({}: none): the network then runs on windows
     of the whole scan, as MONAI's ``SlidingWindowInferer``, and every map explains that blended output.
+    ``checks``: True (all) or names from ``trust.CHECKS``: every result then carries its trust card
+    (``Attribution.trust``), with ``check_settings`` ({check: {setting: value}}) over the checks' defaults.
     Nothing given is modified.
     """
     # a method named twice, or by its name and an alias, runs once (one map, one output file)
@@ -113,6 +72,12 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
         raise XAIError(f"parameters were given for {', '.join(idle)}, which is not among the chosen methods "
                        f"({', '.join(m.name for m in chosen)})", "choose that method too, or drop its parameters")
     check_seed(seed)
+    card = None
+    if checks:
+        from ..trust import card_settings
+        card = card_settings(None if checks is True else checks, check_settings)
+    elif check_settings:
+        raise XAIError("check settings were given without checks", "add --check (checks=True), or drop them")
     if isinstance(inputs, PreparedCase):
         case = inputs
         _check_case(case, model, chosen, preprocessing=preprocessing, roi=roi, regions=regions, inferer=inferer,
@@ -145,16 +110,18 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
     times = PassTimes.measure(case, chosen, forward_seconds, costs, resolved, logits)
     for method, chosen_params in zip(chosen, all_params):
         check_memory(method, chosen_params, times, case.device)
-    results = []
+    results, areas = [], None
     with evaluation_mode(loaded):
         for number, (method, chosen_params, cost) in enumerate(zip(chosen, all_params, costs)):
             estimate = times.seconds(method, cost, loaded, case.device, chosen_params)
+            share = 0.5 if card else 1.0  # of the method's part of the progress: the map, then its checks
 
-            def report(fraction, message, number=number):
+            def report(fraction, message, number=number, share=share):
                 if progress is not None:
-                    progress((number + fraction) / len(chosen), message)
+                    progress((number + share * fraction) / len(chosen), message)
 
-            report(0.0, f"{method.name}: about {estimate:.1f} s ({cost['forward']} forward, {cost['backward']} backward passes)")
+            report(0.0, f"{method.name}: about {estimate:.1f} s ({cost['forward']} forward, {cost['backward']} backward passes)"
+                   + (_card_cost_text(card, method, chosen_params, case) if card else ""))
             _peak_memory(case.device, reset=True)
             start = time.perf_counter()
             maps, info, ctx = attribute(loaded, case.x, method, target=resolved, layer=layer, params=chosen_params,
@@ -169,8 +136,35 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
                          "forward_seconds": round(times.forward, 4), **ctx.passes,
                          **_peak_memory(case.device)},
                 versions=versions(), seed=seed, model={**loaded.describe(), "device": str(case.device)})))
-            report(1.0, f"{method.name}: done in {seconds:.2f} s")
+            if card:
+                if areas is None:
+                    from ..trust import suspect_areas
+                    areas = suspect_areas(case.volume)
+                _add_card(results[-1], case, method, chosen_params, resolved, maps, card, seed, areas,
+                          lambda f, m, report=report: report(1.0 + f, m), cancel)
+            report(1.0 / share, f"{method.name}: done in {seconds:.2f} s")
     return results
+
+
+def _card_cost_text(card: dict, method, params: dict, case: PreparedCase) -> str:
+    from ..trust import card_cost
+
+    cost = card_cost(card, method, params, case.model, tuple(case.x.shape[2:]), case.n_regions)
+    return (f"; its checks {sum(c['forward'] for c in cost.values())} forward, "
+            f"{sum(c['backward'] for c in cost.values())} backward passes")
+
+
+def _add_card(result: Attribution, case: PreparedCase, method, params, target, maps, card, seed, areas, progress,
+              cancel) -> None:
+    """The trust card of a result made here (its map in model space at hand), and the shortcut check's region."""
+    from ..trust import trust_card
+
+    result.trust = trust_card(case, method, params, target, maps, result, chosen=card, seed=seed, progress=progress,
+                              cancel=cancel, areas=areas)
+    for entry in result.trust["checks"]:
+        region = entry.pop("region", None)
+        if region is not None and region.any():
+            result.shortcut_region = case.volume.with_array(region[None], ["shortcut"])
 
 
 def _peak_memory(device: torch.device, reset: bool = False) -> dict:

@@ -27,6 +27,8 @@ class Attribution:
     notes: list[str] = field(default_factory=list)  # how the input was handled (resampled, ...)
     regions: list[dict] | None = None  # region table (regions.region_table), rank order, when regions were given
     region_labels: Volume | None = None  # the regions' integer labels on the input grid (written as regions.nrrd)
+    trust: dict | None = None  # the trust card (trust.trust_card), when the checks ran
+    shortcut_region: Volume | None = None  # the shortcut check's offending voxels (trust.shortcut.LABELS)
 
     @property
     def warnings(self) -> list[dict]:
@@ -54,6 +56,8 @@ class Attribution:
                     "direction": self.map.direction.flatten().tolist(), "min": float(a.min()), "max": float(a.max()),
                     "sum": float(a.sum(dtype=np.float64)), "peak_index": list(self.peak_index())},
         }
+        if self.trust is not None:
+            out["trust"] = _no_nan(_jsonable(self.trust))
         if self.regions is not None:
             out["regions"] = [{k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
                               for row in _jsonable(self.regions)]  # NaN (a region not scored) is not JSON
@@ -77,6 +81,15 @@ def _jsonable(value):
     if hasattr(value, "shape"):
         return f"<array {tuple(value.shape)}>"
     return str(value)
+
+
+def _no_nan(value):
+    """NaN (a check with nothing to measure) as None: JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return None if isinstance(value, float) and value != value else value
 
 
 def peak_voxel(a: np.ndarray) -> tuple[int, ...]:

@@ -19,9 +19,9 @@ import numpy as np
 from ..core.result import Attribution
 from ..core.volume import Volume, read_volume, write_volume
 from ..errors import XAIError
-from ..protocol import REGIONS_LABELS_FILE, REGIONS_TABLE_FILE, SUMMARY_FILE, map_file, preview_file, read_summary
-from .preview import render_preview
-
+from ..protocol import (REGIONS_LABELS_FILE, REGIONS_TABLE_FILE, REPORT_FILES, SUMMARY_FILE, map_file, preview_file,
+                        read_summary, shortcut_file)
+from .preview import preview_point, render_preview
 
 STAGING_PREFIX = ".xaiexplain-"  # then the writing process' id: a folder whose process is gone is stale
 
@@ -74,21 +74,24 @@ def stale_results(folder: Path) -> list[Path]:
         items = read_summary(folder).get("results", [])
     except (XAIError, ValueError, OSError, AttributeError):  # no summary, or not one of ours
         return []
-    names = {SUMMARY_FILE, REGIONS_TABLE_FILE, REGIONS_LABELS_FILE}
+    names = {SUMMARY_FILE, REGIONS_TABLE_FILE, REGIONS_LABELS_FILE, *REPORT_FILES}
     for item in items if isinstance(items, list) else []:
         method = str(item.get("method", "")) if isinstance(item, dict) else ""
         if method:
-            names |= {map_file(method), preview_file(method)}
+            names |= {map_file(method), preview_file(method), shortcut_file(method)}
             names |= {p.name for p in folder.glob(map_file(method, "*"))}
     return sorted(folder / name for name in names if (folder / name).is_file())
 
 
 def write_results(out_dir, volume: Volume, attributions: list[Attribution], summary_extra: dict | None = None,
-                  previews: bool = True, overwrite: bool = False) -> list[Path]:
+                  previews: bool = True, overwrite: bool = False, outline: Volume | None = None,
+                  report: bool = False) -> list[Path]:
     """Write every file into a temporary folder beside ``out_dir``, then move them in; on error nothing lands.
 
-    A folder that already holds results is refused unless ``overwrite``; then those results are replaced
-    (files of theirs that the new ones do not have are removed, so the folder never mixes two runs)."""
+    Previews cut every map through the same voxel and draw ``outline`` (the ROI, or a mask) as a contour;
+    ``report``: also report.html and report.pdf (:mod:`xaiexplain.io.report`). A folder that already holds
+    results is refused unless ``overwrite``; then those results are replaced (files of theirs that the new
+    ones do not have are removed, so the folder never mixes two runs)."""
     out_dir = Path(out_dir)
     stale = check_output_folder(out_dir, overwrite=overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -96,16 +99,21 @@ def write_results(out_dir, volume: Volume, attributions: list[Attribution], summ
     staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=out_dir.parent))
     try:
         names = []
+        point = preview_point(attributions) if attributions else None
         for att in attributions:
             names.append(map_file(att.method))
             write_volume(att.map, staging / names[-1])
+            if att.shortcut_region is not None:
+                names.append(shortcut_file(att.method))
+                write_volume(att.shortcut_region, staging / names[-1])
             if att.channel_maps is not None:
                 for c, channel in enumerate(att.channel_maps.channel_names):
                     names.append(map_file(att.method, channel))
                     write_volume(att.channel_maps, staging / names[-1], channel=c)
             if previews:
                 names.append(preview_file(att.method))
-                render_preview(volume, att, staging / names[-1], f"{att.method} - target {att.target.get('name')}")
+                render_preview(volume, att, staging / names[-1], f"{att.method} - target {att.target.get('name')}",
+                               point=point, outline=outline)
         if any(att.regions is not None for att in attributions):
             write_region_table(staging / REGIONS_TABLE_FILE, attributions)
             names.append(REGIONS_TABLE_FILE)
@@ -116,6 +124,9 @@ def write_results(out_dir, volume: Volume, attributions: list[Attribution], summ
         summary = {**(summary_extra or {}), "results": [a.to_dict() for a in attributions]}
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
         names.append(SUMMARY_FILE)
+        if report:
+            from .report import write_report
+            names += [p.name for p in write_report(staging, volume, attributions, summary, outline=outline)]
         out_dir.mkdir(parents=True, exist_ok=True)
         written = []
         with _uninterrupted():
@@ -175,6 +186,7 @@ def read_results(folder) -> list[Attribution]:
         info = dict(item.get("info") or {})
         if item.get("warnings"):  # in memory the method's info holds them (Attribution.warnings)
             info["warnings"] = [dict(w) for w in item["warnings"]]
+        region = folder / shortcut_file(method)
         out.append(Attribution(
             map=_read_map(folder, method), method=method, signed=bool(item["signed"]),
             params=dict(item.get("params") or {}), target=dict(item.get("target") or {}),
@@ -182,7 +194,8 @@ def read_results(folder) -> list[Attribution]:
             versions=dict(item.get("versions") or {}), seed=int(item.get("seed", 0)),
             model=dict(item.get("model") or {}), channel_maps=_read_channel_maps(folder, method, info),
             info=info, notes=list(item.get("notes") or []), regions=rows,
-            region_labels=labels if rows is not None else None))
+            region_labels=labels if rows is not None else None, trust=item.get("trust"),
+            shortcut_region=read_volume(region) if region.is_file() else None))
     return out
 
 

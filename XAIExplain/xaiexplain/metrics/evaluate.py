@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from ..core.explain import attribute
+from ..core.attribute import attribute
 from ..core.provenance import versions
 from ..core.result import _jsonable
 from ..errors import XAIError

@@ -18,7 +18,7 @@ import dataclasses
 
 import torch
 
-from ..core.explain import attribute
+from ..core.attribute import attribute
 from ..methods import get_method
 from .common import loaded, map_similarity, voxel_map
 from .robustness import fixed_target
@@ -50,8 +50,10 @@ def randomise(network: torch.nn.Module, names: list[str], seed: int) -> None:
 
 
 def model_randomisation(model, x: torch.Tensor, method, *, target=None, attribution=None, params: dict | None = None,
-                        seed: int = 0, depth: int | None = 2, pair: torch.Tensor | None = None, context=None) -> dict:
-    """Cascading randomisation; costs (groups + 1) x the method's passes (+1 map if none is given)."""
+                        seed: int = 0, depth: int | None = 2, pair: torch.Tensor | None = None, context=None,
+                        cancel=None) -> dict:
+    """Cascading randomisation; costs (groups + 1) x the method's passes (+1 map if none is given).
+    ``cancel``: a flag checked between the maps' batches."""
     model = loaded(model)
     method = get_method(method) if isinstance(method, str) else method
     target, reference = fixed_target(model, x, target)
@@ -59,7 +61,7 @@ def model_randomisation(model, x: torch.Tensor, method, *, target=None, attribut
 
     def explain_with(m, inputs):
         maps, _, ctx = attribute(m, inputs, method, target=target, params=params, seed=seed, reference=reference,
-                                 **(context or {}))
+                                 cancel=cancel, **(context or {}))
         for key in passes:
             passes[key] += ctx.passes[key]
         return voxel_map(maps)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..errors import XAIError
-from ..core.explain import attribute
+from ..core.attribute import attribute
 from ..methods.base import batched
 from ..core.targets import ClassTarget, SegmentationTarget
 from .common import loaded, spearman, voxel_map

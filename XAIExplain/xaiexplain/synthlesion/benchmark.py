@@ -19,7 +19,7 @@ import numpy as np
 
 from ..protocol import demo_bundle
 from ..core.case import PreparedCase, prepare_case
-from ..core.explain import attribute
+from ..core.attribute import attribute
 from ..methods import REGISTRY, get_method
 from ..metrics import REGISTRY as METRICS
 from ..metrics import evaluate, get_metric, summary_columns, summary_row, top_mass_share
