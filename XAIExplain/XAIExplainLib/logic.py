@@ -260,8 +260,8 @@ class ExplainLogicBase:
                 params: dict | None = None, seed: int = 0, device: str = "auto", regions=None,
                 roiSegment: str | None = None, inferer: dict | None = None, checks=None,
                 checkSettings: dict | None = None, useWorker: bool | None = None, waitForCompletion: bool = True,
-                progressCallback=None, completionCallback=None, show: bool = True, show3D: bool = False, threshold: float | None = None,
-                opacity: float = display.DEFAULT_OPACITY):
+                progressCallback=None, completionCallback=None, show: bool = True, show3D: bool = False,
+                threshold: float | None = None, opacity: float = display.DEFAULT_OPACITY):
         """Explain ``model`` on ``inputVolumes`` (one node, or a list: channels) with each of ``methods``.
 
         ``model``: a MONAI bundle folder, a TorchScript / .pt2 file (``demoModelPath()`` for the demo).

@@ -112,21 +112,22 @@ def _with_baseline(params: dict, methods: list[str], baseline: str | None) -> di
 def cmd_explain(args) -> int:
     from ..core.explain import explain
     from ..core.result import warning_text
+    from ..core.targets import roi_component
     from ..core.volume import read_volume
     from ..io.outputs import check_output_folder, write_results
 
     check_output_folder(args.out, overwrite=args.overwrite)
     volumes = [read_volume(path) for path in args.input]
     checks = _checks(args)
-    roi = read_volume(args.roi) if args.roi and args.roi != "predicted" and not args.roi.startswith(
-        "component:") else None
-    outline = read_volume(args.outline) if args.outline else roi
+    # a mask file is read once: explained as the ROI and drawn as the previews' outline
+    roi = args.roi if args.roi in (None, "predicted") or roi_component(args.roi) else read_volume(args.roi)
+    outline = read_volume(args.outline) if args.outline else None if isinstance(roi, str) else roi
     bar = ProgressLines() if args.progress_lines else ProgressBar(not args.quiet)
     try:
         regions = _regions(args, volumes[0])
         params = _with_baseline(_parse_params(args.param), args.method, args.baseline)
         results = explain(args.model, volumes, args.method, target=args.target, versus=args.versus,
-                          roi=roi if roi is not None else args.roi, references=args.reference,
+                          roi=roi, references=args.reference,
                           layer=args.layer, params=params, seed=args.seed, device=args.device,
                           preprocessing=_preprocessing_overrides(args), progress=bar, regions=regions,
                           inferer=_inferer_overrides(args), checks=checks,

@@ -137,7 +137,7 @@ def explain(model, inputs, methods=("gradcam",), *, target=None, versus=None, ro
                          **_peak_memory(case.device)},
                 versions=versions(), seed=seed, model={**loaded.describe(), "device": str(case.device)})))
             if card:
-                if areas is None:
+                if areas is None and "shortcut" in card:  # the image's, once for every map of the run
                     from ..trust import suspect_areas
                     areas = suspect_areas(case.volume)
                 _add_card(results[-1], case, method, chosen_params, resolved, maps, card, seed, areas,

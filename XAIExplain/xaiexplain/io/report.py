@@ -185,19 +185,16 @@ def _write_pdf(path: Path, facts, attributions, previews, curves, regions) -> No
     import matplotlib.pyplot as plt
     from matplotlib.backends.backend_pdf import PdfPages
 
-    def page():
-        fig = plt.figure(figsize=(8.27, 11.69))  # A4
-        return fig
-
+    a4 = (8.27, 11.69)
     with PdfPages(path) as pdf:
-        fig = page()
+        fig = plt.figure(figsize=a4)
         lines = ["XAIExplain report", ""] + [line for k, v in facts
                                              for line in textwrap.wrap(f"{k}: {v}", 95, subsequent_indent="    ")]
         fig.text(0.06, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=8)
         pdf.savefig(fig)
         plt.close(fig)
         for att, preview, curve in zip(attributions, previews, curves):
-            fig = page()
+            fig = plt.figure(figsize=a4)
             ax = fig.add_axes([0.03, 0.66, 0.94, 0.3])
             ax.imshow(mpimg.imread(io.BytesIO(preview), format="png"))
             ax.axis("off")
@@ -215,7 +212,7 @@ def _write_pdf(path: Path, facts, attributions, previews, curves, regions) -> No
             plt.close(fig)
         header, rows = regions
         if rows:
-            fig = page()
+            fig = plt.figure(figsize=a4)
             lines = ["Regions, every method side by side", "", " | ".join(header)]
             lines += [" | ".join(str(c) for c in row) for row in rows[:TOP_REGIONS]]
             fig.text(0.04, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=6)

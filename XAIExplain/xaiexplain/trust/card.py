@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 from ..errors import XAIError
-from ..methods.base import BASELINE, checked_value
+from ..methods.base import BASELINE, Cancelled, checked_value
 from ..methods.machinery.perturbation import SCORES
 from ..methods.machinery.scoring import Scorer
 from ..metrics.correctness import completeness, perturbation_curve
@@ -114,7 +114,6 @@ def trust_card(case, method, params: dict, target, maps, result, *, chosen: dict
     checks = []
     for number, (name, s) in enumerate(chosen.items()):
         if cancel is not None and cancel():
-            from ..methods.base import Cancelled
             raise Cancelled()
         if progress is not None:
             progress(number / len(chosen), f"{method.name}: check {name}")
