@@ -46,6 +46,30 @@ def test_ctrl_c_at_any_moment_of_start_up_is_a_clean_stop(world, delay):
     assert list(out.parent.iterdir()) == []
 
 
+def test_libraries_with_c_cores_load_before_ctrl_c_becomes_an_exception():
+    """torch's C++ swallows a KeyboardInterrupt that lands while it loads numpy, and its next import of numpy then
+    fails ('cannot load module more than once'): torch, numpy, SimpleITK and MONAI must all be loaded, under
+    start-up's exit-at-once handler, before main() turns Ctrl-C into an exception (a new process, as a user runs
+    it; the spy reports what is loaded at that moment)."""
+    import subprocess
+    import sys
+
+    spy = ("import signal, sys\n"
+           "real = signal.signal\n"
+           "def spy(signum, handler):\n"
+           "    if handler is signal.default_int_handler:\n"
+           "        print(' '.join(m for m in ('numpy', 'torch', 'SimpleITK', 'monai') if m not in sys.modules))\n"
+           "        sys.stdout.flush()\n"
+           "    return real(signum, handler)\n"
+           "signal.signal = spy\n"
+           "sys.argv = ['xaiexplain', 'methods']\n"
+           "from xaiexplain.cli.start import run\n"
+           "run()\n")
+    done = subprocess.run([sys.executable, "-c", spy], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "", f"not loaded yet when Ctrl-C became an exception: {done.stdout}"
+
+
 def test_libraries_console_output_only_with_verbose(world):
     """torch logs a traceback for a corrupt .pt2 before the engine's own message; ITK warns in C++ about a
     folder without DICOM: a terminal (a new process, as a user runs it) shows them only with --verbose."""

@@ -452,10 +452,20 @@ def _library_noise(verbose: bool):
             sitk.ProcessObject.SetGlobalWarningDisplay(itk_warnings)
 
 
+def _load_libraries() -> None:
+    """The libraries with C cores, imported while start-up's Ctrl-C handler (:mod:`.start`: exit at once)
+    still stands. An interrupt must not land inside them: torch's C++ swallows one that arrives while it loads
+    numpy, and its next import of numpy then fails (numpy's core loads only once per process)."""
+    import monai  # noqa: F401
+    import SimpleITK  # noqa: F401
+    import torch  # noqa: F401
+
+
 def main(argv=None) -> int:
     try:
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here a stop goes through the finally blocks
         args = build_parser().parse_args(argv)
+        _load_libraries()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here a stop goes through the finally blocks
         with _library_noise(getattr(args, "verbose", False)):
             return args.func(args)
     except XAIError as err:
