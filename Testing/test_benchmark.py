@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 
-from xaiexplain.synthlesion.benchmark import bootstrap_ci, randomisation_verdicts, run_benchmark
+from xaiexplain.metrics.common import bootstrap_ci
+from xaiexplain.synthlesion.benchmark import randomisation_verdicts, run_benchmark
 from xaiexplain.synthlesion.report import write_report
 
 

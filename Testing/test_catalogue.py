@@ -391,28 +391,25 @@ def _run_command(world: Path, name: str, capfd) -> tuple[int, str]:
 def _api_request(name: str, world: Path) -> dict | None:
     """The explain() call the command makes for this case; None if the case is the command line's own (its
     syntax, its --out) and has no Python equivalent."""
-    from xaiexplain.cli.main import (_inferer_overrides, _parse_params, _preprocessing_overrides, _regions,
-                                     _with_baseline, build_parser)
+    from xaiexplain.cli.main import build_parser
+    from xaiexplain.cli.options import explain_settings, region_spec
+    from xaiexplain.io.folder_run import case_regions
 
     case = CASES[name]
     if case.get("command", "explain") != "explain" or "--out" in case["args"]:
         return None
     try:
         args = build_parser().parse_args(_argv(case, world / "in", world / "unused")[:-1])
-        params = _with_baseline(_parse_params(args.param), args.method, args.baseline)
-        preprocessing, inferer = _preprocessing_overrides(args), _inferer_overrides(args)
-        if args.region_names and not args.regions or sum(map(bool, (args.atlas, args.regions,
-                                                                  args.supervoxels is not None))) > 1:
-            return None
+        settings, spec = explain_settings(args), region_spec(args)
     except XAIError:  # the command line's syntax
         return None
     try:
-        regions = _regions(args, read_volume(args.input[0]))
+        regions = case_regions(read_volume(args.input[0]), spec)
     except XAIError as err:  # read or made before explain(): the same functions, called by a user
         return {"raises": err}
-    return dict(model=args.model, inputs=args.input, methods=args.method, target=args.target, versus=args.versus,
-                roi=args.roi, references=args.reference or None, layer=args.layer, params=params, seed=args.seed,
-                device=args.device, preprocessing=preprocessing or None, regions=regions, inferer=inferer)
+    return dict(model=args.model, inputs=args.input, roi=args.roi, references=args.reference or None,
+                regions=regions, **{**settings, "preprocessing": settings["preprocessing"] or None,
+                                    "checks": None, "check_settings": None})
 
 
 API_CASES = [name for name in CASES if CASES[name].get("command", "explain") == "explain"]

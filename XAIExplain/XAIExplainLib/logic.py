@@ -19,6 +19,7 @@ import math
 import time
 
 from . import dependencies, display, regions, results, sampledata, trust
+from .cohort import CohortLogic
 from .request import ExplainRequest
 from .results import addResultNodes, labelSegmentation
 from .runners import InProcessRunner, WorkerRunner
@@ -29,7 +30,7 @@ DEVICES = ("auto", "cpu", "cuda")
 OFFERED_TYPES = ("int", "float", "str", "bool", "baseline")  # parameter types a panel can offer ("object": console)
 
 
-class ExplainLogicBase:
+class ExplainLogicBase(CohortLogic):
     def __init__(self, scene, *, appLogic=None, vrLogic=None, python: str | None = None, popen=None,
                  processEvents=None):
         self.scene = scene
@@ -39,6 +40,7 @@ class ExplainLogicBase:
         self.popen = popen
         self.processEvents = processEvents  # run between an in-process run's reports (Slicer's event loop)
         self.runner = None  # the current or last run
+        self.cohortRunner = None  # the current or last cohort run (CohortLogic.runCohort)
         self.status = "idle"  # the last run's: running, done, failed, cancelled
         self.lastResults: list = []
         self.lastWarnings: list[str] = []  # the last run's warnings about its maps, e.g. a blind baseline

@@ -1,4 +1,4 @@
-"""The ``xaiexplain`` command: explain, report, methods, metrics, demo, evaluate, benchmark."""
+"""The ``xaiexplain`` command: explain, report, methods, metrics, demo, evaluate, benchmark, cohort."""
 from __future__ import annotations
 
 import argparse
@@ -10,134 +10,30 @@ from contextlib import contextmanager
 
 from .. import __version__
 from ..errors import CANCELLED, XAIError
+from .cohort import add_cohort_parser
+from .options import (OVERWRITE_HELP, add_explain_options, add_run_options, add_target_options, explain_settings,
+                      parse_params, region_spec)
 from .progress import ProgressBar, ProgressLines
 
 EVALUATION_FILES = ("evaluation.json", "evaluation.csv")
-OVERWRITE_HELP = "replace the results a previous run left in --out (without it, such a folder is refused)"
-
-
-def _parse_params(items: list[str], flag: str = "--param") -> dict:
-    """``--param smoothgrad.samples=50`` -> {'smoothgrad': {'samples': 50}} (values read as JSON if they parse);
-    ``flag='--setting'`` reads metric settings alike."""
-    params: dict = {}
-    owner, example = ("METRIC", "deletion.steps=20") if flag == "--setting" else ("METHOD", "smoothgrad.samples=50")
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        method, dot, name = key.partition(".")
-        if not sep or not dot:
-            raise XAIError(f"cannot read {flag} '{item}'", f"write it as {owner}.NAME=VALUE, e.g. {example}")
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
-        params.setdefault(method, {})[name] = value
-    return params
-
-
-def _preprocessing_overrides(args) -> dict:
-    out = {}
-    if args.orientation:
-        out["orientation"] = args.orientation
-    if args.spacing:
-        out["spacing"] = args.spacing
-    if args.size:
-        out["spatial_size"] = args.size
-    if args.intensity:
-        kind, _, rest = args.intensity.partition(":")
-        try:
-            values = [float(v) for v in rest.split(",")] if rest else []
-        except ValueError:
-            values = None  # refused below, with the forms that work
-        if values is None:
-            pass
-        elif kind == "range" and len(values) == 4:
-            out["intensity"] = {"kind": "range", "a_min": values[0], "a_max": values[1], "b_min": values[2], "b_max": values[3]}
-        elif kind == "percentiles" and len(values) == 2:
-            out["intensity"] = {"kind": "percentiles", "lower": values[0], "upper": values[1], "b_min": 0.0, "b_max": 1.0}
-        elif kind == "zscore" and not values:
-            out["intensity"] = {"kind": "zscore"}
-        if "intensity" not in out:
-            raise XAIError(f"cannot read --intensity '{args.intensity}'",
-                           "use range:AMIN,AMAX,BMIN,BMAX or percentiles:LOW,HIGH or zscore")
-    return out
-
-
-def _inferer_overrides(args) -> dict | None:
-    """--window / --overlap / --blend / --window-batch (each overrides the model's own), --no-window (none)."""
-    given = {key: value for key, value in (("roi_size", args.window), ("overlap", args.overlap),
-                                           ("mode", args.blend), ("sw_batch_size", args.window_batch))
-             if value is not None}
-    if args.no_window:
-        if given:
-            raise XAIError("--no-window and the window settings contradict each other", "give one or the other")
-        return {}
-    return given or None
-
-
-def _regions(args, volume):
-    """The region source named by --atlas / --regions / --supervoxels (None: none given)."""
-    from ..regions import harvard_oxford_regions, label_regions, supervoxel_regions
-
-    given = [flag for flag, value in (("--atlas", args.atlas), ("--regions", args.regions),
-                                      ("--supervoxels", args.supervoxels)) if value is not None]
-    if len(given) > 1:
-        raise XAIError(f"{' and '.join(given)} both name regions", "give only one region source")
-    if args.region_names and not args.regions:
-        raise XAIError("--region-names needs --regions", "give the label volume with --regions LABELS")
-    if args.atlas:
-        return harvard_oxford_regions(volume, registration=args.registration, threshold=args.atlas_threshold)
-    if args.regions:
-        return label_regions(args.regions, args.region_names, volume)
-    if args.supervoxels is not None:
-        return supervoxel_regions(volume, n_segments=args.supervoxels)
-    return None
-
-
-def _with_baseline(params: dict, methods: list[str], baseline: str | None) -> dict:
-    """--baseline sets the ``baseline`` parameter of every chosen method that has one (--param wins)."""
-    from ..methods import REGISTRY, get_method
-
-    if baseline is None:
-        return params
-    takers = [get_method(m) for m in methods if "baseline" in get_method(m).defaults]
-    if not takers:
-        users = [name for name, m in REGISTRY.items() if "baseline" in m.defaults]
-        raise XAIError("--baseline was given but no chosen method uses a baseline",
-                       f"drop --baseline, or choose one of: {', '.join(users)}")
-    for method in takers:
-        params.setdefault(method.name, {}).setdefault("baseline", baseline)
-    return params
 
 
 def cmd_explain(args) -> int:
-    from ..core.explain import explain
     from ..core.result import warning_text
-    from ..core.targets import roi_component
-    from ..core.volume import read_volume
-    from ..io.outputs import check_output_folder, write_results
+    from ..io.folder_run import explain_to_folder
+    from ..io.outputs import check_output_folder
 
     check_output_folder(args.out, overwrite=args.overwrite)
-    volumes = [read_volume(path) for path in args.input]
-    checks = _checks(args)
-    # a mask file is read once: explained as the ROI and drawn as the previews' outline
-    roi = args.roi if args.roi in (None, "predicted") or roi_component(args.roi) else read_volume(args.roi)
-    outline = read_volume(args.outline) if args.outline else None if isinstance(roi, str) else roi
+    settings, regions = explain_settings(args), region_spec(args)
     bar = ProgressLines() if args.progress_lines else ProgressBar(not args.quiet)
     try:
-        regions = _regions(args, volumes[0])
-        params = _with_baseline(_parse_params(args.param), args.method, args.baseline)
-        results = explain(args.model, volumes, args.method, target=args.target, versus=args.versus,
-                          roi=roi, references=args.reference,
-                          layer=args.layer, params=params, seed=args.seed, device=args.device,
-                          preprocessing=_preprocessing_overrides(args), progress=bar, regions=regions,
-                          inferer=_inferer_overrides(args), checks=checks,
-                          check_settings=_parse_params(args.check_setting, "--check-setting"))
+        results, written = explain_to_folder(args.model, args.input, args.out, roi=args.roi, outline=args.outline,
+                                             references=args.reference, regions=regions,
+                                             previews=not args.no_previews, report=args.report,
+                                             overwrite=args.overwrite, summary_extra={"command": " ".join(sys.argv)},
+                                             progress=bar, **settings)
     finally:
         bar.close()
-    written = write_results(args.out, volumes[0], results, {"inputs": [str(p) for p in args.input],
-                                                        "command": " ".join(sys.argv)},
-                            previews=not args.no_previews, overwrite=args.overwrite, outline=outline,
-                            report=args.report)
     pred = results[0].prediction
     if pred["task"] == "classification":
         print(f"prediction: {pred['predicted_name']} (p={max(pred['probabilities']):.3f})")
@@ -158,15 +54,6 @@ def cmd_explain(args) -> int:
         print(f"{warned} warning(s) above: those maps may not mean what they seem (also in summary.json)")
     print(f"wrote {len(written)} files to {args.out}")
     return 0
-
-
-def _checks(args):
-    """--check alone: every check; --check NAME ...: those; none: no trust card."""
-    if args.check is None:
-        if args.check_setting:
-            raise XAIError("--check-setting needs --check", "add --check (all checks) or --check NAME ...")
-        return None
-    return args.check or True
 
 
 def cmd_report(args) -> int:
@@ -250,8 +137,8 @@ def cmd_evaluate(args) -> int:
     bar = ProgressBar(not args.quiet)
     try:
         records = evaluate_volumes(args.model, args.input, args.method, target=args.target, mask=args.mask,
-                                   substrate=args.substrate, metrics=args.metric, params=_parse_params(args.param),
-                                   settings=_parse_params(args.setting, "--setting"), seed=args.seed,
+                                   substrate=args.substrate, metrics=args.metric, params=parse_params(args.param),
+                                   settings=parse_params(args.setting, "--setting"), seed=args.seed,
                                    device=args.device, progress=bar)
     finally:
         bar.close()
@@ -299,16 +186,7 @@ def _case_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="TorchScript file, .pt2 program or MONAI bundle folder")
     parser.add_argument("--input", required=True, action="append",
                         help="volume file or DICOM folder (repeat for channels)")
-    parser.add_argument("--method", action="append", required=True, help="method name (repeat for several)")
-    parser.add_argument("--target", help="class index or name (default: the predicted class)")
-
-
-def _run_arguments(parser) -> None:
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_target_options(parser)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -329,41 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("explain", parents=[common], help="compute attribution maps for one case")
     _case_arguments(ex)
-    ex.add_argument("--versus", help="second class: explain target minus versus")
-    ex.add_argument("--roi", help="mask on the input grid (segmentation models), 'predicted', or 'component:N' "
-                                  "(the N-th largest connected component of the predicted class)")
-    ex.add_argument("--reference", action="append", default=[], metavar="FILE",
-                    help="a reference volume for deepshap (e.g. healthy templates or a counterfactual), repeatable")
-    ex.add_argument("--layer", help="module name for CAM methods (default: last spatial feature map)")
-    ex.add_argument("--param", action="append", help="METHOD.NAME=VALUE, e.g. smoothgrad.samples=50")
-    ex.add_argument("--orientation", help="reorient to these axis codes before the model, e.g. RAS")
-    ex.add_argument("--spacing", type=float, nargs=3, help="resample to this spacing (mm)")
-    ex.add_argument("--size", type=int, nargs=3, help="crop/pad to this size (voxels)")
-    ex.add_argument("--intensity", help="range:AMIN,AMAX,BMIN,BMAX | percentiles:LOW,HIGH | zscore")
-    ex.add_argument("--window", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                    help="run the model on sliding windows of this size over the whole scan, as MONAI's "
-                         "SlidingWindowInferer (default: the bundle's or the model's own inferer, if any)")
-    ex.add_argument("--overlap", type=float, help="sliding windows' overlap, 0 to <1 (0.25)")
-    ex.add_argument("--blend", choices=["constant", "gaussian"], help="how overlapping windows are blended")
-    ex.add_argument("--window-batch", type=int, help="windows per forward pass (sw_batch_size)")
-    ex.add_argument("--no-window", action="store_true", help="ignore the model's own sliding-window inferer")
-    ex.add_argument("--atlas", choices=["harvard-oxford"], help="score anatomical regions of this atlas")
-    ex.add_argument("--registration", choices=["none", "affine", "deformable"], default="affine",
-                    help="how the atlas gets into the volume: none (already MNI), affine (default), deformable")
-    ex.add_argument("--atlas-threshold", type=float, default=25.0, help="atlas probability threshold, %% (25)")
-    ex.add_argument("--regions", help="label volume (NIfTI/NRRD) on the input's space: regions to score")
-    ex.add_argument("--region-names", help="names of the --regions labels: CSV (id,name) or Slicer colour table")
-    ex.add_argument("--supervoxels", type=int, help="use this many 3D SLIC supervoxels as regions")
-    ex.add_argument("--baseline", help="what perturbations put in: zeros, mean, blur, or a reference volume file")
-    _run_arguments(ex)
+    add_explain_options(ex)
+    add_run_options(ex)
     ex.add_argument("--progress-lines", action="store_true",
                     help="report progress as 'xaiexplain-progress {\"fraction\": F, \"message\": M}' lines on stdout")
-    ex.add_argument("--no-previews", action="store_true", help="do not write the PNG previews")
-    ex.add_argument("--check", nargs="*", metavar="CHECK",
-                    help="a trust card for every map: randomisation, deletion, insertion, completeness, saturation, "
-                         "shortcut, warnings (all without names); its cost in passes is said before it runs")
-    ex.add_argument("--check-setting", action="append", help="CHECK.NAME=VALUE, e.g. deletion.steps=10")
-    ex.add_argument("--report", action="store_true", help="also write report.html and report.pdf")
     ex.add_argument("--outline", help="a mask on the input grid drawn as an outline in the previews and the report "
                                       "(default: the --roi mask)")
     ex.set_defaults(func=cmd_explain)
@@ -407,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--metric", action="append", help="metric name (repeat; default: all)")
     ev.add_argument("--param", action="append", help="METHOD.NAME=VALUE, e.g. integrated-gradients.steps=16")
     ev.add_argument("--setting", action="append", help="METRIC.NAME=VALUE, e.g. deletion.steps=20")
-    _run_arguments(ev)
+    add_run_options(ev)
     ev.set_defaults(func=cmd_evaluate)
 
     be = sub.add_parser("benchmark", parents=[common],
@@ -421,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--quiet", action="store_true")
     be.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     be.set_defaults(func=cmd_benchmark)
+
+    add_cohort_parser(sub, [common])
     return parser
 
 
@@ -456,8 +305,8 @@ def _load_libraries() -> None:
     """The libraries with C cores, imported while start-up's Ctrl-C handler (:mod:`.start`: exit at once)
     still stands. An interrupt must not land inside them: torch's C++ swallows one that arrives while it loads
     numpy, and its next import of numpy then fails (numpy's core loads only once per process)."""
-    import monai  # noqa: F401
     import SimpleITK  # noqa: F401
+    import monai  # noqa: F401
     import torch  # noqa: F401
 
 

@@ -10,7 +10,6 @@ TorchScript or ``.pt2`` file may give ``class_names``, ``in_channels``,
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import types
 import warnings
@@ -24,6 +23,7 @@ from torch import nn
 
 from ..errors import XAIError
 from .preprocess import PreprocessSpec
+from .provenance import file_sha256
 from .windows import SlidingWindows, WindowSpec
 
 FORMATS = ("module", "bundle", "export", "torchscript")
@@ -210,14 +210,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for f in files:
-        digest.update(f.read_bytes())
-    return digest.hexdigest()
-
-
 def _first_conv_channels(network: nn.Module) -> int | None:
     for module in network.modules():
         if isinstance(module, (nn.Conv3d, nn.Conv2d, nn.Conv1d)):
@@ -370,7 +362,7 @@ def load_model(source, *, class_names: list[str] | None = None, in_channels: int
             path = Path(source)
             if not path.exists():
                 raise XAIError(f"model '{path}' does not exist", "check the path (a file or a MONAI bundle folder)")
-            digest = _sha256(path)
+            digest = file_sha256(path)
             where = str(path)
             if path.is_dir():
                 from .bundle import read_bundle

@@ -26,7 +26,7 @@ from .preview import preview_point, render_preview
 STAGING_PREFIX = ".xaiexplain-"  # then the writing process' id: a folder whose process is gone is stale
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -41,7 +41,7 @@ def remove_stale_staging(folder: Path) -> list[Path]:
     removed = []
     for path in folder.glob(f"{STAGING_PREFIX}*"):
         pid = path.name[len(STAGING_PREFIX):].split("-")[0]
-        if path.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        if path.is_dir() and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed

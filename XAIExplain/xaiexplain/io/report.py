@@ -63,7 +63,7 @@ def _curve_figure(att):
     return fig
 
 
-def _png(fig) -> bytes:
+def figure_png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
@@ -72,11 +72,11 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def _img(data: bytes, alt: str) -> str:
+def image_tag(data: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
-def _table(header: list[str], rows: list[list], cls: str = "") -> str:
+def html_table(header: list[str], rows: list[list], cls: str = "") -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
     return f'<table class="{cls}"><tr>{head}</tr>{body}</table>'
@@ -86,7 +86,7 @@ def _verdict(verdict: str) -> str:
     return f'<b style="color:{VERDICT_COLOURS.get(verdict, "#000")}">{html.escape(verdict)}</b>'
 
 
-def _number(value, digits: int = 4) -> str:
+def number_text(value, digits: int = 4) -> str:
     return "" if value is None or (isinstance(value, float) and value != value) else f"{value:.{digits}g}"
 
 
@@ -107,7 +107,7 @@ def region_comparison(attributions) -> tuple[list[str], list[list]]:
         row = [region["name"]]
         for _, rows_by_id in tables:
             other = rows_by_id.get(region["id"], {})
-            row += [_number(other.get("score")), str(other.get("rank", ""))]
+            row += [number_text(other.get("score")), str(other.get("rank", ""))]
         rows.append(row)
     return header, rows
 
@@ -137,18 +137,18 @@ def write_report(folder, image: Volume, attributions, summary: dict | None = Non
     summary = summary or {}
     previews = _previews(image, attributions, outline)
     curves = [_curve_figure(att) for att in attributions]
-    curve_png = [None if fig is None else _png(fig) for fig in curves]
+    curve_png = [None if fig is None else figure_png(fig) for fig in curves]
     facts = _facts(image, attributions, summary)
     parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>XAIExplain report</title><style>",
              "body{font-family:sans-serif;max-width:1250px;margin:auto}table{border-collapse:collapse;margin:8px 0}"
              "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;text-align:left}img{max-width:100%}"
              "</style></head><body><h1>XAIExplain report</h1>",
              '<section id="input"><h2>Input, model and software</h2>',
-             _table(["", ""], [[html.escape(k), html.escape(v)] for k, v in facts]), "</section>",
+             html_table(["", ""], [[html.escape(k), html.escape(v)] for k, v in facts]), "</section>",
              '<section id="maps"><h2>Maps</h2>']
     for att, preview, curve in zip(attributions, previews, curve_png):
         parts.append(f'<section class="map" id="map-{html.escape(att.method)}"><h3>{html.escape(att.method)}</h3>')
-        parts.append(_img(preview, f"{att.method} preview"))
+        parts.append(image_tag(preview, f"{att.method} preview"))
         params = ", ".join(f"{k}={v}" for k, v in att.params.items())
         parts.append(f"<p>parameters: {html.escape(params) or 'defaults'}; {att.timings.get('seconds', 0):.2f} s, "
                      f"{att.timings.get('forward', 0)} forward / {att.timings.get('backward', 0)} backward passes</p>")
@@ -157,18 +157,19 @@ def write_report(folder, image: Volume, attributions, summary: dict | None = Non
         if att.trust:
             parts.append(f'<div class="trust"><h4>Trust card: {_verdict(att.trust["verdict"])}, '
                          f'{html.escape(att.trust["text"])}</h4>')
-            parts.append(_table(["check", "verdict", "in plain words", "passes (fwd / bwd)"], _card_rows(att.trust)))
+            parts.append(html_table(["check", "verdict", "in plain words", "passes (fwd / bwd)"],
+                                    _card_rows(att.trust)))
             parts.append("</div>")
         else:
             parts.append("<p>No trust card: run with --check (or Check this map in Slicer).</p>")
         if curve is not None:
-            parts.append(f'<div class="curves">{_img(curve, f"{att.method} curves")}</div>')
+            parts.append(f'<div class="curves">{image_tag(curve, f"{att.method} curves")}</div>')
         parts.append("</section>")
     parts.append("</section>")
     header, rows = region_comparison(attributions)
     if rows:
         parts += ['<section id="regions"><h2>Regions, every method side by side</h2>',
-                  _table(header, [[html.escape(str(c)) for c in r] for r in rows[:TOP_REGIONS]]), "</section>"]
+                  html_table(header, [[html.escape(str(c)) for c in r] for r in rows[:TOP_REGIONS]]), "</section>"]
     parts.append("</body></html>")
     html_path = folder / REPORT_FILES[0]
     html_path.write_text("".join(parts), encoding="utf-8")

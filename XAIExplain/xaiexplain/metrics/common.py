@@ -17,7 +17,7 @@ from ..errors import XAIError
 from ..methods.machinery.scoring import Scorer
 
 __all__ = ["Scorer", "loaded", "voxel_map", "descending_order", "spearman", "ssim", "magnitude", "map_similarity",
-           "fraction_count"]
+           "fraction_count", "bootstrap_ci"]
 
 
 def loaded(model) -> LoadedModel:
@@ -85,3 +85,14 @@ def fraction_count(value, n: int) -> int:
     if not 1 <= count <= n:
         raise XAIError(f"{value} selects {count} of {n} voxels", "choose a fraction in (0, 1) or a count in range")
     return count
+
+
+def bootstrap_ci(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float, int]:
+    """(mean, low, high, n): percentile bootstrap 95% interval of the mean, NaNs left out."""
+    v = np.asarray([x for x in values if x == x], dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, (resamples, v.size))].mean(1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(v.mean()), float(low), float(high), int(v.size)

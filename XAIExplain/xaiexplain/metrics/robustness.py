@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import XAIError
 from ..core.attribute import attribute
-from ..methods.base import batched
 from ..core.targets import ClassTarget, SegmentationTarget
+from ..errors import XAIError
+from ..methods.base import batched
 from .common import loaded, spearman, voxel_map
 
 

@@ -17,14 +17,15 @@ import time
 
 import numpy as np
 
-from ..protocol import demo_bundle
-from ..core.case import PreparedCase, prepare_case
 from ..core.attribute import attribute
+from ..core.case import PreparedCase, prepare_case
+from ..core.models import load_model, probabilities
+from ..core.provenance import versions
 from ..methods import REGISTRY, get_method
 from ..metrics import REGISTRY as METRICS
 from ..metrics import evaluate, get_metric, summary_columns, summary_row, top_mass_share
-from ..core.models import load_model, probabilities
-from ..core.provenance import versions
+from ..metrics.common import bootstrap_ci
+from ..protocol import demo_bundle
 from .synth import generate_case, marker_mask, region_names
 from .train import EVAL_SEED_START
 
@@ -41,17 +42,6 @@ QUICK_SETTINGS = {"deletion": {"steps": 20}, "insertion": {"steps": 20},
 PAIR_TOO_SIMILAR = 0.9  # randomisation: unrelated inputs give maps this alike, the test cannot tell
 QUICK_PARAMS = {"integrated-gradients": {"steps": 8}, "smoothgrad": {"samples": 5}, "occlusion": {"stride": 16},
                 "rise": {"masks": 500}, "lime": {"samples": 200}, "kernel-shap": {"samples": 256}}
-
-
-def bootstrap_ci(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float, float, int]:
-    """(mean, low, high, n): percentile bootstrap 95% interval of the mean, NaNs left out."""
-    v = np.asarray([x for x in values if x == x], dtype=np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan"), 0
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, (resamples, v.size))].mean(1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return float(v.mean()), float(low), float(high), int(v.size)
 
 
 def _prepare(model, case, reference) -> PreparedCase:
