@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -13,7 +14,7 @@ from cohort_data import LESION_REGION, checksums, log_events, same_maps, write_c
 
 from xaiexplain.cli.main import main
 from xaiexplain.cohort.cases import read_cases
-from xaiexplain.core.volume import read_volume, write_volume
+from xaiexplain.core.volume import write_volume
 from xaiexplain.errors import XAIError
 from xaiexplain.protocol import demo_bundle, map_file
 from xaiexplain.synthlesion.synth import generate_case
@@ -139,6 +140,14 @@ def test_shards_split_a_cohort_and_share_one_folder(tmp_path, capsys):
     assert "cannot read --shard '3/2'" in capsys.readouterr().err
 
 
+def test_ray_is_optional_and_asked_for_by_name(monkeypatch):
+    from xaiexplain.cohort.ray_workers import RayCluster
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    with pytest.raises(XAIError, match=r"--ray needs Ray, which is not installed.*xaiexplain\[cohort\]"):
+        RayCluster("auto", workers=2, cpus=1.0, gpus=0.0)
+
+
 def _first_share(out: Path, region: str) -> float:
     """Share of the cases whose own regions.csv ranks ``region`` first (read without the findings code)."""
     firsts = []
@@ -151,6 +160,8 @@ def _first_share(out: Path, region: str) -> float:
 
 def test_cohort_findings_name_the_lesion_region_and_flag_the_shortcut_model(tmp_path, capsys):
     cases = write_cohort(tmp_path, 24, marked=lambda i: i % 2 == 1)
+    assert _cohort(cases, tmp_path / "unnamed") == 2  # label maps without names: refused before any case
+    assert "label maps have no names" in capsys.readouterr().err and not (tmp_path / "unnamed").exists()
     runs = {}
     for name, model in (("clean", CLEAN), ("shortcut", SHORTCUT)):
         runs[name] = tmp_path / name
@@ -168,6 +179,8 @@ def test_cohort_findings_name_the_lesion_region_and_flag_the_shortcut_model(tmp_
                for name, f in found.items()}
     assert flagged["shortcut"]["marked"] >= 0.8  # the shortcut model leans on the marker: flagged
     assert flagged["clean"]["marked"] <= 0.2 and flagged["clean"]["plain"] <= 0.2
+    outside = {name: f["outside_regions"]["group marked"]["mean"] for name, f in found.items()}
+    assert outside["shortcut"] > outside["clean"] + 0.15  # its evidence lies off the anatomy's regions
     shortcut = json.loads((runs["shortcut"] / "findings.json").read_text())
     assert shortcut["groups"] == {"marked": 12, "plain": 12}
     assert shortcut["predicted"].get("lesion", 0) >= 10  # it calls the marked ones lesions

@@ -22,7 +22,8 @@ from xaiexplain.protocol import demo_bundle
 
 CLEAN = str(demo_bundle("synthlesion_classifier"))
 METHODS = ["--method", "gradient", "--method", "integrated-gradients", "--param", "integrated-gradients.steps=16"]
-LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # a one-machine Ray cluster on 127.0.0.1 only
+# a one-machine Ray cluster on 127.0.0.1 only, without the token a local cluster may have left in ~/.ray
+LOOPBACK = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def _start(cases: Path, out: Path, *extra, env=None) -> subprocess.Popen:
@@ -156,6 +157,10 @@ def test_a_ray_cluster_runs_every_case_once_when_a_worker_dies(tmp_path, ray_clu
     assert len(pids) >= 2  # the cases were spread over the actors
     _same_as_explain(tmp_path, out, [f"case{i:02d}" for i in range(6)])
     _rerun_does_no_work(cases, out, *extra, env=LOOPBACK)
+    stdout, stderr = _start(cases, tmp_path / "gpus", *extra, "--gpus-per-worker", "1",
+                            env=LOOPBACK).communicate(timeout=300)
+    assert "--gpus-per-worker 1 was asked but the Ray cluster has 0 GPUs" in stderr
+    assert not (tmp_path / "gpus").exists()  # refused before anything was written
     # the cluster's servers listen on the loopback address only
     loopback = {"0100007F", "0000000000000000FFFF00000100007F"}  # 127.0.0.1, as /proc/net/tcp and tcp6 write it
     servers = _ray_servers()

@@ -56,7 +56,13 @@ def _job(args, cases):
         if spec:
             raise XAIError("the cases give their own labels and the command names regions too",
                            "drop --atlas / --regions / --supervoxels, or the cases' labels column")
-        spec = {"names": _absolute(names)} if names else {}
+        if not names:
+            raise XAIError("the cases' label maps have no names", "give them with --region-names (CSV id,name or "
+                                                                   "a Slicer colour table)")
+        from ..regions.sets import read_region_names
+
+        read_region_names(names)  # a malformed names file is refused before any case runs
+        spec = {"names": _absolute(names)}
     elif names and not args.regions:
         raise XAIError("--region-names needs --regions or a labels column in the cases", "give the label volume")
     if spec.get("labels"):

@@ -5,6 +5,7 @@ remade at any time, for all the cases or for a shard's. Per method and region, o
 region: the score's mean with its percentile-bootstrap 95% interval and its median, the mean share of the
 positive evidence, how often the region ranks first (top-1 share) and its mean rank; the same per predicted
 class and per group (the cases CSV's ``group`` column: site, scanner, arm). Per method and the same subsets,
+the share of the positive evidence outside every region (a shortcut off the anatomy shows there first), and
 the share of cases whose shortcut check failed (with its interval) and which cases.
 """
 from __future__ import annotations
@@ -84,8 +85,12 @@ def cohort_findings(summaries: dict[str, dict], failed: dict[str, str] | None = 
         tables = {case: r["regions"] for case, r in results.items() if r.get("regions")}
         cards = {case: r["trust"] for case, r in results.items() if r.get("trust")}
         chosen = {ALL: set(results), **subsets}
+        outside = {c: max(0.0, 1.0 - sum(r.get("positive_share") or 0.0 for r in t)) for c, t in tables.items()}
         findings["methods"][method] = {
             "cases": len(results),
+            "outside_regions": {name: dict(zip(("mean", "low", "high", "cases"),
+                                               bootstrap_ci([v for c, v in outside.items() if c in cases])))
+                                for name, cases in chosen.items() if cases & set(tables)},
             "regions": {name: _regions({c: t for c, t in tables.items() if c in cases})
                         for name, cases in chosen.items() if cases & set(tables)},
             "shortcut": {name: found for name, cases in chosen.items()

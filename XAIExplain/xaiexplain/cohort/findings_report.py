@@ -64,6 +64,9 @@ def write_findings_html(path: Path, findings: dict) -> None:
                             and subset == ALL else "") + "</p>")
         for group, table in found["regions"].items():
             parts.append(f"<h3>Regions, {html.escape(group)}</h3>")
+            off = found["outside_regions"][group]
+            parts.append(f"<p>Positive evidence outside every region: {off['mean']:.1%} on average (95% interval "
+                         f"{off['low']:.1%} to {off['high']:.1%}).</p>")
             if group == ALL and table:
                 parts.append(image_tag(figure_png(_region_figure(method, table)), f"{method} regions"))
             parts.append(html_table(header, _region_rows(table)))

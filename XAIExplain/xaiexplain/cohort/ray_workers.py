@@ -14,7 +14,10 @@ INSTALL = "pip install 'xaiexplain[cohort]' (or pip install ray) on this machine
 class CaseWorker:
     """The actor: the model loaded once, then :func:`~.run.run_case` for each case given."""
 
-    def __init__(self, job):
+    def __init__(self, job, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)  # the CPUs Ray gave this actor, not every core of its machine
         self.job, self.model = job, job.load()
 
     def run(self, case, key, attempt):
@@ -23,44 +26,58 @@ class CaseWorker:
         return run_case(self.job, self.model, case, key, attempt)
 
 
-def connect(address: str, workers: int, cpus: float):
-    """Join the cluster at ``address`` ('auto': the one this machine belongs to), or with 'local' start one
-    here (listening on 127.0.0.1 only, stopped with the run). Returns (ray, started_here)."""
-    if address == "local":  # Ray binds a one-machine cluster to 127.0.0.1 only when told it is not a cluster
-        os.environ.setdefault(LOOPBACK_ONLY, "0")
-    try:
-        import ray
-    except ImportError:
-        raise XAIError("--ray needs Ray, which is not installed", INSTALL) from None
-    if ray.is_initialized():
-        return ray, False
-    try:
-        if address == "local":
-            ray.init(num_cpus=max(1, int(workers * cpus)), include_dashboard=False, _node_ip_address="127.0.0.1",
-                     log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        raise XAIError(f"cannot reach the Ray cluster at '{address}': {str(err).splitlines()[0]}",
-                       "start it (ray start --head) or give its address, e.g. --ray 10.0.0.5:6379; "
-                       "--ray local starts one on this machine") from None
-    return ray, True
+class RayCluster:
+    """This run's hold on a Ray cluster, checked for the resources the workers ask before anything runs:
+    joined at ``address`` ('auto': the one this machine belongs to), or with 'local' started here (listening
+    on 127.0.0.1 only, stopped by :meth:`close`)."""
 
+    def __init__(self, address: str, *, workers: int, cpus: float, gpus: float):
+        if address == "local":  # Ray binds a one-machine cluster to 127.0.0.1 only when told it is not a cluster
+            os.environ.setdefault(LOOPBACK_ONLY, "0")
+        try:
+            import ray
+        except ImportError:
+            raise XAIError("--ray needs Ray, which is not installed", INSTALL) from None
+        self.ray, self.started, self.cpus, self.gpus = ray, False, cpus, gpus
+        if not ray.is_initialized():
+            try:
+                if address == "local":
+                    ray.init(num_cpus=max(1, int(workers * cpus)), include_dashboard=False,
+                             _node_ip_address="127.0.0.1", log_to_driver=False, configure_logging=False)
+                else:
+                    ray.init(address=address, log_to_driver=False, configure_logging=False)
+            except (ConnectionError, RuntimeError, ValueError) as err:
+                raise XAIError(f"cannot reach the Ray cluster at '{address}': {str(err).splitlines()[0]}",
+                               "start it (ray start --head) or give its address, e.g. --ray 10.0.0.5:6379; "
+                               "--ray local starts one on this machine") from None
+            self.started = True
+        try:
+            self._check(ray.cluster_resources())
+        except XAIError:
+            self.close()
+            raise
 
-def run_on_ray(job, pending, tally, *, address: str, workers: int, gpus: float, cpus: float, retries: int) -> None:
-    from .schedule import lost_case
-
-    ray, started = connect(address, workers, cpus)
-    try:
-        available = ray.cluster_resources()
-        if gpus and available.get("GPU", 0) < gpus:
-            raise XAIError(f"--gpus-per-worker {gpus} was asked but the Ray cluster has "
+    def _check(self, available: dict) -> None:
+        if self.gpus and available.get("GPU", 0) < self.gpus:
+            raise XAIError(f"--gpus-per-worker {self.gpus:g} was asked but the Ray cluster has "
                            f"{available.get('GPU', 0):g} GPUs", "drop --gpus-per-worker, or add GPU nodes")
-        if available.get("CPU", 0) < cpus:
-            raise XAIError(f"each worker asks for {cpus:g} CPUs but the Ray cluster has {available.get('CPU', 0):g}",
-                           "lower --cpus-per-worker")
-        actor = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=0)(CaseWorker)
-        pool = [actor.remote(job) for _ in range(max(1, min(workers, len(pending))))]
+        if available.get("CPU", 0) < self.cpus:
+            raise XAIError(f"each worker asks for {self.cpus:g} CPUs but the Ray cluster has "
+                           f"{available.get('CPU', 0):g}", "lower --cpus-per-worker")
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+            self.started = False
+
+    def run(self, job, pending, tally, *, workers: int, retries: int) -> None:
+        """Run ``pending`` ((case, key, attempt) in order) on ``workers`` actors."""
+        from .schedule import lost_case
+
+        ray = self.ray
+        actor = ray.remote(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0)(CaseWorker)
+        threads = max(1, int(self.cpus))
+        pool = [actor.remote(job, threads) for _ in range(max(1, min(workers, len(pending))))]
         flying = {}  # ObjectRef -> (actor index, (case, key, attempt))
         while pending or flying:
             busy = {number for number, _ in flying.values()}
@@ -75,7 +92,4 @@ def run_on_ray(job, pending, tally, *, address: str, workers: int, gpus: float, 
                     tally.add(ray.get(ref), job.out)
                 except ray.exceptions.RayActorError:  # the actor's process died (killed, out of memory)
                     lost_case(job, case, key, attempt, retries, tally, pending)
-                    pool[number] = actor.remote(job)
-    finally:
-        if started:
-            ray.shutdown()
+                    pool[number] = actor.remote(job, threads)

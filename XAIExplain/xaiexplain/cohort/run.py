@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,8 @@ def prepare_folder(job: CohortJob, model_digest: str, overwrite: bool = False) -
         raise XAIError(f"{out} is not empty and holds no cohort run", "give a new or empty folder")
     out.mkdir(parents=True, exist_ok=True)
     temporary = out / f".{COHORT_FILE}.{os.getpid()}"
-    temporary.write_text(json.dumps({**described, "versions": versions()}, indent=1, default=str), encoding="utf-8")
+    temporary.write_text(json.dumps({**described, "versions": versions(), "command": " ".join(sys.argv)}, indent=1,
+                                    default=str), encoding="utf-8")
     os.replace(temporary, cohort_file)
     from ..io.outputs import process_alive
 
@@ -103,22 +105,28 @@ def run_cohort(job: CohortJob, cases, *, workers: int = 1, ray_address: str | No
     run before any case), then once per worker."""
     from collections import deque
 
-    model = job.load()
-    prepare_folder(job, model.sha256, overwrite=overwrite)
-    plan = plan_cases(job, cases, model.sha256, shard)
-    tally = Tally(plan, progress)
-    pending = deque((case, key, 1) for case, key in plan.todo)
-    if ray_address:
-        from .ray_workers import run_on_ray  # Ray is optional: imported only when asked for
-        run_on_ray(job, pending, tally, address=ray_address, workers=workers, gpus=gpus_per_worker,
-                   cpus=cpus_per_worker, retries=retries)
-    elif workers > 1 and len(pending) > 1:
-        from .local_workers import run_in_processes
-        run_in_processes(job, pending, tally, workers=min(workers, len(pending)), retries=retries)
-    else:
-        while pending:
-            case, key, attempt = pending.popleft()
-            tally.add(run_case(job, model, case, key, attempt), job.out)
+    cluster = None
+    if ray_address:  # joined and checked before any case runs or anything is written
+        from .ray_workers import RayCluster  # Ray is optional: imported only when asked for
+        cluster = RayCluster(ray_address, workers=workers, cpus=cpus_per_worker, gpus=gpus_per_worker)
+    try:
+        model = job.load()
+        prepare_folder(job, model.sha256, overwrite=overwrite)
+        plan = plan_cases(job, cases, model.sha256, shard)
+        tally = Tally(plan, progress)
+        pending = deque((case, key, 1) for case, key in plan.todo)
+        if cluster is not None:
+            cluster.run(job, pending, tally, workers=workers, retries=retries)
+        elif workers > 1 and len(pending) > 1:
+            from .local_workers import run_in_processes
+            run_in_processes(job, pending, tally, workers=min(workers, len(pending)), retries=retries)
+        else:
+            while pending:
+                case, key, attempt = pending.popleft()
+                tally.add(run_case(job, model, case, key, attempt), job.out)
+    finally:
+        if cluster is not None:
+            cluster.close()
     return {"done": tally.done, "failed": tally.failed, "skipped": plan.finished, "lost": tally.lost}
 
 
