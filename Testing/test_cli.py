@@ -94,8 +94,13 @@ def test_methods_lists_the_registry():
     assert set(listed) == {"gradient", "gradient-x-input", "smoothgrad", "integrated-gradients", "guided-backprop",
                            "deconvnet", "cam", "gradcam", "gradcampp", "guided-gradcam", "lrp", "deeplift",
                            "deepshap", "occlusion", "occlusion-regions", "rise", "lime", "kernel-shap",
-                           "channel-shapley", "probability", "entropy", "tta-uncertainty", "mc-dropout"}
+                           "channel-shapley", "probability", "entropy", "tta-uncertainty", "mc-dropout",
+                           "feature-map", "attention-gates", "attention-rollout", "attention-head"}
     assert listed["entropy"]["family"] == "uncertainty" and not listed["entropy"]["classification"]
+    assert {n for n, m in listed.items() if m["kind"] == "ad-hoc"} == {
+        "probability", "entropy", "tta-uncertainty", "mc-dropout", "feature-map", "attention-gates",
+        "attention-rollout", "attention-head"}
+    assert not listed["attention-rollout"]["through_windows"] and listed["lrp"]["through_windows"]
     assert listed["occlusion-regions"]["needs_regions"] and listed["occlusion-regions"]["cost"]["per"] == "region"
     assert listed["gradcam"]["needs_layers"] and not listed["gradcam"]["signed"]
     assert listed["integrated-gradients"]["cost"] == {"forward": 35, "backward": 32}  # with the auto baseline's probe
@@ -122,7 +127,8 @@ def test_demo_default_runs_every_quick_method(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--quiet"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    quick = {name for name, m in REGISTRY.items() if m.family != "perturbation" and m.classification}
+    quick = {name for name, m in REGISTRY.items()
+             if m.family != "perturbation" and m.classification and m.kind == "post-hoc"}
     assert set(summary["demo"]["checks"]) == quick and "deepshap" in quick
     assert all((out / f"{name}.nrrd").exists() for name in quick)
 

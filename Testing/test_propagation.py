@@ -228,10 +228,18 @@ class WithAttention(nn.Module):
         return self.fc(self.attention(tokens).mean(1))
 
 
-@pytest.mark.parametrize("method", ["lrp", "deeplift"])
-def test_unsupported_layer_is_named(method):
-    with pytest.raises(XAIError, match=r"layer 'attention' \(Attention\)"):
-        attribute(WithAttention().eval(), _input(8), method, target=1)
+def test_unsupported_layer_is_named():
+    with pytest.raises(XAIError, match=r"DeepLIFT has no rule for a product of feature maps .* layer 'attention' "
+                                       r"\(Attention\)"):
+        attribute(WithAttention().eval(), _input(8), "deeplift", target=1)
+
+
+def test_lrp_holds_attention_weights_constant_and_books_every_loss():
+    """LRP passes a hand-written attention (softmax of q k^T, times the tokens): the weights are held constant,
+    so relevance reaches the input through the tokens alone, and all it loses is booked (biases, epsilon)."""
+    maps, info, _ = attribute(WithAttention().eval(), _input(8), "lrp", target=1, params={"composite": "epsilon"})
+    assert info["rules_applied"]["product-attention-held"] == 1 and info["rules_applied"]["product"] == 1
+    assert info["conservation_error"] < 1e-5
 
 
 def test_per_layer_rules_override_the_composite(demo, demo_x):

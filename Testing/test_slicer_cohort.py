@@ -35,4 +35,5 @@ def test_the_logic_runs_a_cohort_and_loads_a_case(logic, tmp_path):
     assert logic.regionTable(nodes[0]) is not None  # the case's region table came with it
 
     with pytest.raises(RuntimeError, match="holds a cohort run with other settings"):
-        logic.runCohort(cases, logic.demoModelPath(), ["gradcam"], out)
+        logic.runCohort(cases, logic.demoModelPath(), ["gradcam"], out, arguments=["--region-names",
+                                                                                  tmp_path / "names.csv"])

@@ -87,11 +87,11 @@ def cmd_methods(args) -> int:
     if args.json:
         print(json.dumps([m.describe() for m in REGISTRY.values()], indent=2))
         return 0
-    print(f"{'name':22} {'family':12} {'signed':6} {'layers':6} {'passes (fwd/bwd)':18} title")
+    print(f"{'name':22} {'kind':8} {'family':12} {'signed':6} {'layers':6} {'passes (fwd/bwd)':18} title")
     for m in REGISTRY.values():
         cost = m.cost(m.params({}))
         per = f" per {cost['per']}" if "per" in cost else ""
-        print(f"{m.name:22} {m.family:12} {str(m.signed):6} {str(m.needs_layers):6} "
+        print(f"{m.name:22} {m.kind:8} {m.family:12} {str(m.signed):6} {str(m.needs_layers):6} "
               f"{cost['forward']:>4} / {cost['backward']:<4}{per:11} {m.title}")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import XAIError
 from ..methods import Context, get_method
 from .models import LoadedModel, evaluation_mode, load_model
 from .targets import ClassTarget
@@ -27,6 +28,10 @@ def attribute(model, x: torch.Tensor, method, *, target=None, layer: str | None 
     if method.needs_layers:
         loaded.with_layers(x)
     chosen = method.params(params)
+    if loaded.inferer is not None and not method.through_windows:
+        raise XAIError(f"{method.name} reads one pass over the whole input, and this model runs on sliding windows "
+                       "(their maps would not add up to one)", "explain it without them (--no-window, or "
+                       "inferer={}) at the network's input size")
     if reference is None:
         reference = loaded.output(x)
     if not hasattr(target, "score"):

@@ -87,6 +87,9 @@ class Method:
     name: ClassVar[str]
     title: ClassVar[str]
     family: ClassVar[str]  # gradient | backprop | cam | propagation
+    # post-hoc: explains the trained network from outside; ad-hoc: reads what it computes itself (attention,
+    # features, probabilities)
+    kind: ClassVar[str] = "post-hoc"
     signed: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = True
     needs_layers: ClassVar[bool] = False
@@ -94,6 +97,8 @@ class Method:
     classification: ClassVar[bool] = True  # explains a classifier's class score (not: maps of voxelwise outputs)
     min_channels: ClassVar[int] = 1  # input channels it needs (channel-shapley: 2)
     needs_regions: ClassVar[bool] = False  # scores anatomical regions (ctx.regions)
+    # Its maps of the sliding windows' shares add up to the map of the whole (attention and activations do not)
+    through_windows: ClassVar[bool] = True
     defaults: ClassVar[dict] = {}
     # What each parameter may be: (low, high) for numbers (None: open), a tuple of choices for names,
     # BASELINE for "auto | zeros | mean | blur | a reference volume". Read by the CLI, the API and the Slicer panel.
@@ -163,10 +168,10 @@ class Method:
         return out
 
     def describe(self) -> dict:
-        return {"name": self.name, "title": self.title, "family": self.family, "signed": self.signed,
+        return {"name": self.name, "title": self.title, "kind": self.kind, "family": self.family, "signed": self.signed,
                 "needs_gradients": self.needs_gradients, "needs_layers": self.needs_layers,
                 "segmentation": self.segmentation, "classification": self.classification,
-                "completeness": self.completeness,
+                "completeness": self.completeness, "through_windows": self.through_windows,
                 "needs_regions": self.needs_regions, "defaults": dict(self.defaults),
                 "parameters": self.parameters(), "cost": self.cost(self.params({})),
                 "reference": self.reference}

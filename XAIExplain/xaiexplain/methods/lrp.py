@@ -21,6 +21,8 @@ each layer's backward maps the relevance of its outputs to its inputs by a rule.
 * A product of a feature map with a gate (squeeze-excitation) gives all the
   relevance to the feature map; activations pass it on unchanged; max pooling
   routes it to the winner; concatenation and slicing route it by position.
+* Matrix products and einsums (attention): the attention weights held constant,
+  other products shared evenly (:mod:`.machinery.products`).
 
 Relevance at the output is the target's score: for a class, its logit.
 """
@@ -32,12 +34,9 @@ import torch.nn.functional as F
 from ..errors import XAIError
 from .backprop import _out_of_place
 from .base import Method, completeness_error, register
+from .machinery.products import Product, product_call, shares
 from .machinery.propagation import PropagationMode, in_graph, linear_call, norm_affine, reduce_to, vjp
-
-
-def stabilize(z: torch.Tensor, eps: float) -> torch.Tensor:
-    """z + eps * sign(z), with sign(0) = 1."""
-    return torch.where(z >= 0, z + eps, z - eps)
+from .machinery.relevance import Ledger, stabilize
 
 
 class Rule:
@@ -201,37 +200,6 @@ def make_rule(spec, epsilon: float) -> Rule:
     return RULES[spec](epsilon)
 
 
-class Ledger:
-    """The relevance each kind of step keeps back, per sample: biases and stabilisers (epsilon), constants
-    in sums, a norm's shift. What the input lacks of the score must all be booked here: anything else is
-    relevance lost or made by a step that has no rule (``conservation_error``)."""
-
-    def __init__(self):
-        self.kept: dict[str, torch.Tensor] = {}
-
-    def book(self, kind: str, relevance: torch.Tensor, *returned) -> None:
-        n = relevance.shape[0]
-        kept = _per_sample(relevance, n)
-        for r in returned:
-            if r is not None:
-                kept = kept - _per_sample(r, n)
-        self.kept[kind] = self.kept.get(kind, 0) + kept
-
-    def shares(self, scores: torch.Tensor) -> dict[str, list[float]]:
-        return {kind: [float(v) for v in kept.cpu() / scores] for kind, kept in sorted(self.kept.items())}
-
-    def total(self, n: int) -> torch.Tensor:
-        return sum((kept.cpu() for kept in self.kept.values()), torch.zeros(n, dtype=torch.float64))
-
-
-def _per_sample(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Each sample's relevance, summed on its device (a host copy per layer stalls a GPU); broadcasts split evenly."""
-    t = t.detach().double()
-    if t.ndim > 1 and t.shape[0] == n:
-        return t.flatten(1).sum(1)
-    return t.sum().expand(n) / n
-
-
 # The forward functions compute their output inside ``forward`` (from a closure where the
 # value depends on more than the inputs), so no output needs a defensive copy.
 
@@ -355,7 +323,7 @@ class LRPMode(PropagationMode):
         self.produced = {}  # id(output) -> the linear call that made it (for BatchNorm merging)
         self.used: dict[str, int] = {}
         self.gates = {}  # id -> outputs of sigmoids: in a product, the other factor is the signal
-        self.ledger = Ledger()
+        self.ledger = Ledger(x.shape[0])
         if norm_rule not in NORM_RULES:
             raise XAIError(f"unknown LRP norm rule '{norm_rule}'", f"use one of: {', '.join(NORM_RULES)}")
         if norm_rule == "auto":
@@ -435,6 +403,17 @@ class LRPMode(PropagationMode):
         self._count("pass-gate" if len(graph) == 2 else "pass-scale")
         return _Pass.apply(signal[0], lambda: a_ / b_ if "div" in name else a_ * b_)
 
+    def product(self, func, args, kwargs):
+        call = product_call(func, args, kwargs)
+        if call is None:
+            raise self.unsupported(f"'{getattr(func, '__name__', func)}' with other than two operands")
+        make, a, b = call
+        split = shares(a, b, lambda t: self.gates.get(id(t)) is t)
+        if split is None:
+            raise self.unsupported("a product of two attention maps")
+        self._count("product-attention-held" if 0.0 in split and in_graph(a) and in_graph(b) else "product")
+        return Product.apply(make, split, self.eps, self.ledger, a, b)
+
     def activation(self, func, args, kwargs):
         pure = _out_of_place(func)
         kw = {k: v for k, v in kwargs.items() if k != "inplace"}
@@ -452,7 +431,8 @@ class LRPMode(PropagationMode):
         return out
 
     def _gate(self, what, out):
-        if isinstance(what, (torch.nn.Sigmoid, torch.nn.Hardsigmoid)) or "sigmoid" in getattr(what, "__name__", ""):
+        name = getattr(what, "__name__", "")
+        if isinstance(what, (torch.nn.Sigmoid, torch.nn.Hardsigmoid)) or "sigmoid" in name or "softmax" in name:
             self.gates[id(out)] = out
         return out
 

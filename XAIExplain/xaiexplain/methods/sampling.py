@@ -11,8 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import XAIError
 from ..core.baselines import baseline_for, describe_baseline
+from ..errors import XAIError
 from .base import BASELINE, Method, completeness_error, register
 from .machinery.perturbation import SCORES, check_score, compose, region_index, region_scores_map
 from .machinery.scoring import Scorer

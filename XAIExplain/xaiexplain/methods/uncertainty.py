@@ -35,7 +35,7 @@ def _class_probability(ctx: Context, output: torch.Tensor, index: int) -> torch.
 
 
 class _PredictionMap(Method):
-    family, signed, needs_gradients, classification = "uncertainty", False, False, False
+    family, signed, needs_gradients, classification, kind = "uncertainty", False, False, False, "ad-hoc"
 
     def cost(self, params):
         return {"forward": 0, "backward": 0}  # the case's own output
@@ -79,7 +79,7 @@ def _spread(ctx: Context, passes, n: int, index: int, label: str) -> tuple[torch
 
 class FlipUncertainty(Method):
     name, title = "tta-uncertainty", "Test-time augmentation: spread of the class probability over axis flips"
-    family, signed, needs_gradients, classification = "uncertainty", False, False, False
+    family, signed, needs_gradients, classification, kind = "uncertainty", False, False, False, "ad-hoc"
     reference = "Wang et al. 2019 (test-time augmentation for segmentation uncertainty)"
 
     def cost(self, params):
@@ -117,7 +117,7 @@ def _dropout_active(network: nn.Module):
 
 class DropoutUncertainty(Method):
     name, title = "mc-dropout", "Monte-Carlo dropout: spread of the class probability with dropout active"
-    family, signed, needs_gradients, classification = "uncertainty", False, False, False
+    family, signed, needs_gradients, classification, kind = "uncertainty", False, False, False, "ad-hoc"
     defaults = {"samples": 16}
     bounds = {"samples": (2, None)}
     reference = "Gal & Ghahramani 2016"

@@ -64,7 +64,8 @@ def run_benchmark(n_cases: int = 2, methods=None, models=tuple(MODELS), marked_c
     """Run the benchmark; returns rows (one per model, case and method), the shortcut test and aggregates.
     ``metrics``: names from ``metrics.REGISTRY`` (default all)."""
     methods = [get_method(m).name for m in (methods or [n for n, m in REGISTRY.items()  # the demo models' kind
-                                                        if m.classification and m.min_channels == 1])]
+                                                        if m.classification and m.min_channels == 1
+                                                        and m.kind == "post-hoc"])]
     settings = {} if full else QUICK_SETTINGS
     params = {} if full else QUICK_PARAMS
     loaded = {kind: load_model(demo_bundle(MODELS[kind]), device=device) for kind in models}

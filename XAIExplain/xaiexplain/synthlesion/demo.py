@@ -42,7 +42,7 @@ def run_demo(out="demo-output", seed: int = 1000003, methods=None, device="auto"
     model = load_model(demo_bundle(), device=device)
     shape = tuple(case.volume.shape)  # the demo model takes the SynthLesion grid as it is
     methods = methods or [name for name, m in REGISTRY.items()  # those for a classifier, taking seconds
-                          if m.classification and m.family != "perturbation"
+                          if m.classification and m.family != "perturbation" and m.kind == "post-hoc"
                           and forward_equivalents(m.estimate(m.params({}), shape, SUPERVOXELS)) <= QUICK_PASSES]
     results = explain(model, case.volume, methods, seed=0, references=[case.counterfactual],
                       progress=progress)

@@ -65,11 +65,12 @@ ACTIVATION = _collect((F, "relu relu_ leaky_relu leaky_relu_ prelu elu elu_ selu
 # Calls that move or copy values without mixing them: their gradient routes relevance as it should.
 MOVE = _collect((T, "__getitem__ view view_as reshape reshape_as flatten unflatten permute transpose contiguous "
                     "squeeze unsqueeze expand expand_as split chunk narrow select clone to float double half "
-                    "type_as unbind movedim"),
+                    "type_as unbind movedim roll"),
                 (torch, "cat concat concatenate stack flatten squeeze unsqueeze transpose permute reshape split "
-                        "chunk narrow movedim unbind clone"),
+                        "chunk narrow movedim unbind clone roll"),
                 (F, "pad dropout dropout1d dropout2d dropout3d alpha_dropout feature_alpha_dropout"))
 MOVE |= MAXPOOL
+PRODUCT = _collect((torch, "matmul bmm einsum"), (T, "matmul bmm __matmul__ __rmatmul__"))
 
 ACTIVATION_MODULES = (nn.ReLU, nn.PReLU, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
                       nn.Softplus, nn.Hardswish, nn.Hardtanh, nn.ReLU6, nn.Sigmoid, nn.Tanh, nn.RReLU)
@@ -209,6 +210,8 @@ class PropagationMode(TorchFunctionMode):
             return self.add(func, args, kwargs)
         if func in MUL:
             return self.mul(func, args, kwargs)
+        if func in PRODUCT:
+            return self.product(func, args, kwargs)
         if func in ACTIVATION or key in aten.ACTIVATION:
             return self.activation(func, args, kwargs)
         if func in MAXPOOL:
@@ -222,6 +225,10 @@ class PropagationMode(TorchFunctionMode):
 
     def maxpool(self, func, args, kwargs):
         return func(*args, **kwargs)
+
+    def product(self, func, args, kwargs):
+        """A matrix product or einsum on the input's path (attention): a rule of the subclass's, else refused."""
+        raise self.unsupported(f"a product of feature maps ('{getattr(func, '__name__', func)}')")
 
     def moved(self, args, out):
         """Called with the result of a call that only moves values (a view, a slice ...)."""
