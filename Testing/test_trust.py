@@ -132,7 +132,7 @@ def test_bad_check_requests_are_refused_before_any_work(demo, positive_case):
 
 def test_check_and_report_through_the_command_line_and_back(tmp_path, marked_cases):
     from xaiexplain.cli.main import main
-    from xaiexplain.core.volume import write_volume
+    from xaiexplain.core.volume import Volume, write_volume
     from xaiexplain.io.outputs import read_results
     from xaiexplain.protocol import demo_bundle
 
@@ -162,6 +162,13 @@ def test_check_and_report_through_the_command_line_and_back(tmp_path, marked_cas
     assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
     assert main(["report", "--results", str(out), "--out", str(tmp_path / "again")]) == 0
     assert (tmp_path / "again" / "report.pdf").stat().st_size > 10_000
+    write_volume(Volume(case.volume.array[:, :20].copy()), tmp_path / "other.nrrd")
+    assert main(["report", "--results", str(out), "--input", str(tmp_path / "other.nrrd"),
+                 "--out", str(tmp_path / "mismatch")]) == 2  # not the image the maps are of: refused
+    assert not (tmp_path / "mismatch").exists()
+    assert main(["report", "--results", str(out), "--input", str(tmp_path / "marked.nrrd"), "--outline",
+                 str(tmp_path / "lesion.nrrd"), "--out", str(tmp_path / "outlined")]) == 0
+    assert (tmp_path / "outlined" / "report.html").read_text(encoding="utf-8").count("<img") == 4
     assert main(["explain", "--model", "x", "--input", str(tmp_path / "marked.nrrd"), "--method", "lrp",
                  "--check-setting", "deletion.steps=4", "--out", str(tmp_path / "refused")]) == 2
     assert not (tmp_path / "refused").exists()
