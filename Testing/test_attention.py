@@ -232,3 +232,32 @@ def test_deeplift_still_refuses_attention_by_name():
     with pytest.raises(XAIError, match="has no rule for a product of feature maps \\('einsum'\\)"):
         attribute(network, torch.randn(1, 1, SIZE, SIZE, SIZE), "deeplift",
                   target=SegmentationTarget(1, torch.ones(SIZE, SIZE, SIZE, dtype=torch.bool)))
+
+
+def test_swinunetr_block_maps_put_window_tokens_back_where_the_network_does():
+    """Queries and keys read a token's brightness: in every window the tokens attend to the one bright token
+    (a 2^3 cube after the 2x2x2 patch embedding). Its map peaks there in the plain block and in the shifted
+    one (whose windows are rolled by 3 tokens: unrolled wrongly, the peak would move 6 voxels)."""
+    from xaiexplain.core.targets import SegmentationTarget
+
+    network = SwinUNETR(in_channels=1, out_channels=2, feature_size=12).eval()
+    encoder = network.swinViT
+    for p in encoder.parameters():
+        torch.nn.init.zeros_(p)
+    for m in encoder.modules():
+        if isinstance(m, torch.nn.LayerNorm):
+            torch.nn.init.ones_(m.weight)
+    with torch.no_grad():
+        encoder.patch_embed.proj.weight[0] = 1.0 / 8  # channel 0: the patch's mean intensity
+        for block in encoder.layers1[0].blocks:
+            block.attn.qkv.weight[:24, 0] = 3.0  # queries and keys read it
+    x = torch.zeros(1, 1, 64, 64, 64)
+    x[0, 0, 10:12, 40:42, 22:24] = 5.0
+    target = SegmentationTarget(1, torch.ones(64, 64, 64, dtype=torch.bool))
+    for block, shift in ((0, [0, 0, 0]), (1, [3, 3, 3])):
+        maps, info, _ = attribute(network, x, "attention-head", target=target, params={"block": block})
+        assert info["shift"] == shift and info["window"] == [7, 7, 7] and info["block_grid"] == [32, 32, 32]
+        peak = np.unravel_index(int(maps[0, 0].argmax()), maps.shape[2:])
+        assert 10 <= peak[0] < 12 and 40 <= peak[1] < 42 and 22 <= peak[2] < 24, (block, peak)
+    with pytest.raises(XAIError, match="rollout across the whole image. Use attention-head"):
+        attribute(network, x, "attention-rollout", target=target)

@@ -9,7 +9,8 @@ post-hoc attribution): the gates of MONAI ``AttentionUnet``, and the self-attent
   path added (0.5 A + 0.5 I, rows renormalised), multiplied from the first block to the last; a patch's value
   is how much the class token (or, without one, every token on average) draws from it through all blocks.
 - ``attention-head``: one block's attention (one head, or the heads' mean) that the class token (or every
-  token on average) pays to each patch.
+  token on average) pays to each patch; on a SwinUNETR, one shifted-window block's (each token's attention
+  from the queries of its window, put back where the network puts the token).
 
 Patches are put on their place in the input by the patch embedding's own grid (a conv's output grid, or the
 perceptron's patch sizes), then interpolated like every layer map. Attention does not depend on the target
@@ -26,6 +27,14 @@ from .base import Method, register
 from .machinery.layer_grid import upsample
 
 SAME_FOR_EVERY_CLASS = "attention does not depend on the target: the same map for every class"
+
+
+def _keep(store: dict, key: str):
+    """A forward hook that keeps the first output it sees under ``key`` (and changes nothing: returns None)."""
+    def hook(_module, _inputs, output):
+        if key not in store:
+            store[key] = output.detach() if isinstance(output, torch.Tensor) else tuple(output)
+    return hook
 
 
 def _gates(ctx) -> list[tuple[str, torch.nn.Module]]:
@@ -54,8 +63,7 @@ class AttentionGates(Method):
             raise XAIError(f"attention-gates.gate={gate} is out of range: the network has {len(gates)} gates",
                            f"give a gate from {-len(gates)} to {len(gates) - 1} (-1: the finest)")
         values: dict[str, torch.Tensor] = {}
-        handles = [m.psi.register_forward_hook(lambda _m, _i, out, name=name: values.setdefault(name, out.detach()))
-                   for name, m in gates]
+        handles = [m.psi.register_forward_hook(_keep(values, name)) for name, m in gates]
         try:
             with torch.inference_mode():
                 ctx.forward(ctx.x)
@@ -73,14 +81,20 @@ class AttentionGates(Method):
         return upsample(coefficients, ctx.x), info
 
 
+def _swin_blocks(ctx) -> list[tuple[str, torch.nn.Module]]:
+    return [(name, m) for name, m in ctx.model.named_layers().items() if type(m).__name__ == "SwinTransformerBlock"
+            and hasattr(getattr(m, "attn", None), "softmax")]
+
+
 def _attention_blocks(ctx) -> list[tuple[str, torch.nn.Module]]:
     modules = ctx.model.named_layers()
     blocks = [(name, m) for name, m in modules.items() if type(m).__name__ == "SABlock" and hasattr(m, "save_attn")]
     if not blocks:
-        windowed = any(type(m).__name__ == "WindowAttention" for m in modules.values())
         raise XAIError("the network's attention is shifted-window attention (SwinUNETR), whose windows have no "
-                       "rollout across the whole image" if windowed else
+                       "rollout across the whole image" if _swin_blocks(ctx) else
                        "the network has no self-attention blocks (MONAI SABlock: ViT, UNETR)",
+                       "use attention-head for one block of a SwinUNETR, attention-gates for AttentionUnet, or a "
+                       "post-hoc method (gradcam, gradient, lrp)" if _swin_blocks(ctx) else
                        "use attention-gates for AttentionUnet, or a post-hoc method (gradcam, gradient, lrp)")
     return blocks
 
@@ -179,7 +193,7 @@ class AttentionRollout(Method):
 
 
 class AttentionHead(Method):
-    name, title = "attention-head", "One block's attention: a head or the heads' mean (ViT, UNETR)"
+    name, title = "attention-head", "One block's attention: a head or the heads' mean (ViT, UNETR, SwinUNETR)"
     family, signed, needs_gradients, needs_layers, through_windows = "attention", False, False, True, False
     kind = "ad-hoc"
     defaults = {"block": -1, "head": None}
@@ -190,6 +204,8 @@ class AttentionHead(Method):
         return {"forward": 1, "backward": 0}
 
     def run(self, ctx, block, head):
+        if _swin_blocks(ctx) and not any(type(m).__name__ == "SABlock" for m in ctx.model.named_layers().values()):
+            return _swin_block_map(ctx, _swin_blocks(ctx), block, head)
         count = len(_attention_blocks(ctx))
         if not -count <= block < count:
             raise XAIError(f"attention-head.block={block} is out of range: the network has {count} attention "
@@ -203,6 +219,46 @@ class AttentionHead(Method):
         info = {"block": names[block], "heads": int(mat.shape[1]), "head": head, "patch_grid": list(grid),
                 "class_token": cls, "note": SAME_FOR_EVERY_CLASS}
         return _on_input(ctx, _from(chosen, cls), grid, cls), info
+
+
+
+def _swin_block_map(ctx, blocks, block: int, head):
+    """One shifted-window block's attention: what each token receives from the queries of its window (their
+    mean), put back on the block's grid as the network puts its tokens back (MONAI's own window reverse and
+    roll), cropped of padding, then interpolated onto the input like every layer map."""
+    from monai.networks.nets.swin_unetr import get_window_size, window_reverse
+
+    if not -len(blocks) <= block < len(blocks):
+        raise XAIError(f"attention-head.block={block} is out of range: the network has {len(blocks)} "
+                       "shifted-window blocks", f"give a block from {-len(blocks)} to {len(blocks) - 1}")
+    name, module = blocks[block]
+    seen = {}
+    handles = [module.register_forward_pre_hook(lambda _m, args: _keep(seen, "shape")(_m, (), args[0].shape)),
+               module.attn.softmax.register_forward_hook(_keep(seen, "attn"))]
+    try:
+        with torch.inference_mode():
+            ctx.forward(ctx.x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if len(seen.get("shape", ())) != 5:
+        raise XAIError(f"block '{name}' did not run on a 3D token grid", "explain a 3D SwinUNETR")
+    b, d, h, w, _ = seen["shape"]
+    size, shift = get_window_size((d, h, w), module.window_size, module.shift_size)
+    attn = seen["attn"].float()  # (windows, heads, T, T)
+    if head is not None and head >= attn.shape[1]:
+        raise XAIError(f"attention-head.head={head} is out of range: the block has {attn.shape[1]} heads",
+                       f"give a head from 0 to {attn.shape[1] - 1}, or none for their mean")
+    chosen = attn.mean(1) if head is None else attn[:, head]
+    received = chosen.mean(1)  # (windows, T): each key token, over its window's queries
+    padded = [n + (s - n % s) % s for n, s in zip((d, h, w), size)]
+    grid = window_reverse(received.reshape(-1, *size, 1), size, [b, *padded])  # (b, D, H, W, 1)
+    if any(shift):
+        grid = torch.roll(grid, shifts=tuple(shift), dims=(1, 2, 3))
+    grid = grid[:, :d, :h, :w, 0][:, None]
+    info = {"block": name, "heads": int(attn.shape[1]), "head": head, "window": list(size), "shift": list(shift),
+            "block_grid": [d, h, w], "class_token": False, "note": SAME_FOR_EVERY_CLASS}
+    return upsample(grid, ctx.x), info
 
 
 for _method in (AttentionGates, AttentionRollout, AttentionHead):
