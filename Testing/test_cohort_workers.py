@@ -49,6 +49,18 @@ def _kill_a_running_worker(out: Path, run: subprocess.Popen, timeout: float = 24
     raise AssertionError(f"no worker was seen running a case: {run.communicate(timeout=60)}")
 
 
+def _run_killing_a_worker(cases: Path, out: Path, *extra, env=None) -> tuple[str, str]:
+    """The command run to its end, one of its workers killed on the way: (the killed worker's case, stdout)."""
+    run = _start(cases, out, *extra, env=env)
+    try:
+        killed = _kill_a_running_worker(out, run)
+        stdout, stderr = run.communicate(timeout=500)
+    finally:
+        run.kill()
+    assert run.returncode == 0, stderr
+    return killed, stdout
+
+
 def _finished_once(out: Path, n: int, killed: str) -> None:
     events = log_events(out)
     done = sorted(e["case"] for e in events if e["event"] == "done")
@@ -81,13 +93,7 @@ def _rerun_does_no_work(cases: Path, out: Path, *extra, env=None) -> None:
 def test_local_workers_survive_a_killed_worker(tmp_path):
     cases = write_cohort(tmp_path, 4, labels=False)
     out = tmp_path / "run"
-    run = _start(cases, out, "--workers", "2")
-    try:
-        killed = _kill_a_running_worker(out, run)
-        stdout, stderr = run.communicate(timeout=400)
-    finally:
-        run.kill()
-    assert run.returncode == 0, stderr
+    killed, stdout = _run_killing_a_worker(cases, out, "--workers", "2")
     assert "4 cases explained, 0 already finished, 0 failed (1 lost with a worker and run again)" in stdout
     _finished_once(out, 4, killed)
     _same_as_explain(tmp_path, out, [killed])
@@ -144,13 +150,7 @@ def test_a_ray_cluster_runs_every_case_once_when_a_worker_dies(tmp_path, ray_clu
     cases = write_cohort(tmp_path, 6, labels=False)
     out = tmp_path / "run"
     extra = ("--workers", "2", "--ray", ray_cluster)
-    run = _start(cases, out, *extra, env=LOOPBACK)
-    try:
-        killed = _kill_a_running_worker(out, run)
-        stdout, stderr = run.communicate(timeout=500)
-    finally:
-        run.kill()
-    assert run.returncode == 0, stderr
+    killed, stdout = _run_killing_a_worker(cases, out, *extra, env=LOOPBACK)
     assert "6 cases explained, 0 already finished, 0 failed (1 lost with a worker and run again)" in stdout
     _finished_once(out, 6, killed)
     pids = {json.loads(p.read_text())["pid"] for p in (out / "manifest").glob("*.json")}

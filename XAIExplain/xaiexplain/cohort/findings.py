@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.result import no_nan
 from ..metrics.common import bootstrap_ci
 from .findings_report import ALL, write_findings_html
 
@@ -110,7 +111,7 @@ def write_findings(out, findings: dict) -> list[Path]:
     """findings.json, findings.csv (a row per method, predicted class and region) and findings.html."""
     out = Path(out)
     paths = [out / name for name in FINDINGS_FILES]
-    paths[0].write_text(json.dumps(_no_nan(findings), indent=1) + "\n", encoding="utf-8")
+    paths[0].write_text(json.dumps(no_nan(findings), indent=1) + "\n", encoding="utf-8")
     with open(paths[1], "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
         writer.writeheader()
@@ -125,11 +126,3 @@ def write_findings(out, findings: dict) -> list[Path]:
 
 def _csv_cell(value):
     return "" if isinstance(value, float) and value != value else round(value, 6) if isinstance(value, float) else value
-
-
-def _no_nan(value):
-    if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_no_nan(v) for v in value]
-    return None if isinstance(value, float) and value != value else value

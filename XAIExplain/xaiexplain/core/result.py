@@ -57,7 +57,7 @@ class Attribution:
                     "sum": float(a.sum(dtype=np.float64)), "peak_index": list(self.peak_index())},
         }
         if self.trust is not None:
-            out["trust"] = _no_nan(_jsonable(self.trust))
+            out["trust"] = no_nan(_jsonable(self.trust))
         if self.regions is not None:
             out["regions"] = [{k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
                               for row in _jsonable(self.regions)]  # NaN (a region not scored) is not JSON
@@ -83,12 +83,12 @@ def _jsonable(value):
     return str(value)
 
 
-def _no_nan(value):
+def no_nan(value):
     """NaN (a check with nothing to measure) as None: JSON has no NaN."""
     if isinstance(value, dict):
-        return {k: _no_nan(v) for k, v in value.items()}
+        return {k: no_nan(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_no_nan(v) for v in value]
+        return [no_nan(v) for v in value]
     return None if isinstance(value, float) and value != value else value
 
 

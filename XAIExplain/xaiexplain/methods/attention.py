@@ -37,6 +37,16 @@ def _keep(store: dict, key: str):
     return hook
 
 
+def _hooked_pass(ctx, handles) -> None:
+    """One forward pass of the whole input with the hooks ``handles`` on, removed afterwards whatever happens."""
+    try:
+        with torch.inference_mode():
+            ctx.forward(ctx.x)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _gates(ctx) -> list[tuple[str, torch.nn.Module]]:
     gates = [(name, m) for name, m in ctx.model.named_layers().items()
              if type(m).__name__ == "AttentionBlock" and hasattr(m, "psi")]
@@ -63,13 +73,7 @@ class AttentionGates(Method):
             raise XAIError(f"attention-gates.gate={gate} is out of range: the network has {len(gates)} gates",
                            f"give a gate from {-len(gates)} to {len(gates) - 1} (-1: the finest)")
         values: dict[str, torch.Tensor] = {}
-        handles = [m.psi.register_forward_hook(_keep(values, name)) for name, m in gates]
-        try:
-            with torch.inference_mode():
-                ctx.forward(ctx.x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        _hooked_pass(ctx, [m.psi.register_forward_hook(_keep(values, name)) for name, m in gates])
         order = list(values)  # completion order: the coarsest gate first, the finest (nearest the output) last
         chosen = order[gate]
         coefficients = values[chosen].float()
@@ -233,14 +237,8 @@ def _swin_block_map(ctx, blocks, block: int, head):
                        "shifted-window blocks", f"give a block from {-len(blocks)} to {len(blocks) - 1}")
     name, module = blocks[block]
     seen = {}
-    handles = [module.register_forward_pre_hook(lambda _m, args: _keep(seen, "shape")(_m, (), args[0].shape)),
-               module.attn.softmax.register_forward_hook(_keep(seen, "attn"))]
-    try:
-        with torch.inference_mode():
-            ctx.forward(ctx.x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    _hooked_pass(ctx, [module.register_forward_pre_hook(lambda _m, args: _keep(seen, "shape")(_m, (), args[0].shape)),
+                       module.attn.softmax.register_forward_hook(_keep(seen, "attn"))])
     if len(seen.get("shape", ())) != 5:
         raise XAIError(f"block '{name}' did not run on a 3D token grid", "explain a 3D SwinUNETR")
     b, d, h, w, _ = seen["shape"]
