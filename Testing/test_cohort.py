@@ -105,12 +105,12 @@ def test_a_cohort_resumes_records_failures_and_guards_its_folder(tmp_path, capsy
     record = _record(out, "case00")
     (out / "manifest" / "case00.json").write_text(json.dumps({**record, "status": "running"}))
     (out / ".cases").mkdir(exist_ok=True)
-    (out / ".cases" / "case00.999999999").mkdir()  # staging of a dead process: cleared
+    (out / ".cases" / ".xaiexplain-999999999-case00").mkdir()  # staging of a dead process: cleared
     events = len(log_events(out))
     assert _cohort(cases, out) == 1
     ran = [(e["case"], e["event"]) for e in log_events(out)[events:]]
     assert sorted(ran) == [("case00", "done"), ("case02", "done"), ("missing", "done"), ("truncated", "failed")]
-    assert not (out / ".cases" / "case00.999999999").exists()
+    assert not (out / ".cases" / ".xaiexplain-999999999-case00").exists()
 
     # another model or other settings: refused before any work, unless --overwrite (then every case again)
     capsys.readouterr()

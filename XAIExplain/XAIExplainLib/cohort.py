@@ -15,7 +15,7 @@ from .worker import WorkerProcess, pythonSlicerExecutable
 
 class CohortRunner:
     """One cohort run in a worker process. ``status``: running, done (every case finished or recorded as failed:
-    see ``failedCases``), failed (the command refused or broke), cancelled."""
+    see ``cohortCases``), failed (the command refused or broke), cancelled."""
 
     def __init__(self, arguments: list[str], *, python: str | None = None, popen=None, onProgress=None):
         command = [python or pythonSlicerExecutable(), "-c", LAUNCH_ENGINE, "cohort", *arguments, "--progress-lines"]
@@ -91,10 +91,12 @@ class CohortLogic:
         request = ExplainRequest(inputs=inputs, model=cohort["model"], methods=list(settings["methods"]),
                                  target=settings.get("target"), versus=settings.get("versus"),
                                  layer=settings.get("layer"), params=settings.get("params") or {},
-                                 seed=settings.get("seed", 0), roi=_keywordRoi(cohort.get("roi")))
+                                 seed=settings.get("seed", 0), roi=_keywordRoi(cohort["settings"]["roi"]))
         return addResultNodes(self.scene, read_results(folder), request)
 
 
 def _keywordRoi(roi):
     """'predicted' or 'component:N' (a request keeps those); a mask file is the case's, not a node here."""
-    return roi if isinstance(roi, str) and (roi == "predicted" or roi.startswith("component:")) else None
+    from xaiexplain.core.targets import is_roi_keyword
+
+    return roi if roi is not None and is_roi_keyword(roi) else None

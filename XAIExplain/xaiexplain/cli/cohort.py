@@ -98,9 +98,9 @@ def cmd_cohort(args) -> int:
     finally:
         bar.close()
     wanted = {case.case_id for case in cases}
-    failed = {r["case"]: r.get("error", "") for r in all_records(job.out)
-              if r.get("status") == "failed" and r["case"] in wanted}
-    summaries = {case: s for case, s in finished_summaries(job.out).items() if case in wanted}
+    records = [r for r in all_records(job.out) if r["case"] in wanted]
+    failed = {r["case"]: r.get("error", "") for r in records if r.get("status") == "failed"}
+    summaries = finished_summaries(job.out, records)
     findings = cohort_findings(summaries, failed, {case.case_id: case.group for case in cases if case.group})
     written = write_findings(job.out, findings)
     print(f"{len(ran['done'])} cases explained, {len(ran['skipped'])} already finished, {len(ran['failed'])} failed"

@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core.targets import is_roi_keyword
 from ..errors import XAIError
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -33,15 +34,9 @@ class CohortCase:
 
     def __post_init__(self):
         named = [*self.inputs, self.mask, self.reference, self.labels]
-        if self.roi and not _is_keyword_roi(self.roi):
+        if self.roi and not is_roi_keyword(self.roi):
             named.append(self.roi)
         object.__setattr__(self, "files", tuple(p for p in named if p))
-
-
-def _is_keyword_roi(roi: str) -> bool:
-    from ..core.targets import roi_component
-
-    return roi == "predicted" or bool(roi_component(roi))
 
 
 def read_cases(source) -> list[CohortCase]:
@@ -97,7 +92,7 @@ def _from_csv(path: Path) -> list[CohortCase]:
         roi = cell.get("roi") or None
         cases.append(CohortCase(cell["case"], tuple(resolve(c) for c in channels),
                                 mask=resolve(cell.get("mask")) or None,
-                                roi=roi if roi is None or _is_keyword_roi(roi) else resolve(roi),
+                                roi=roi if roi is None or is_roi_keyword(roi) else resolve(roi),
                                 reference=resolve(cell.get("reference")) or None,
                                 labels=resolve(cell.get("labels")) or None, group=cell.get("group") or None))
     return cases

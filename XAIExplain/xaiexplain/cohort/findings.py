@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +79,10 @@ def cohort_findings(summaries: dict[str, dict], failed: dict[str, str] | None = 
     subsets.update({f"group {name}": {c for c, g in (groups or {}).items() if g == name}
                     for name in sorted(set((groups or {}).values()) - {None}, key=str)})
     findings = {"cases": len(summaries), "failed": dict(sorted((failed or {}).items())),
-                "predicted": {str(k): v for k, v in sorted(_count(predicted.values()).items(), key=str)},
-                "groups": {name[6:]: len(cases & set(summaries)) for name, cases in subsets.items()
-                           if name.startswith("group ")}, "methods": {}}
+                "predicted": {str(k): v for k, v in sorted(Counter(predicted.values()).items(), key=str)},
+                "groups": {str(g): n for g, n in sorted(Counter(g for c, g in (groups or {}).items()
+                                                                if c in summaries and g is not None).items())},
+                "methods": {}}
     for method, results in methods.items():
         tables = {case: r["regions"] for case, r in results.items() if r.get("regions")}
         cards = {case: r["trust"] for case, r in results.items() if r.get("trust")}
@@ -96,15 +97,8 @@ def cohort_findings(summaries: dict[str, dict], failed: dict[str, str] | None = 
                         for name, cases in chosen.items() if cases & set(tables)},
             "shortcut": {name: found for name, cases in chosen.items()
                          if (found := _shortcut({c: card for c, card in cards.items() if c in cases}))},
-            "trust": _count(card["verdict"] for card in cards.values())}
+            "trust": dict(Counter(card["verdict"] for card in cards.values()))}
     return findings
-
-
-def _count(values) -> dict:
-    counts = defaultdict(int)
-    for value in values:
-        counts[value] += 1
-    return dict(counts)
 
 
 def write_findings(out, findings: dict) -> list[Path]:

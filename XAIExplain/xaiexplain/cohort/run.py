@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..core.provenance import versions
 from ..errors import XAIError
+from ..io.outputs import remove_stale_staging
 from ..protocol import SUMMARY_FILE
 from .manifest import all_records, case_key, is_finished
 from .schedule import Tally
@@ -31,8 +31,7 @@ def prepare_folder(job: CohortJob, model_digest: str, overwrite: bool = False) -
     out = Path(job.out)
     if out.exists() and not out.is_dir():
         raise XAIError(f"the cohort folder {out} is a file", "give a folder path (it is created if missing)")
-    described = {"model": job.model, "model_sha256": model_digest, "settings": _key_settings(job),
-                 "regions": job.regions, "roi": job.roi, "references": list(job.references)}
+    described = {"model": job.model, "model_sha256": model_digest, "settings": _key_settings(job)}
     cohort_file = out / COHORT_FILE
     if cohort_file.is_file():
         try:
@@ -53,12 +52,7 @@ def prepare_folder(job: CohortJob, model_digest: str, overwrite: bool = False) -
     temporary.write_text(json.dumps({**described, "versions": versions(), "command": " ".join(sys.argv)}, indent=1,
                                     default=str), encoding="utf-8")
     os.replace(temporary, cohort_file)
-    from ..io.outputs import process_alive
-
-    for path in (out / STAGING).glob("*") if (out / STAGING).is_dir() else []:
-        pid = path.name.rsplit(".", 1)[-1]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
+    remove_stale_staging(out / STAGING)
 
 
 def _key_settings(job: CohortJob) -> dict:
@@ -130,11 +124,10 @@ def run_cohort(job: CohortJob, cases, *, workers: int = 1, ray_address: str | No
     return {"done": tally.done, "failed": tally.failed, "skipped": plan.finished, "lost": tally.lost}
 
 
-def finished_summaries(out) -> dict[str, dict]:
-    """{case: its summary.json} of every case whose record says done."""
-
+def finished_summaries(out, records=None) -> dict[str, dict]:
+    """{case: its summary.json} of every case whose record says done (``records``: the manifest's, if read)."""
     summaries = {}
-    for record in all_records(out):
+    for record in all_records(out) if records is None else records:
         path = Path(out) / record["case"] / SUMMARY_FILE
         if record.get("status") == "done" and path.is_file():
             summaries[record["case"]] = json.loads(path.read_text(encoding="utf-8"))

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import XAIError
+from ..io.outputs import STAGING_PREFIX
 from .manifest import write_record
 
-STAGING = ".cases"  # cases being written, as <case>.<pid>: moved into place only once complete
+STAGING = ".cases"  # cases being written (named as io.outputs stages: its process id first): moved in once complete
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def run_case(job: CohortJob, model, case, key: dict, attempt: int = 1) -> dict:
     out, started = Path(job.out), time.time()
     base = {"case": case.case_id, "key": key, "attempt": attempt, "pid": os.getpid(), "host": socket.gethostname()}
     write_record(out, {**base, "status": "running", "started": started})
-    staging = out / STAGING / f"{case.case_id}.{os.getpid()}"
+    staging = out / STAGING / f"{STAGING_PREFIX}{os.getpid()}-{case.case_id}"
     shutil.rmtree(staging, ignore_errors=True)
     try:
         regions = {"labels": case.labels, "names": job.regions.get("names")} if case.labels else job.regions
@@ -70,7 +71,7 @@ def run_case(job: CohortJob, model, case, key: dict, attempt: int = 1) -> dict:
 
 def _move_into_place(staging: Path, final: Path) -> None:
     """Replace ``final`` by the complete folder ``staging`` (renames on one file system: never half there)."""
-    old = final.with_name(f"{STAGING}-old-{final.name}.{os.getpid()}")
+    old = staging.with_name(f"{STAGING_PREFIX}{os.getpid()}-old-{final.name}")
     if final.exists():
         os.replace(final, old)
     os.replace(staging, final)

@@ -78,6 +78,11 @@ class ContrastTarget:
 COMPONENT = "component:"
 
 
+def is_roi_keyword(roi) -> bool:
+    """'predicted' or 'component:N' (resolved from the model's own output), not a mask file."""
+    return roi == "predicted" or bool(roi_component(roi))
+
+
 def roi_component(roi) -> int | None:
     """N for ``roi`` = 'component:N' (the N-th largest connected component of the predicted class), else None."""
     if not (isinstance(roi, str) and roi.startswith(COMPONENT)):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..core.explain import explain
-from ..core.targets import roi_component
+from ..core.targets import is_roi_keyword
 from ..core.volume import read_volume
 from .outputs import write_results
 
@@ -32,7 +32,7 @@ def explain_to_folder(model, inputs, out, *, roi=None, outline=None, regions: di
     :func:`case_regions` spec. Returns (results, written files)."""
     volumes = [read_volume(path) for path in inputs]
     # a mask file is read once: explained as the ROI and drawn as the previews' outline
-    roi = roi if roi in (None, "predicted") or roi_component(roi) else read_volume(roi)
+    roi = roi if roi is None or is_roi_keyword(roi) else read_volume(roi)
     outline = read_volume(outline) if outline else None if isinstance(roi, str) else roi
     results = explain(model, volumes, roi=roi, regions=case_regions(volumes[0], regions), progress=progress,
                       **settings)

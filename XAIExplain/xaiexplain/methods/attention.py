@@ -90,17 +90,28 @@ def _swin_blocks(ctx) -> list[tuple[str, torch.nn.Module]]:
             and hasattr(getattr(m, "attn", None), "softmax")]
 
 
+def _self_attention_blocks(ctx) -> list[tuple[str, torch.nn.Module]]:
+    return [(name, m) for name, m in ctx.model.named_layers().items()
+            if type(m).__name__ == "SABlock" and hasattr(m, "save_attn")]
+
+
 def _attention_blocks(ctx) -> list[tuple[str, torch.nn.Module]]:
-    modules = ctx.model.named_layers()
-    blocks = [(name, m) for name, m in modules.items() if type(m).__name__ == "SABlock" and hasattr(m, "save_attn")]
+    """The network's self-attention blocks, or a refusal that says what else it has."""
+    blocks = _self_attention_blocks(ctx)
     if not blocks:
-        raise XAIError("the network's attention is shifted-window attention (SwinUNETR), whose windows have no "
-                       "rollout across the whole image" if _swin_blocks(ctx) else
-                       "the network has no self-attention blocks (MONAI SABlock: ViT, UNETR)",
-                       "use attention-head for one block of a SwinUNETR, attention-gates for AttentionUnet, or a "
-                       "post-hoc method (gradcam, gradient, lrp)" if _swin_blocks(ctx) else
-                       "use attention-gates for AttentionUnet, or a post-hoc method (gradcam, gradient, lrp)")
+        others = "use attention-gates for AttentionUnet, or a post-hoc method (gradcam, gradient, lrp)"
+        if _swin_blocks(ctx):
+            raise XAIError("the network's attention is shifted-window attention (SwinUNETR), whose windows have no "
+                           "rollout across the whole image", "use attention-head for one block of a SwinUNETR, or "
+                           + others.replace("use ", "", 1))
+        raise XAIError("the network has no self-attention blocks (MONAI SABlock: ViT, UNETR)", others)
     return blocks
+
+
+def _check_head(head, heads: int) -> None:
+    if head is not None and head >= heads:
+        raise XAIError(f"attention-head.head={head} is out of range: the block has {heads} heads",
+                       f"give a head from 0 to {heads - 1}, or none for their mean")
 
 
 @contextmanager
@@ -208,17 +219,16 @@ class AttentionHead(Method):
         return {"forward": 1, "backward": 0}
 
     def run(self, ctx, block, head):
-        if _swin_blocks(ctx) and not any(type(m).__name__ == "SABlock" for m in ctx.model.named_layers().values()):
-            return _swin_block_map(ctx, _swin_blocks(ctx), block, head)
+        swin = _swin_blocks(ctx)
+        if swin and not _self_attention_blocks(ctx):
+            return _swin_block_map(ctx, swin, block, head)
         count = len(_attention_blocks(ctx))
         if not -count <= block < count:
             raise XAIError(f"attention-head.block={block} is out of range: the network has {count} attention "
                            "blocks", f"give a block from {-count} to {count - 1}")
         names, mats, grid, cls = _attention(ctx)
         mat = mats[block]
-        if head is not None and head >= mat.shape[1]:
-            raise XAIError(f"attention-head.head={head} is out of range: the block has {mat.shape[1]} heads",
-                           f"give a head from 0 to {mat.shape[1] - 1}, or none for their mean")
+        _check_head(head, mat.shape[1])
         chosen = mat.mean(1) if head is None else mat[:, head]
         info = {"block": names[block], "heads": int(mat.shape[1]), "head": head, "patch_grid": list(grid),
                 "class_token": cls, "note": SAME_FOR_EVERY_CLASS}
@@ -244,9 +254,7 @@ def _swin_block_map(ctx, blocks, block: int, head):
     b, d, h, w, _ = seen["shape"]
     size, shift = get_window_size((d, h, w), module.window_size, module.shift_size)
     attn = seen["attn"].float()  # (windows, heads, T, T)
-    if head is not None and head >= attn.shape[1]:
-        raise XAIError(f"attention-head.head={head} is out of range: the block has {attn.shape[1]} heads",
-                       f"give a head from 0 to {attn.shape[1] - 1}, or none for their mean")
+    _check_head(head, attn.shape[1])
     chosen = attn.mean(1) if head is None else attn[:, head]
     received = chosen.mean(1)  # (windows, T): each key token, over its window's queries
     padded = [n + (s - n % s) % s for n, s in zip((d, h, w), size)]
