@@ -159,16 +159,56 @@ def test_feature_maps_rank_channels_by_gradient_times_activation(demo, positive_
     handle.remove()
     contribution = (grad * acts["a"]).double().flatten(2).sum(2)[0]
     assert info["channel"] == int(contribution.argmax()) and info["rank"] == 1
-    assert [c["channel"] for c in info["channels"]] == contribution.argsort(descending=True)[:10].tolist()
-    assert info["channels"][0]["contribution"] == pytest.approx(float(contribution.max()), rel=1e-5)
+    assert [c["channel"] for c in info["ranking"]] == contribution.argsort(descending=True)[:10].tolist()
+    assert info["ranking"][0]["contribution"] == pytest.approx(float(contribution.max()), rel=1e-5)
     expected = F.interpolate(acts["a"][:, info["channel"]:info["channel"] + 1].detach(), size=case.x.shape[2:],
                              mode="trilinear", align_corners=False)
     np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-6)
     third, info3, _ = attribute(demo, case.x, "feature-map", target="lesion", layer="features.2",
-                                params={"channel": info["channels"][2]["channel"]})
+                                params={"channel": info["ranking"][2]["channel"]})
     assert info3["rank"] == 3
     with pytest.raises(XAIError, match="channel=999 is out of range"):
         attribute(demo, case.x, "feature-map", target="lesion", layer="features.2", params={"channel": 999})
+
+
+class _TwoChannelHead(torch.nn.Module):
+    """x -> 1x1 conv to two channels -> ReLU (the layer 'act') -> 1x1 conv with weights (1, -1) -> ReLU ->
+    mean -> linear (weight 2): a head whose LRP relevance per channel is known in closed form."""
+
+    def __init__(self):
+        super().__init__()
+        self.first = torch.nn.Conv3d(1, 2, 1)
+        self.act = torch.nn.ReLU()
+        self.mix = torch.nn.Conv3d(2, 1, 1, bias=False)
+        self.out = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(),
+                                       torch.nn.Linear(1, 2, bias=False))
+        with torch.no_grad():
+            self.first.weight.copy_(torch.tensor([1.0, -0.5]).view(2, 1, 1, 1, 1))
+            self.first.bias.copy_(torch.tensor([0.2, 0.6]))
+            self.mix.weight.copy_(torch.tensor([1.0, -1.0]).view(1, 2, 1, 1, 1))
+            self.out[3].weight.copy_(torch.tensor([[0.0], [2.0]]))
+
+    def forward(self, x):
+        return self.out(self.mix(self.act(self.first(x))))
+
+
+def test_feature_maps_rank_channels_by_lrp_relevance():
+    """Under z+ (epsilon-plus-flat: convolutions above the input) the 1x1 mix passes all of a voxel's relevance
+    2 relu(a0 - a1) / N to channel 0, whose weight is positive, and none to channel 1; gradient x activation
+    instead gives channel 1 the negative -2 a1 [a0 > a1] / N."""
+    network = _TwoChannelHead().eval()
+    x = torch.randn(1, 1, 8, 8, 8)
+    a = torch.relu(network.first(x))[0].detach().double()
+    n, on = a[0].numel(), a[0] > a[1]
+    lrp_expected = [float(2 * torch.relu(a[0] - a[1]).sum() / n), 0.0]
+    gxa_expected = [float(2 * a[0][on].sum() / n), float(-2 * a[1][on].sum() / n)]
+    _, info, _ = attribute(network, x, "feature-map", target=1, layer="act", params={"rank_by": "lrp"})
+    by_channel = {r["channel"]: r["contribution"] for r in info["ranking"]}
+    assert [by_channel[0], by_channel[1]] == pytest.approx(lrp_expected, rel=1e-4, abs=1e-9)  # the stabilisers
+    assert info["ranked_by"] == "lrp" and info["channel"] == 0
+    _, info, _ = attribute(network, x, "feature-map", target=1, layer="act")
+    by_channel = {r["channel"]: r["contribution"] for r in info["ranking"]}
+    assert [by_channel[0], by_channel[1]] == pytest.approx(gxa_expected, abs=1e-6)
 
 
 def _bias_free(network):
@@ -202,9 +242,9 @@ def test_lrp_through_attention_conserves_relevance_on_bias_free_transformers(kin
     assert float(maps.sum()) == pytest.approx(info["score"][0], rel=0.01)
 
 
-def test_lrp_on_a_white_box_attention_model_finds_the_evidence():
-    """One block whose class token attends to one patch (planted) and reads its mean intensity as the value:
-    the class score is that patch's evidence, and LRP puts it there."""
+def _white_box_vit():
+    """One block whose class token attends to the planted patch and reads its mean intensity as the value:
+    the class score is that patch's evidence."""
     hidden = 16
     network = ViT(in_channels=1, img_size=SIZE, patch_size=PATCH, hidden_size=hidden, mlp_dim=16, num_layers=1,
                   num_heads=1, classification=True, num_classes=2, post_activation=None).eval()
@@ -215,23 +255,55 @@ def test_lrp_on_a_white_box_attention_model_finds_the_evidence():
         block.attn.qkv.weight[2 * hidden + 4, 4] = 1.0  # the value: that channel
         block.attn.out_proj.weight[5, 4] = 1.0  # written into channel 5 of the class token
         network.classification_head.weight[1, 5], network.classification_head.weight[0, 5] = 1.0, -1.0
+    return network
+
+
+def _white_box_input():
+    """A noisy volume with the planted patch brighter, and that patch's slices."""
     x = torch.randn(1, 1, SIZE, SIZE, SIZE) + 0.5
     planted = tuple(slice(p * PATCH, (p + 1) * PATCH) for p in PLANTED)
     x[(0, 0, *planted)] += 2.0
+    return x, planted
+
+
+def test_lrp_on_a_white_box_attention_model_finds_the_evidence():
+    """The white-box ViT's class score is the planted patch's evidence, and LRP puts it there."""
+    network, (x, planted) = _white_box_vit(), _white_box_input()
     maps, info, _ = attribute(network, x, "lrp", target=1, params={"composite": "epsilon"})
     relevance = maps[0, 0].abs()
     assert float(relevance[planted].sum() / relevance.sum()) > 0.97
     assert info["completeness_error"] < 0.01
 
 
-def test_deeplift_still_refuses_attention_by_name():
-    network = UNETR(in_channels=1, out_channels=2, img_size=SIZE, feature_size=8, hidden_size=48, mlp_dim=96,
-                    num_heads=4).eval()
+@pytest.mark.parametrize("kind", ["unetr", pytest.param("swinunetr", marks=pytest.mark.slow)])
+def test_deeplift_through_attention_sums_to_the_score_difference(kind):
+    """Matrix products of two feature maps get the bilinear rule, softmax and GELU the rescale rule, LayerNorm
+    the input's statistics: the map sums to score(x) - score(reference) (with every bias in place)."""
     from xaiexplain.core.targets import SegmentationTarget
 
-    with pytest.raises(XAIError, match="has no rule for a product of feature maps \\('einsum'\\)"):
-        attribute(network, torch.randn(1, 1, SIZE, SIZE, SIZE), "deeplift",
-                  target=SegmentationTarget(1, torch.ones(SIZE, SIZE, SIZE, dtype=torch.bool)))
+    torch.manual_seed(0)
+    if kind == "unetr":
+        network, size = UNETR(in_channels=1, out_channels=2, img_size=SIZE, feature_size=8, hidden_size=48,
+                              mlp_dim=96, num_heads=4, norm_name="batch").eval(), SIZE
+    else:
+        network, size = SwinUNETR(in_channels=1, out_channels=2, feature_size=12, norm_name="batch").eval(), 64
+    x = torch.randn(1, 1, size, size, size)
+    roi = torch.zeros(size, size, size, dtype=torch.bool)
+    roi[size // 4:size * 5 // 8, size // 3:size * 3 // 4, size // 8:size // 2] = True
+    maps, info, _ = attribute(network, x, "deeplift", target=SegmentationTarget(1, roi),
+                              params={"baseline": "zeros"})
+    assert info["completeness_error"] < 1e-4
+    assert float(maps.sum()) == pytest.approx(info["score_difference"][0], rel=1e-4)
+
+
+def test_deeplift_on_a_white_box_attention_model_finds_the_evidence():
+    """The one-block ViT whose class token reads the planted patch's mean through attention: DeepLIFT from a
+    zero reference puts the score difference on that patch."""
+    network, (x, planted) = _white_box_vit(), _white_box_input()
+    maps, info, _ = attribute(network, x, "deeplift", target=1, params={"baseline": "zeros"})
+    evidence = maps[0, 0].abs()
+    assert float(evidence[planted].sum() / evidence.sum()) > 0.9
+    assert info["completeness_error"] < 1e-4
 
 
 def test_swinunetr_block_maps_put_window_tokens_back_where_the_network_does():

@@ -37,8 +37,9 @@ def test_ctrl_c_at_any_moment_of_start_up_is_a_clean_stop(world, delay):
     out = world / "runs" / f"ctrl-c-{delay}" / "out"
     out.parent.mkdir(parents=True)
     process = subprocess.Popen([sys.executable, "-m", "xaiexplain", "explain", "--model", MODEL, "--input",
-                                str(world / "in" / "case.nrrd"), "--method", "smoothgrad", "--out", str(out),
-                                "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                str(world / "in" / "case.nrrd"), "--method", "smoothgrad", "--param",
+                                "smoothgrad.samples=400", "--out", str(out), "--quiet"],  # still running at 3 s
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(delay)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)

@@ -95,11 +95,11 @@ def test_methods_lists_the_registry():
                            "deconvnet", "cam", "gradcam", "gradcampp", "guided-gradcam", "lrp", "deeplift",
                            "deepshap", "occlusion", "occlusion-regions", "rise", "lime", "kernel-shap",
                            "channel-shapley", "probability", "entropy", "tta-uncertainty", "mc-dropout",
-                           "feature-map", "attention-gates", "attention-rollout", "attention-head"}
+                           "feature-map", "attention-gates", "attention-rollout", "attention-head", "prototypes"}
     assert listed["entropy"]["family"] == "uncertainty" and not listed["entropy"]["classification"]
     assert {n for n, m in listed.items() if m["kind"] == "ad-hoc"} == {
         "probability", "entropy", "tta-uncertainty", "mc-dropout", "feature-map", "attention-gates",
-        "attention-rollout", "attention-head"}
+        "attention-rollout", "attention-head", "prototypes"}
     assert not listed["attention-rollout"]["through_windows"] and listed["lrp"]["through_windows"]
     assert listed["occlusion-regions"]["needs_regions"] and listed["occlusion-regions"]["cost"]["per"] == "region"
     assert listed["gradcam"]["needs_layers"] and not listed["gradcam"]["signed"]

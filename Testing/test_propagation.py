@@ -228,10 +228,30 @@ class WithAttention(nn.Module):
         return self.fc(self.attention(tokens).mean(1))
 
 
+class Divides(nn.Module):
+    def forward(self, x):
+        return x / (1 + x.abs())  # |x| and a division by a feature map: no DeepLIFT rule
+
+
+class WithDivision(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 4, 3, padding=1)
+        self.squash = Divides()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.squash(self.conv(x)).mean((2, 3, 4)))
+
+
 def test_unsupported_layer_is_named():
-    with pytest.raises(XAIError, match=r"DeepLIFT has no rule for a product of feature maps .* layer 'attention' "
-                                       r"\(Attention\)"):
-        attribute(WithAttention().eval(), _input(8), "deeplift", target=1)
+    with pytest.raises(XAIError, match=r"DeepLIFT has no rule for 'TensorBase.abs' in layer 'squash' \(Divides\)"):
+        attribute(WithDivision().eval(), _input(8), "deeplift", target=1)
+
+
+def test_deeplift_through_a_hand_written_attention_sums_to_delta():
+    _, info, _ = attribute(WithAttention().eval(), _input(8), "deeplift", target=1, params={"baseline": "zeros"})
+    assert info["completeness_error"] < 1e-5
 
 
 def test_lrp_holds_attention_weights_constant_and_books_every_loss():

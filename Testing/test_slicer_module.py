@@ -1,5 +1,5 @@
 """XAIExplain.py itself, loaded with stand-ins for the parts of Slicer that need the application (Qt, the
-scripted-module base classes, the parameter-node wrapper): its classes are defined without error, the module
+scripted-module base classes, the parameter-node wrapper, CTK): its classes are defined without error, the module
 registers its sample data, and the console logic is the tested Qt-free logic wired to the scene's logics.
 The panel (Qt) and the self-test run in Slicer only.
 """
@@ -64,6 +64,7 @@ def module(monkeypatch):
     wrapper.Choice = lambda choices: ("choice", tuple(choices))
     wrapper.WithinRange = lambda low, high: ("range", low, high)
     monkeypatch.setitem(sys.modules, "qt", types.ModuleType("qt"))
+    monkeypatch.setitem(sys.modules, "ctk", types.ModuleType("ctk"))  # the feature-map section's collapsible
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", base)
     monkeypatch.setitem(sys.modules, "slicer.parameterNodeWrapper", wrapper)
     monkeypatch.setattr(slicer, "mrmlScene", harness.scene, raising=False)

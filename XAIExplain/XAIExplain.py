@@ -9,6 +9,8 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
+from XAIExplainGui import fields
+from XAIExplainGui.featuremaps import FeatureMapsSection
 from XAIExplainLib import dependencies, display, sampledata
 from XAIExplainLib.logic import ExplainLogicBase
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
@@ -130,6 +132,9 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.curvesButton.connect("clicked(bool)", lambda: self.logic.showCurves(self._parameterNode.resultVolume))
         self.ui.compareButton.connect("clicked(bool)", self.onCompareRegions)
         self.ui.reportButton.connect("clicked(bool)", self.onWriteReport)
+
+        self.featureMaps = FeatureMapsSection(self)  # layer and channel picker, built in code
+        self.layout.addWidget(self.featureMaps.section)
 
         self.initializeParameterNode()
         qt.QTimer.singleShot(0, self.fillMethods)  # after the panel shows: the method list imports the engine
@@ -258,25 +263,7 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.methodParameters, method, spec["name"], self.logic.parameterValue(field, raw))
             self.updateCost()
 
-        if field["kind"] == "choice":
-            widget, signal = qt.QComboBox(), "currentTextChanged(QString)"
-            widget.addItems(field["choices"])
-            widget.currentText = str(value) if str(value) in field["choices"] else field["choices"][0]
-        elif field["kind"] == "bool":
-            widget, signal = qt.QCheckBox(), "toggled(bool)"
-            widget.checked = bool(value)
-        elif field["kind"] in ("int", "float"):
-            widget, signal = (qt.QSpinBox(), "valueChanged(int)") if field["kind"] == "int" else \
-                (qt.QDoubleSpinBox(), "valueChanged(double)")
-            if field["kind"] == "float":
-                widget.decimals = field["decimals"]
-            widget.specialValueText = "auto" if field["auto"] else ""
-            widget.setRange(field["low"], field["high"])
-            widget.singleStep = field["step"]
-            widget.value = field["low"] if value is None else value
-        else:
-            widget, signal = qt.QLineEdit(), "textChanged(QString)"
-            widget.text = "" if value is None else str(value)
+        widget, signal = fields.parameterWidget(field, value)
         widget.connect(signal, setValue)
         widget.toolTip = f"{method}.{spec['name']} (default: {spec['default']})"
         return widget

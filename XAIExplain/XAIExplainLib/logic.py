@@ -20,6 +20,7 @@ import time
 
 from . import dependencies, display, regions, results, sampledata, trust
 from .cohort import CohortLogic
+from .featuremaps import FeatureLogic
 from .request import ExplainRequest
 from .results import addResultNodes, labelSegmentation
 from .runners import InProcessRunner, WorkerRunner
@@ -30,7 +31,7 @@ DEVICES = ("auto", "cpu", "cuda")
 OFFERED_TYPES = ("int", "float", "str", "bool", "baseline")  # parameter types a panel can offer ("object": console)
 
 
-class ExplainLogicBase(CohortLogic):
+class ExplainLogicBase(CohortLogic, FeatureLogic):
     def __init__(self, scene, *, appLogic=None, vrLogic=None, python: str | None = None, popen=None,
                  processEvents=None):
         self.scene = scene

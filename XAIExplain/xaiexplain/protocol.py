@@ -52,6 +52,11 @@ def preview_file(method: str) -> str:
     return f"{method}.png"
 
 
+def nearest_file(method: str) -> str:
+    """A prototype network's explanation: its top prototypes' nearest training patches (``io.nearest``)."""
+    return f"{method}-nearest.png"
+
+
 def shortcut_file(method: str) -> str:
     """The shortcut check's offending region of ``method``'s map (labels: trust.shortcut.LABELS)."""
     return f"{method}_shortcut.nrrd"
@@ -82,7 +87,8 @@ def models_dir() -> Path:
 
 
 def demo_bundle(name: str = "synthlesion_classifier") -> Path:
-    """Path of a shipped demo bundle: 'synthlesion_classifier' or 'synthlesion_shortcut'."""
+    """Path of a shipped demo bundle: 'synthlesion_classifier', 'synthlesion_shortcut', or the prototype
+    networks 'synthlesion_prototypes' and 'synthlesion_prototypes_shortcut'."""
     return models_dir() / name
 
 

@@ -24,6 +24,9 @@ from .main import main  # noqa: E402 (after the handler: importing it is most of
 
 def run() -> None:
     code = main()
+    # Done (written, or cleaned up): a Ctrl-C from here on would land in the interpreter's shutdown, which
+    # puts the default handler back and dies of the signal; there is nothing left to stop.
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     if code == 130:
         # Cancelled, and everything already cleaned up. A KeyboardInterrupt that crossed C++ code (torch's
         # import runs Python snippets through PyRun_String) leaves CPython set to kill itself with SIGINT at

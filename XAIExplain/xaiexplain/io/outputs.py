@@ -19,8 +19,9 @@ import numpy as np
 from ..core.result import Attribution
 from ..core.volume import Volume, read_volume, write_volume
 from ..errors import XAIError
-from ..protocol import (REGIONS_LABELS_FILE, REGIONS_TABLE_FILE, REPORT_FILES, SUMMARY_FILE, map_file, preview_file,
-                        read_summary, shortcut_file)
+from ..protocol import (REGIONS_LABELS_FILE, REGIONS_TABLE_FILE, REPORT_FILES, SUMMARY_FILE, map_file, nearest_file,
+                        preview_file, read_summary, shortcut_file)
+from .nearest import has_nearest_patches, render_nearest_patches
 from .preview import preview_point, render_preview
 
 STAGING_PREFIX = ".xaiexplain-"  # then the writing process' id: a folder whose process is gone is stale
@@ -78,7 +79,7 @@ def stale_results(folder: Path) -> list[Path]:
     for item in items if isinstance(items, list) else []:
         method = str(item.get("method", "")) if isinstance(item, dict) else ""
         if method:
-            names |= {map_file(method), preview_file(method), shortcut_file(method)}
+            names |= {map_file(method), preview_file(method), shortcut_file(method), nearest_file(method)}
             names |= {p.name for p in folder.glob(map_file(method, "*"))}
     return sorted(folder / name for name in names if (folder / name).is_file())
 
@@ -114,6 +115,9 @@ def write_results(out_dir, volume: Volume, attributions: list[Attribution], summ
                 names.append(preview_file(att.method))
                 render_preview(volume, att, staging / names[-1], f"{att.method} - target {att.target.get('name')}",
                                point=point, outline=outline)
+                if has_nearest_patches(att):
+                    names.append(nearest_file(att.method))
+                    render_nearest_patches(att, staging / names[-1])
         if any(att.regions is not None for att in attributions):
             write_region_table(staging / REGIONS_TABLE_FILE, attributions)
             names.append(REGIONS_TABLE_FILE)

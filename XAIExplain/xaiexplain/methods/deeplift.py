@@ -12,6 +12,9 @@ Linear operations keep their gradient: for them the multiplier is the weight.
   so ``m`` lies in [0, 1] and the change is fully accounted for;
 * a product of two feature maps (squeeze-excitation gates):
   ``d(ab) = mean(b) da + mean(a) db`` exactly, with means over input and reference;
+  matrix products and einsums of two feature maps (attention: ``q k^T``, ``softmax(.) v``) the same way,
+  ``d f(a, b) = f(da, mean(b)) + f(mean(a), db)``, exact for every bilinear ``f``; the attention softmax
+  gets the rescale rule of every activation, LayerNorm the input's statistics, GELU the rescale rule;
 * InstanceNorm / GroupNorm / LayerNorm normalise the reference with the input's
   statistics, so the layer is one linear map for both. Summation to delta holds
   against that pass; ``info`` also records the reference's score under its own
@@ -31,6 +34,7 @@ from ..core.models import model_output
 from ..errors import XAIError
 from .backprop import _out_of_place
 from .base import BASELINE, Method, batched, completeness_error, register
+from .machinery.products import product_call
 from .machinery.propagation import PropagationMode, batch_norm_in_eval, bind, in_graph, norm_affine, reduce_to, vjp
 
 TINY = 1e-6
@@ -69,6 +73,24 @@ class _Product(torch.autograd.Function):
         a, b = ctx.saved_tensors
         a0, b0 = ctx.record["in"]
         return (reduce_to(grad * (b + b0) / 2, a.shape), reduce_to(grad * (a + a0) / 2, b.shape), None)
+
+
+class _Bilinear(torch.autograd.Function):
+    """``make(a, b)`` for a bilinear ``make`` (a matrix product, an einsum): multipliers at the operands' means."""
+
+    @staticmethod
+    def forward(ctx, make, record, a, b):
+        ctx.make, ctx.record = make, record
+        ctx.save_for_backward(a, b)
+        return make(a, b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        a0, b0 = ctx.record["in"]
+        mean_a, mean_b = (a + a0) / 2, (b + b0) / 2
+        return (None, None, vjp(lambda t: ctx.make(t, mean_b), a, grad),
+                vjp(lambda t: ctx.make(mean_a, t), b, grad))
 
 
 class _MaxPool(torch.autograd.Function):
@@ -151,6 +173,19 @@ class DeepLiftMode(PropagationMode):
             self._record("product", shape, **{"in": (a.detach(), b.detach())})
             return a * b  # in-place calls too are computed out of place, as in LRP
         return _Product.apply(a, b, self._record("product", shape))
+
+    def product(self, func, args, kwargs):
+        call = product_call(func, args, kwargs)
+        if call is None:
+            raise self.unsupported(f"'{getattr(func, '__name__', func)}' with other than two operands")
+        make, a, b = call
+        if not (in_graph(a) and in_graph(b)):
+            return make(a, b)  # a product with a constant: linear, the gradient is the multiplier
+        shape = tuple(a.shape) + tuple(b.shape)  # both operands' shapes: what the two passes must agree on
+        if self.reference_pass:
+            self._record("bilinear", shape, **{"in": (a.detach(), b.detach())})
+            return make(a, b)
+        return _Bilinear.apply(make, self._record("bilinear", shape), a, b)
 
     def norm(self, func, args, kwargs):
         if func is F.batch_norm:

@@ -1,9 +1,10 @@
 """Deep feature maps: one channel of a layer as a volume on the input grid, the layer's channels ranked by
-how much each contributes to the target (gradient x activation summed over the channel: the first-order
-share of the target score that passes through it).
+how much each contributes to the target: gradient x activation summed over the channel (the first-order
+share of the target score that passes through it), or the LRP relevance that reaches the channel
+(``rank_by="lrp"``, the LRP method's composite: what the channel holds of the score under its rules).
 
 A way to browse what a layer detects: the map is the channel's activation itself (not a gradient), brought
-onto the input grid like every layer map (axes checked, then interpolated); ``info["channels"]`` ranks the
+onto the input grid like every layer map (axes checked, then interpolated); ``info["ranking"]`` ranks the
 ``top`` channels with their contribution and share, so a front end can offer the next one. ``channel``
 chooses one (default: the one contributing most). The layer is chosen as for Grad-CAM (``--layer``).
 """
@@ -11,32 +12,68 @@ from __future__ import annotations
 
 import torch
 
+from ..core.targets import ClassTarget
 from ..errors import XAIError
-from .base import Method, register
+from .base import Context, Method, register
 from .cam import layer_activations_and_gradients, on_input
+from .lrp import COMPOSITES, LRPMode
+from .machinery.layer_grid import capture_layer
 
 
 class FeatureMap(Method):
     name, title = "feature-map", "A layer's channel as a volume; channels ranked by contribution"
     family, needs_layers, through_windows, kind = "feature", True, False, "ad-hoc"
-    defaults = {"channel": None, "top": 10}
-    bounds = {"channel": (0, None), "top": (1, None)}
-    reference = "Zeiler & Fergus 2014 (visualising feature maps); gradient x activation per channel"
+    defaults = {"channel": None, "top": 10, "rank_by": "gradient-x-activation", "composite": "epsilon-plus-flat"}
+    bounds = {"channel": (0, None), "top": (1, None), "rank_by": ("gradient-x-activation", "lrp"),
+              "composite": tuple(COMPOSITES)}
+    reference = "Zeiler & Fergus 2014 (visualising feature maps); gradient x activation or LRP per channel"
 
-    def run(self, ctx, channel, top):
+    def cost(self, params):
+        return {"forward": 2, "backward": 2} if params.get("rank_by") == "lrp" else {"forward": 1, "backward": 1}
+
+    def run(self, ctx, channel, top, rank_by, composite):
         layer = layer_activations_and_gradients(ctx)
         channels = layer.acts.shape[1]
         if channel is not None and channel >= channels:
             raise XAIError(f"feature-map.channel={channel} is out of range: layer '{layer.name}' has {channels} "
                            "channels", f"give a channel from 0 to {channels - 1}, or none for the top one")
-        contribution = (layer.grads.double() * layer.acts.double()).flatten(2).sum(2).mean(0)  # (K,)
+        if rank_by == "lrp":
+            contribution = layer_relevance(ctx, layer.name, composite).double().flatten(2).sum(2).mean(0)
+        else:
+            contribution = (layer.grads.double() * layer.acts.double()).flatten(2).sum(2).mean(0)  # (K,)
         order = torch.argsort(contribution, descending=True)
         chosen = int(order[0]) if channel is None else int(channel)
         total = float(contribution.abs().sum()) or 1.0
         ranking = [{"channel": int(k), "contribution": float(contribution[k]),
                     "share": float(contribution[k]) / total} for k in order[:top]]
-        return on_input(ctx, layer, layer.acts[:, chosen:chosen + 1], channel=chosen, channels=ranking,
-                        layer_channels=channels, rank=int((order == chosen).nonzero()[0]) + 1)
+        return on_input(ctx, layer, layer.acts[:, chosen:chosen + 1], channel=chosen, ranking=ranking,
+                        layer_channels=channels, rank=int((order == chosen).nonzero()[0]) + 1, ranked_by=rank_by,
+                        **({"composite": composite} if rank_by == "lrp" else {}))
+
+
+def layer_relevance(ctx, name: str, composite: str) -> torch.Tensor:
+    """The LRP relevance (``composite``'s rules) that reaches layer ``name``'s output: (N, K, *layer grid)."""
+    with torch.enable_grad():
+        x = ctx.x.detach().clone().requires_grad_(True)
+        mode = LRPMode(ctx.model.network, x, composite)
+        with mode.active(), capture_layer(ctx, name) as captured:
+            out = ctx.forward(x)
+        (seed,) = torch.autograd.grad(ctx.score(out).sum(), out, retain_graph=True)
+        (relevance,) = torch.autograd.grad(out, captured[-1][1], seed * out.detach())
+    ctx.passes["backward"] += int(x.shape[0])
+    return relevance.detach()
 
 
 register(FeatureMap)
+
+
+def feature_layers(case) -> list[dict]:
+    """The layers a feature map can show on a prepared case (``core.case.PreparedCase``): every module with a
+    spatial output, in completion order, with its channels and grid (one forward pass, no gradients)."""
+    ctx = Context(case.model, case.x, ClassTarget(), case.output())
+    with torch.no_grad(), capture_layer(ctx, None) as captured:
+        ctx.forward(ctx.x[:1])
+    layers: dict[str, dict] = {}
+    for name, output, _ in captured:
+        layers.setdefault(name, {"name": name, "channels": int(output.shape[1]), "grid": list(output.shape[2:])})
+    return list(layers.values())

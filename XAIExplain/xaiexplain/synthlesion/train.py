@@ -43,13 +43,16 @@ class CaseStream(IterableDataset):
         info = torch.utils.data.get_worker_info()
         first, step = (0, 1) if info is None else (info.id, info.num_workers)
         for i in range(first, self.n_cases, step):
-            rng = np.random.default_rng([self.seed, i])
-            positive = bool(rng.random() < 0.5)  # not alternating: BatchNorm must not learn batch composition
-            marker = bool(rng.random() < self.kind["marker_if_positive" if positive else "marker_if_negative"])
-            case = synth.generate_case(self.seed * 10**5 + i, positive=positive,
-                                       contrast=float(rng.uniform(*self.kind["contrast"])), marker=marker)
-            x = torch.as_tensor(self.scale(torch.as_tensor(case.volume.array)), dtype=torch.float32)
-            yield x, case.label
+            yield self.case(i)[:2]
+
+    def case(self, i: int) -> tuple[torch.Tensor, int, synth.SynthCase]:
+        """Case ``i`` of this stream: (model input, label, the generated case), the same on every call."""
+        rng = np.random.default_rng([self.seed, i])
+        positive = bool(rng.random() < 0.5)  # not alternating: BatchNorm must not learn batch composition
+        marker = bool(rng.random() < self.kind["marker_if_positive" if positive else "marker_if_negative"])
+        case = synth.generate_case(self.seed * 10**5 + i, positive=positive,
+                                   contrast=float(rng.uniform(*self.kind["contrast"])), marker=marker)
+        return torch.as_tensor(self.scale(torch.as_tensor(case.volume.array)), dtype=torch.float32), case.label, case
 
 
 def train(kind: str, n_cases: int = 8000, batch: int = 16, lr: float = 1.5e-3, seed: int = 1, device: str = "cpu",

@@ -1,0 +1,54 @@
+"""Browsing what a layer detects, without Qt: the layers a model has on an input, and one channel of one layer
+shown as an overlay (the engine's ``feature-map``), with the layer's channels ranked by what they add to the
+target. A mixin of ``ExplainLogicBase``; the panel's layer and channel picker (``XAIExplainGui.featuremaps``) calls it.
+"""
+from __future__ import annotations
+
+from . import display
+from .volumenodes import volumeFromNode
+
+RANKINGS = ("gradient-x-activation", "lrp")
+
+
+class FeatureLogic:
+    def featureLayers(self, inputVolumes, model: str, device: str = "auto") -> list[dict]:
+        """Every layer with a spatial output on this input, in the order the network computes them: {name,
+        channels, grid} (one forward pass, in-process)."""
+        from xaiexplain import prepare_case
+        from xaiexplain.methods.features import feature_layers
+
+        volumes = [volumeFromNode(n) for n in self._nodes(inputVolumes)]
+        return feature_layers(prepare_case(self.loadModel(model, device), volumes, device=device))
+
+    def showFeatureChannel(self, inputVolumes, model: str, layer: str, channel: int | None = None, *,
+                           target=None, rankBy: str = "gradient-x-activation", device: str = "auto"):
+        """Channel ``channel`` of ``layer`` (None: the one adding most to ``target``) as a result node shown as
+        an overlay, in-process (one forward and backward pass; two more with ``rankBy="lrp"``). The node's
+        record holds the layer's ranking (see :meth:`featureRanking`)."""
+        if rankBy not in RANKINGS:
+            raise ValueError(f"rankBy must be one of {', '.join(RANKINGS)}, not {rankBy!r}")
+        params = {"feature-map": {"channel": channel, "rank_by": rankBy}}
+        (node,) = self.process(inputVolumes, model, ["feature-map"], target=target, layer=layer, params=params,
+                               device=device, useWorker=False, waitForCompletion=True)
+        return node
+
+    @staticmethod
+    def describeFeatureLayer(layer: dict) -> str:
+        """A layer as the picker lists it: name, channels and grid."""
+        return f"{layer['name']} ({layer['channels']} channels, {'x'.join(str(n) for n in layer['grid'])})"
+
+    @staticmethod
+    def featureRanking(resultNode) -> list[dict]:
+        """A feature-map result's ranking of its layer's channels: [{channel, contribution, share}], first the
+        one adding most."""
+        return list(display.record(resultNode).get("info", {}).get("ranking", []))
+
+    def describeFeatureRanking(self, resultNode, shown: int = 5) -> str:
+        """The panel's line on a feature-map result: its layer, channel and rank, then the top channels."""
+        info = display.record(resultNode).get("info", {})
+        ranking = self.featureRanking(resultNode)
+        if not ranking:
+            return ""
+        top = ", ".join(f"{r['channel']} ({r['share']:+.0%})" for r in ranking[:shown])
+        return (f"{info['layer']}: channel {info['channel']} of {info['layer_channels']} (rank {info['rank']} by "
+                f"{info['ranked_by']}). Top channels (share of the target): {top}")
