@@ -1,10 +1,12 @@
-"""Ad-hoc explanations: attention gates, attention rollout and heads on planted attention, deep feature maps."""
+"""Ad-hoc explanations and transformers: attention gates, rollout and heads on planted attention, LRP and DeepLIFT
+through attention, deep feature maps ranked by gradient x activation and LRP."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 pytest.importorskip("einops")  # MONAI's transformers need it
 from monai.networks.nets import UNETR, AttentionUnet, SwinUNETR, UNet, ViT  # noqa: E402
@@ -211,6 +213,47 @@ def test_feature_maps_rank_channels_by_lrp_relevance():
     assert [by_channel[0], by_channel[1]] == pytest.approx(gxa_expected, abs=1e-6)
 
 
+class Attention(nn.Module):
+    """Attention written by hand: softmax(q k^T) times the tokens."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k = nn.Linear(4, 4), nn.Linear(4, 4)
+
+    def forward(self, t):
+        return torch.softmax(self.q(t) @ self.k(t).transpose(1, 2), -1) @ t
+
+
+class WithAttention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 4, 3, padding=1)
+        self.attention = Attention()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        tokens = self.conv(x).flatten(2).transpose(1, 2)
+        return self.fc(self.attention(tokens).mean(1))
+
+
+def _tokens_input():
+    return torch.rand(1, 1, 8, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def test_lrp_holds_attention_weights_constant_and_books_every_loss():
+    """LRP passes a hand-written attention (softmax of q k^T, times the tokens): the weights are held constant,
+    so relevance reaches the input through the tokens alone, and all it loses is booked (biases, epsilon)."""
+    maps, info, _ = attribute(WithAttention().eval(), _tokens_input(), "lrp", target=1, params={"composite": "epsilon"})
+    assert info["rules_applied"]["product-attention-held"] == 1 and info["rules_applied"]["product"] == 1
+    assert info["conservation_error"] < 1e-5
+
+
+def test_deeplift_through_a_hand_written_attention_sums_to_the_score_difference():
+    _, info, _ = attribute(WithAttention().eval(), _tokens_input(), "deeplift", target=1,
+                           params={"baseline": "zeros"})
+    assert info["completeness_error"] < 1e-5
+
+
 def _bias_free(network):
     """Every bias and additive constant zero (position embeddings, relative position tables): relevance then
     has nowhere to go but the input."""
@@ -278,7 +321,9 @@ def test_lrp_on_a_white_box_attention_model_finds_the_evidence():
 @pytest.mark.parametrize("kind", ["unetr", pytest.param("swinunetr", marks=pytest.mark.slow)])
 def test_deeplift_through_attention_sums_to_the_score_difference(kind):
     """Matrix products of two feature maps get the bilinear rule, softmax and GELU the rescale rule, LayerNorm
-    the input's statistics: the map sums to score(x) - score(reference) (with every bias in place)."""
+    the input's statistics: the map sums to the score difference against the reference pass (with every bias
+    in place), whose LayerNorms take the input's statistics; under its own the reference's score differs by
+    0.1% (UNETR) of the difference, recorded."""
     from xaiexplain.core.targets import SegmentationTarget
 
     torch.manual_seed(0)
@@ -294,6 +339,7 @@ def test_deeplift_through_attention_sums_to_the_score_difference(kind):
                               params={"baseline": "zeros"})
     assert info["completeness_error"] < 1e-4
     assert float(maps.sum()) == pytest.approx(info["score_difference"][0], rel=1e-4)
+    assert 0 < info["completeness_error_own_statistics"] < (0.01 if kind == "unetr" else 0.2)
 
 
 def test_deeplift_on_a_white_box_attention_model_finds_the_evidence():

@@ -110,12 +110,6 @@ def test_a_patch_reads_any_box_with_padding_and_its_own_values():
     assert torch.equal(patch.dense(), full)
 
 
-@pytest.fixture
-def boxes_wherever_they_match(monkeypatch):
-    """Tiny networks: boxes and full passes take about the same time, so the measured choice could go either way."""
-    monkeypatch.setattr(perturb, "CHOSEN_BY_TIME", False)
-
-
 def test_a_wrong_local_rule_is_caught_and_the_map_stays_right(monkeypatch, boxes_wherever_they_match):
     """If a layer were wrongly taken for voxel-wise, the check against full passes falls back to them."""
     torch.manual_seed(2)

@@ -397,13 +397,9 @@ def test_approximate_occlusion_stays_within_its_tolerance_and_finds_the_same_pea
     assert error <= facts["tolerance"] and facts["sampled_error"] <= facts["tolerance"] and "why" not in facts
 
 
-def test_approximate_occlusion_skips_nothing_where_windows_would_leave_gaps(demo, demo_x, monkeypatch):
-    """Both runs score every window by the same path (boxes wherever they match full passes): the path chosen by
-    a timed probe can differ between two runs on a busy CPU, and boxes and full passes differ by float rounding
-    on the logits, more than this test's tolerance on their differences."""
-    from xaiexplain.methods.machinery import scoring
-
-    monkeypatch.setattr(scoring, "CHOSEN_BY_TIME", False)
+def test_approximate_occlusion_skips_nothing_where_windows_would_leave_gaps(demo, demo_x, boxes_wherever_they_match):
+    """Both runs score every window by the same path: boxes and full passes differ by float rounding on the
+    logits, more than this test's tolerance on their differences."""
     params = {"window": 16, "stride": 16, "refine": 0, "baseline": "blur", "score": "logit"}
     exact, _, _ = attribute(demo, demo_x, "occlusion", target=1, params=params)
     approx, info, _ = attribute(demo, demo_x, "occlusion", target=1, params={**params, "approximate": True})

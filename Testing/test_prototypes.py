@@ -15,6 +15,7 @@ from xaiexplain.cli.main import main as cli
 from xaiexplain.errors import XAIError
 from xaiexplain.methods.prototypes import disabled, nearest_patches
 from xaiexplain.protocol import demo_bundle
+from xaiexplain.synthlesion.prototype_model import PrototypeNet3D
 from xaiexplain.synthlesion.synth import generate_case
 from xaiexplain.synthlesion.train import EVAL_SEED_START, CaseStream
 from xaiexplain.synthlesion.train_prototypes import _patch
@@ -37,7 +38,7 @@ def _peak_cell_in(mask: np.ndarray, cell) -> bool:
     """Whether the latent cell (the map's own resolution, 12 mm) holds a voxel of ``mask``: the CELL^3 voxels
     around the cell's centre, input voxel CELL x c (two stride-2 convolutions of kernel 3 and padding 1; the
     gradient's centroid of cell 8 is voxel 32.1 on each axis)."""
-    return bool(mask[tuple(slice(CELL * c - CELL // 2, CELL * c + CELL // 2) for c in cell)].any())
+    return bool(mask[tuple(slice(max(0, CELL * c - CELL // 2), CELL * c + CELL // 2) for c in cell)].any())
 
 
 def test_accuracy_and_the_top_prototype_peaks_in_the_lesion(prototypes):
@@ -56,24 +57,29 @@ def test_accuracy_and_the_top_prototype_peaks_in_the_lesion(prototypes):
 
 
 def test_maps_ranking_and_disabling_match_the_network(prototypes, demo_x):
+    """With prototype 7 disabled the ranking and the default map describe the corrected network; the prediction
+    is given both ways, and the network is left as it was."""
     network, head = prototypes.network, prototypes.network.head
     maps, info, _ = attribute(prototypes, demo_x, "prototypes", target="lesion", params={"disable": [7]})
+    assert bool((head.enabled == 1).all())  # the network is left as it was
     with torch.no_grad():
         similarity = head.similarity(network.latent(demo_x))  # (1, P, 16, 16, 16)
         logits = network(demo_x)
         head.enabled[7] = 0
         corrected = network(demo_x)
         head.enabled[7] = 1
-    adds = similarity.flatten(2).amax(2)[0] * head.last_layer.weight[1]
-    assert [e["prototype"] for e in info["prototypes"]] == adds.argsort(descending=True).tolist()
-    assert info["prototypes"][0]["adds"] == pytest.approx(float(adds.max().detach()), rel=1e-5)
+    kept = torch.ones(8)
+    kept[7] = 0
+    adds = similarity.flatten(2).amax(2)[0] * kept * head.last_layer.weight[1].detach()
+    assert [e["prototype"] for e in info["prototypes"]] == adds[:7].argsort(descending=True).tolist() + [7]
+    assert info["prototypes"][0]["adds"] == pytest.approx(float(adds.max()), rel=1e-5)
+    assert info["prototype"] != 7 and not next(e for e in info["prototypes"] if e["prototype"] == 7)["enabled"]
     chosen = info["prototype"]
     expected = F.interpolate(similarity[:, chosen:chosen + 1], size=demo_x.shape[2:], mode="trilinear",
                              align_corners=False)
     torch.testing.assert_close(maps, expected, rtol=1e-5, atol=1e-5)
     assert info["prediction"]["logits"] == pytest.approx(logits[0].tolist(), rel=1e-5)
     assert info["prediction_with_disabled"]["logits"] == pytest.approx(corrected[0].tolist(), rel=1e-5)
-    assert bool((head.enabled == 1).all())  # the network is left as it was
     with disabled(head, [1, 2]):
         assert head.enabled.tolist() == [1, 0, 0, 1, 1, 1, 1, 1]
     assert bool((head.enabled == 1).all())
@@ -84,9 +90,13 @@ def test_maps_ranking_and_disabling_match_the_network(prototypes, demo_x):
         attribute(prototypes, demo_x, "prototypes", target="lesion", params={"prototype": 8})
 
 
-def test_networks_without_prototypes_are_refused(demo, demo_x):
+def test_networks_without_prototypes_or_with_another_head_are_refused(demo, demo_x):
     with pytest.raises(XAIError, match="the network has no prototype layer"):
         attribute(demo, demo_x, "prototypes", target="lesion")
+    network = PrototypeNet3D().eval()  # a head that averages the similarities (PIP-Net-like pooling)
+    network.head.pooled = lambda latent: network.head.similarity(latent).flatten(2).mean(2) * network.head.enabled
+    with pytest.raises(XAIError, match="does not compute its last layer of each prototype's largest similarity"):
+        attribute(network, demo_x, "prototypes", target=1)
 
 
 def test_each_prototype_is_its_nearest_training_patch(prototypes):
@@ -109,8 +119,8 @@ def test_each_prototype_is_its_nearest_training_patch(prototypes):
         patches = nearest_patches(head, p)
         assert patches.shape == (3, 1, 16, 16, 16)
         np.testing.assert_allclose(patches[0], _patch(x, cell, CELL).numpy(), atol=2e-3)  # stored as float16
-        recorded = head.nearest_distances[p]
-        assert float(recorded[0]) == 0.0 and bool((recorded[1:] >= 0).all())
+        recorded = head.nearest_distances[p]  # nearest first, the first the one it was pushed onto
+        assert float(recorded[0]) < 1e-4 and bool((recorded[1:] >= recorded[:-1]).all())
 
 
 def _marker_prototypes(model, cases) -> list[int]:
@@ -140,6 +150,13 @@ def test_disabling_the_shortcut_prototype_corrects_the_shortcut_variant(shortcut
         after += result.info["prediction_with_disabled"]["predicted_class"] == 1
     assert before / 12 >= 0.8  # the shortcut: marked healthy brains called lesions
     assert after / 12 < 0.1  # disabled, the marker no longer decides
+    # nor did the lesions: clear ones without the marker are missed, and with it only the marker was seen
+    for i, marked in enumerate((False, False, True, True)):
+        case = generate_case(FRESH + 600 + i, positive=True, marker=marked, contrast=0.6 if not marked else 0.2)
+        (result,) = explain(shortcut_prototypes, case.volume, ["prototypes"], target="lesion",
+                            params={"prototypes": {"disable": marker}})
+        assert result.info["prediction"]["predicted_class"] == int(marked)
+        assert result.info["prediction_with_disabled"]["predicted_class"] == 0
 
 
 def test_the_command_line_draws_the_nearest_patches(tmp_path, positive_case):

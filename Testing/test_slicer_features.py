@@ -39,7 +39,11 @@ def test_layers_and_a_chosen_channel_shown_as_an_overlay(harness, logic, t1, dem
 
     case = prepare_case(demo, positive_case.volume, device="cpu")
     seen = {}
-    handle = demo.network.features[2].register_forward_hook(lambda m, i, o: seen.setdefault("a", o.detach()))
+
+    def keep(_module, _inputs, output):
+        seen["a"] = output.detach()  # returns None: the output stays the module's
+
+    handle = demo.network.features[2].register_forward_hook(keep)
     with torch.no_grad():
         demo.network(case.x)
     handle.remove()
@@ -66,4 +70,6 @@ def test_a_prototype_explanation_from_the_panel_logic(logic, t1):
     info = display.record(node)["info"]
     assert info["prediction"]["predicted_name"] == "lesion" and info["disabled"] == [5, 7]
     assert info["prediction_with_disabled"]["predicted_name"] == "healthy"  # its two lesion prototypes that fire
+    text = logic.describeResult(node)  # the panel's record line
+    assert "Prototypes adding most: " in text and "With prototypes 5, 7 disabled: healthy" in text
     assert volumenodes.sameGrid(node, t1, tolerance=1e-9)

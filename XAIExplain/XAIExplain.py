@@ -133,8 +133,8 @@ class XAIExplainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.compareButton.connect("clicked(bool)", self.onCompareRegions)
         self.ui.reportButton.connect("clicked(bool)", self.onWriteReport)
 
-        self.featureMaps = FeatureMapsSection(self)  # layer and channel picker, built in code
-        self.layout.addWidget(self.featureMaps.section)
+        self.featureMaps = FeatureMapsSection(self)  # layer and channel picker, built in code: above the spacer
+        uiWidget.layout().insertWidget(uiWidget.layout().count() - 1, self.featureMaps.section)
 
         self.initializeParameterNode()
         qt.QTimer.singleShot(0, self.fillMethods)  # after the panel shows: the method list imports the engine

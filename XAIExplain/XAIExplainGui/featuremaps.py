@@ -14,6 +14,7 @@ class FeatureMapsSection:
         """``widget``: the module's ``XAIExplainWidget`` (its logic, parameter node, inputs and model path)."""
         self.widget = widget
         self.layers: list[dict] = []
+        self.listedFor = None  # (input volume IDs, model path) the layers were listed for
         self.section = ctk.ctkCollapsibleButton()
         self.section.text = "Feature maps"
         self.section.collapsed = True
@@ -41,9 +42,14 @@ class FeatureMapsSection:
         w = self.widget
         with slicer.util.tryWithErrorDisplay("Could not list the model's layers.", waitCursor=True):
             self.layers = w.logic.featureLayers(w.inputVolumes(), w.modelPath(), w._parameterNode.device)
+            self.listedFor = self._current()
             self.layerComboBox.clear()
             self.layerComboBox.addItems([w.logic.describeFeatureLayer(layer) for layer in self.layers])
             self.layerComboBox.currentIndex = len(self.layers) - 1  # the deepest: what the decision reads
+
+    def _current(self):
+        w = self.widget
+        return tuple(node.GetID() for node in w.inputVolumes()), w.modelPath()
 
     def onLayerChanged(self, index: int) -> None:
         channels = self.layers[index]["channels"] if 0 <= index < len(self.layers) else 0
@@ -54,6 +60,8 @@ class FeatureMapsSection:
         w, layer = self.widget, self.layers[self.layerComboBox.currentIndex]
         p, channel = w._parameterNode, self.channelSpinBox.value
         with slicer.util.tryWithErrorDisplay("Could not show the feature map.", waitCursor=True):
+            if self._current() != self.listedFor:
+                raise ValueError("the input volume or the model changed since the layers were listed: list them again")
             node = w.logic.showFeatureChannel(w.inputVolumes(), w.modelPath(), layer["name"],
                                               None if channel == TOP else int(channel), target=p.target or None,
                                               rankBy=self.rankComboBox.currentText, device=p.device)

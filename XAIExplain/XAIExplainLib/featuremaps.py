@@ -52,3 +52,19 @@ class FeatureLogic:
         top = ", ".join(f"{r['channel']} ({r['share']:+.0%})" for r in ranking[:shown])
         return (f"{info['layer']}: channel {info['channel']} of {info['layer_channels']} (rank {info['rank']} by "
                 f"{info['ranked_by']}). Top channels (share of the target): {top}")
+
+
+def describePrototypes(record: dict) -> str:
+    """A prototype network's explanation in words (the result's record), '' for other results: the top
+    prototypes with what they add, and the prediction with the disabled ones switched off."""
+    info = record.get("info", {})
+    if "prototypes" not in info:
+        return ""
+    top = "; ".join(f"{e['prototype']} ({e['class']}{'' if e['enabled'] else ', disabled'}): adds {e['adds']:+.2f}"
+                    for e in info["prototypes"][:3])
+    text = f"\nPrototypes adding most: {top}"
+    if "prediction_with_disabled" in info:
+        corrected = info["prediction_with_disabled"]
+        text += (f"\nWith prototypes {', '.join(map(str, info['disabled']))} disabled: "
+                 f"{corrected['predicted_name']} (p={max(corrected['probabilities']):.3f})")
+    return text

@@ -20,7 +20,7 @@ import time
 
 from . import dependencies, display, regions, results, sampledata, trust
 from .cohort import CohortLogic
-from .featuremaps import FeatureLogic
+from .featuremaps import FeatureLogic, describePrototypes
 from .request import ExplainRequest
 from .results import addResultNodes, labelSegmentation
 from .runners import InProcessRunner, WorkerRunner
@@ -205,7 +205,7 @@ class ExplainLogicBase(CohortLogic, FeatureLogic):
         seconds = record.get("timings", {}).get("seconds")
         return (f"{record.get('method')}: target {target.get('name', target.get('class', '?'))}"
                 + (f", {seconds:.1f} s" if seconds is not None else "")
-                + "".join(f"\nWARNING: {text}" for text in display.warnings(node))
+                + describePrototypes(record) + "".join(f"\nWARNING: {text}" for text in display.warnings(node))
                 + "\n" + trust.describeTrust(node))
 
     def describeWarnings(self) -> str:

@@ -1,12 +1,16 @@
 """A prototype network's explanation as a picture: for each of its top prototypes, the training patches it was
 pushed onto ("this region looks like these"), with the prototype's class, weight for the target and similarity.
-The patches come with the map (``methods.prototypes``: the middle slice of each, along the input's third axis)."""
+The patches come with the map (``methods.prototypes``): the middle slice of each along the model space's third
+axis, in model space. Where that space is RAS (``info["model_orientation"]``) the slices are axial and drawn
+as the previews draw them (radiological: the patient's right on the left, letters on the sides)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import numpy as np
+
+from .preview import save_png
 
 
 def has_nearest_patches(attribution) -> bool:
@@ -28,6 +32,7 @@ def render_nearest_patches(attribution, path: str | os.PathLike) -> Path:
                              squeeze=False)
     fig.subplots_adjust(left=0.02, right=0.6, top=0.88, bottom=0.04, wspace=0.05, hspace=0.25)
     target = attribution.target.get("name")
+    ras = str(attribution.info.get("model_orientation") or "").upper() == "RAS"
     for row, entry in zip(axes, rows):
         for column, ax in enumerate(row):
             ax.set_xticks([])
@@ -35,19 +40,21 @@ def render_nearest_patches(attribution, path: str | os.PathLike) -> Path:
             if column < len(entry["nearest_slices"]):
                 ax.imshow(np.asarray(entry["nearest_slices"][column]).T, cmap="gray", vmin=lo, vmax=hi,
                           origin="lower")
+                if ras:  # as the previews: radiological, the patient's right on the screen's left
+                    ax.invert_xaxis()
+                    for text, x, y in (("R", 0.03, 0.5), ("L", 0.97, 0.5), ("P", 0.5, 0.03), ("A", 0.5, 0.97)):
+                        ax.text(x, y, text, transform=ax.transAxes, color="#ffd21f", fontsize=8, ha="center",
+                                va="center", fontweight="bold")
                 source = entry["nearest"][column]
                 ax.set_title(f"training case {source['case']}", fontsize=8)
             else:
                 ax.axis("off")
         state = "" if entry["enabled"] else " (disabled)"
-        row[-1].text(1.08, 0.5, f"prototype {entry['prototype']}{state}\nclass {entry['class']}\n"
-                                f"weight for {target}: {entry['weight']:+.3f}\nsimilarity here: {entry['similarity']:.3f}"
-                                f"\nadds {entry['adds']:+.3f}", transform=row[-1].transAxes, fontsize=9, va="center")
-    fig.suptitle(f"{attribution.method}: what the top prototypes look like (their nearest training patches)",
-                 fontsize=10)
-    path = Path(path)
-    tmp = path.with_name(".tmp-" + path.name)
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+        caption = (f"prototype {entry['prototype']}{state}\nclass {entry['class']}\n"
+                   f"weight for {target}: {entry['weight']:+.3f}\nsimilarity here: {entry['similarity']:.3f}\n"
+                   f"adds {entry['adds']:+.3f}")
+        row[-1].text(1.08, 0.5, caption, transform=row[-1].transAxes, fontsize=9, va="center")
+    plane = "axial slices" if ras else "slices along the model space's third axis"
+    fig.suptitle(f"{attribution.method}: what the top prototypes look like (their nearest training patches, "
+                 f"{plane})", fontsize=10)
+    return save_png(fig, path)

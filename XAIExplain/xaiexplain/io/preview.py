@@ -176,6 +176,13 @@ def render_preview(image: Volume, attribution, path: str | os.PathLike, title: s
     if lines:  # a map that should not be trusted says so on the picture itself
         fig.text(0.01, 0.01, "\n".join(lines), color="#b00000", fontsize=9, fontweight="bold", va="bottom",
                  bbox={"facecolor": "#fff3cd", "edgecolor": "#b00000", "boxstyle": "round,pad=0.3"})
+    return save_png(fig, path)
+
+
+def save_png(fig, path: str | os.PathLike) -> Path:
+    """``fig`` written to ``path`` whole or not at all (a temporary file beside it, then moved), and closed."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     tmp = path.with_name(".tmp-" + path.name)
     fig.savefig(tmp, format="png")

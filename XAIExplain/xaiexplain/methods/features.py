@@ -16,8 +16,8 @@ from ..core.targets import ClassTarget
 from ..errors import XAIError
 from .base import Context, Method, register
 from .cam import layer_activations_and_gradients, on_input
-from .lrp import COMPOSITES, LRPMode
-from .machinery.layer_grid import capture_layer
+from .lrp import COMPOSITES, propagate
+from .machinery.layer_grid import spatial_layers
 
 
 class FeatureMap(Method):
@@ -53,15 +53,7 @@ class FeatureMap(Method):
 
 def layer_relevance(ctx, name: str, composite: str) -> torch.Tensor:
     """The LRP relevance (``composite``'s rules) that reaches layer ``name``'s output: (N, K, *layer grid)."""
-    with torch.enable_grad():
-        x = ctx.x.detach().clone().requires_grad_(True)
-        mode = LRPMode(ctx.model.network, x, composite)
-        with mode.active(), capture_layer(ctx, name) as captured:
-            out = ctx.forward(x)
-        (seed,) = torch.autograd.grad(ctx.score(out).sum(), out, retain_graph=True)
-        (relevance,) = torch.autograd.grad(out, captured[-1][1], seed * out.detach())
-    ctx.passes["backward"] += int(x.shape[0])
-    return relevance.detach()
+    return propagate(ctx, {"composite": composite}, at=name)[0]
 
 
 register(FeatureMap)
@@ -69,11 +61,8 @@ register(FeatureMap)
 
 def feature_layers(case) -> list[dict]:
     """The layers a feature map can show on a prepared case (``core.case.PreparedCase``): every module with a
-    spatial output, in completion order, with its channels and grid (one forward pass, no gradients)."""
-    ctx = Context(case.model, case.x, ClassTarget(), case.output())
-    with torch.no_grad(), capture_layer(ctx, None) as captured:
-        ctx.forward(ctx.x[:1])
-    layers: dict[str, dict] = {}
-    for name, output, _ in captured:
-        layers.setdefault(name, {"name": name, "channels": int(output.shape[1]), "grid": list(output.shape[2:])})
-    return list(layers.values())
+    spatial output, in completion order, with its channels and grid (``spatial_layers``: one forward pass)."""
+    if case.model.inferer is not None:
+        raise XAIError("feature maps are read from one pass over the whole input, and this model runs on sliding "
+                       "windows", "explain it without windows (inferer={}), on an input of its window size")
+    return spatial_layers(Context(case.model, case.x, ClassTarget(), reference=None))

@@ -28,12 +28,15 @@ Relevance at the output is the target's score: for a class, its logit.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.nn.functional as F
 
 from ..errors import XAIError
 from .backprop import _out_of_place
 from .base import Method, completeness_error, register
+from .machinery.layer_grid import capture_layer
 from .machinery.products import Product, product_call, shares
 from .machinery.propagation import PropagationMode, in_graph, linear_call, norm_affine, reduce_to, vjp
 from .machinery.relevance import Ledger, stabilize
@@ -437,18 +440,26 @@ class LRPMode(PropagationMode):
         return out
 
 
-def lrp(ctx, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule=None, norm_rule="auto"):
-    """Input relevance for ``ctx``'s target; returns (relevance, info)."""
-    ctx.model.named_layers()  # refuses TorchScript with a clear message
+def propagate(ctx, mode_settings: dict, at: str | None = None):
+    """One LRP pass for ``ctx``'s target under ``LRPMode(**mode_settings)``: (the relevance at the input, or at
+    layer ``at``'s output; the target scores; the mode, with its ledger and the rules it applied)."""
     with torch.enable_grad():
         x = ctx.x.detach().clone().requires_grad_(True)
-        mode = LRPMode(ctx.model.network, x, composite, epsilon, rules, input_rule, norm_rule)
-        with mode.active():
+        mode = LRPMode(ctx.model.network, x, **mode_settings)
+        with mode.active(), (capture_layer(ctx, at) if at else nullcontext()) as captured:
             out = ctx.forward(x)
         scores = ctx.score(out)
         (seed,) = torch.autograd.grad(scores.sum(), out, retain_graph=True)
-        (relevance,) = torch.autograd.grad(out, x, seed * out.detach())
+        (relevance,) = torch.autograd.grad(out, captured[-1][1] if at else x, seed * out.detach())
     ctx.passes["backward"] += int(x.shape[0])
+    return relevance.detach(), scores.detach(), mode
+
+
+def lrp(ctx, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule=None, norm_rule="auto"):
+    """Input relevance for ``ctx``'s target; returns (relevance, info)."""
+    ctx.model.named_layers()  # refuses TorchScript with a clear message
+    relevance, scores, mode = propagate(ctx, {"composite": composite, "epsilon": epsilon, "rules": rules,
+                                              "input_rule": input_rule, "norm_rule": norm_rule})
     totals, scores = relevance.detach().double().flatten(1).sum(1).cpu(), scores.detach().double().cpu()
     absorbed = 1 - totals / scores
     # what the input lacks of the score, less what the ledger booked: relevance lost or made off the rules

@@ -7,10 +7,11 @@ the buffers ``prototype_class`` and ``enabled`` (``synthlesion.prototype_model.P
 ``nearest_*`` buffers, where present, hold what each prototype was pushed onto).
 
 ``prototypes`` maps one prototype's similarity on the input grid (default: the one that adds most to the
-target class, similarity x weight); ``info["prototypes"]`` ranks every prototype by what it adds, with its
-class, weight, peak cell and nearest training patches. ``disable`` lists prototypes to switch off: ``info``
-then gives the prediction both ways (PIP-Net's correction of a shortcut prototype). The network itself is
-left as it was.
+target class, similarity x weight); ``info["prototypes"]`` ranks the ``top`` prototypes by what they add, with
+their class, weights, peak cell and nearest training patches. ``disable`` lists prototypes to switch off
+(PIP-Net's correction of a shortcut prototype): the ranking and the default map then describe the corrected
+network, and ``info`` gives the prediction both ways. The network itself is left as it was. A head that does
+not compute ProtoPNet's linear layer of the prototypes' largest similarities is refused.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from ..core.models import prediction
 from ..core.targets import ClassTarget
 from ..errors import XAIError
 from .base import Method, register
-from .machinery.layer_grid import capture_layer, layer_axes, upsample
+from .machinery.layer_grid import layer_axes, upsample
 
 SHOWN = 3  # prototypes whose nearest patches go with the map (io.nearest draws them)
 
@@ -91,7 +92,7 @@ class Prototypes(Method):
     reference = "Chen et al. 2019 (ProtoPNet); Nauta et al. 2023 (PIP-Net)"
 
     def cost(self, params):
-        return {"forward": 2 if params.get("disable") else 1, "backward": 0}
+        return {"forward": 2 if params.get("disable") else 1, "backward": 0}  # the latent's axes: from the graph
 
     def run(self, ctx, prototype, disable, top):
         if ctx.x.shape[0] != 1:
@@ -105,38 +106,63 @@ class Prototypes(Method):
         if not isinstance(ctx.target, ClassTarget):
             raise XAIError("prototypes explains one class's score", "give a class as the target, without --versus")
         target = int(ctx.target.indices(ctx.reference)[0])
-        similarity = f"{name}.similarity" if name else "similarity"
-        with torch.enable_grad():
-            x = ctx.x.detach().requires_grad_(True)
-            with capture_layer(ctx, similarity) as captured:
+        seen: dict = {}
+
+        def keep(key):
+            def hook(_module, inputs, output):
+                seen[key] = (inputs[0], output)  # returns None: the pass goes on unchanged
+            return hook
+
+        handles = [head.similarity.register_forward_hook(keep("similarity")), head.register_forward_hook(keep("head"))]
+        try:
+            with torch.enable_grad():
+                x = ctx.x.detach().requires_grad_(True)
                 output = ctx.forward(x)
-            maps = captured[-1][1]  # (1, P, *grid)
-            axes = layer_axes(ctx, similarity, x, maps)
-        maps = maps.detach()
-        peak = maps.flatten(2).amax(2)[0] * head.enabled  # what the head sees
-        weight = head.last_layer.weight[target].detach()
-        adds = peak * weight
-        order = torch.argsort(adds, descending=True)
+                latent, maps = seen["similarity"]  # (1, D, *grid), (1, P, *grid): cell by cell, same axes
+                axes = layer_axes(ctx, f"{name}.similarity" if name else "similarity", x, latent)
+        finally:
+            for handle in handles:
+                handle.remove()
+        maps, raw = maps.detach(), maps.detach().flatten(2).amax(2)[0]
+        _check_head(head, raw, seen["head"][1].detach())
+        enabled = head.enabled.clone()
+        enabled[off] = 0  # the corrected network: what the ranking and the default map describe
+        weights = head.last_layer.weight.detach()  # (classes, P)
+        adds = raw * enabled * weights[target]
+        order = torch.argsort(adds.masked_fill(enabled == 0, float("-inf")), descending=True)  # disabled: last
         chosen = int(order[0]) if prototype is None else int(prototype)
-        classes = ctx.model.class_names or [str(i) for i in range(head.last_layer.out_features)]
+        classes = ctx.model.class_names or [str(i) for i in range(weights.shape[0])]
         ranking = []
         for rank, p in enumerate(order[:top].tolist()):
             cell = torch.unravel_index(maps[0, p].argmax(), maps.shape[2:])
             ranking.append({"prototype": p, "class": classes[int(head.prototype_class[p])],
-                            "similarity": float(peak[p]), "weight": float(weight[p]), "adds": float(adds[p]),
-                            "enabled": bool(head.enabled[p] > 0), "peak_cell": [int(c) for c in cell],
+                            "similarity": float(raw[p]), "weight": float(weights[target, p]), "adds": float(adds[p]),
+                            "weights": {c: float(w) for c, w in zip(classes, weights[:, p])},
+                            "enabled": bool(enabled[p] > 0), "peak_cell": [int(c) for c in cell],
                             "nearest": _nearest(head, p)})
             patches = nearest_patches(head, p)
             if rank < SHOWN and len(patches):  # the middle slice along the third axis, for the picture
                 ranking[-1]["nearest_slices"] = np.round(patches[:, 0, :, :, patches.shape[-1] // 2], 4).tolist()
         info = {"prototype": chosen, "rank": int((order == chosen).nonzero()[0]) + 1, "prototypes": ranking,
-                "prototype_count": count, "layer": similarity, "layer_shape": list(maps.shape[1:]),
-                "axes": axes.describe(), "axes_check": axes.checked, "prediction": _prediction(ctx, output.detach())}
+                "prototype_count": count, "layer": f"{name}.similarity" if name else "similarity",
+                "layer_shape": list(maps.shape[1:]), "axes": axes.describe(), "axes_check": axes.checked,
+                "model_orientation": ctx.model.preprocessing.orientation,
+                "prediction": _prediction(ctx, output.detach())}
         if off:
             with disabled(head, off), torch.inference_mode():
                 info["disabled"] = off
                 info["prediction_with_disabled"] = _prediction(ctx, ctx.forward(ctx.x))
         return upsample(axes.align(maps[:, chosen:chosen + 1]), ctx.x), info
+
+
+def _check_head(head, raw: torch.Tensor, logits: torch.Tensor) -> None:
+    """The ranking reads the head as ProtoPNet's: the largest similarity of each prototype, times ``enabled``, then
+    the linear layer. A head that computes anything else is refused (its ranking would be wrong)."""
+    expected = head.last_layer(raw[None] * head.enabled).detach()
+    if expected.shape != logits.shape or not torch.allclose(expected, logits, rtol=1e-4, atol=1e-5):
+        raise XAIError("the prototype head does not compute its last layer of each prototype's largest similarity "
+                       "(ProtoPNet's head): what each prototype adds cannot be read from it",
+                       "use a post-hoc method (gradient, lrp), or give the head ProtoPNet's form")
 
 
 register(Prototypes)

@@ -56,7 +56,8 @@ class PrototypeHead(nn.Module):
         self.last_layer = nn.Linear(count, num_classes, bias=False)
         self.register_buffer("prototype_class", torch.arange(num_classes).repeat_interleave(prototypes_per_class))
         self.register_buffer("enabled", torch.ones(count))
-        # what each prototype was pushed onto: input patches, their case seeds and latent cells, distances
+        # what each prototype was pushed onto: input patches, their case indices (in the training stream) and latent
+        # cells, distances
         self.register_buffer("nearest_patches", torch.zeros(count, NEAREST, in_channels, PATCH, PATCH, PATCH,
                                                             dtype=torch.float16))
         self.register_buffer("nearest_sources", torch.full((count, NEAREST, 4), -1, dtype=torch.int64))

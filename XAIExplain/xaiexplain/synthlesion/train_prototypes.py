@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core import bundle
+from ..protocol import models_dir
 from .demo_model import CLASS_NAMES
 from .prototype_model import NEAREST, PATCH, PrototypeNet3D
 from .train import DEMO_PREPROCESSING, EVAL_SEED_START, KINDS, CaseStream
@@ -81,39 +82,52 @@ def fit(model: PrototypeNet3D, x: torch.Tensor, y: torch.Tensor, steps: int, bat
 
 
 def _patch(x: torch.Tensor, cell, scale: int) -> torch.Tensor:
-    """The PATCH^3 input patch (C, P, P, P) centred on latent ``cell`` (``scale`` input voxels per cell), zero
-    outside the input."""
+    """The PATCH^3 input patch (C, P, P, P) centred on latent ``cell``'s receptive field, zero outside the input.
+    The backbone's stride-2 convolutions (kernel 3, padding 1) centre cell c on input voxel ``scale`` x c."""
     half = PATCH // 2
     padded = F.pad(x, (half,) * 6)
-    corner = [int(c) * scale + scale // 2 for c in cell]  # the cell's centre, then shifted by the padding
+    corner = [int(c) * scale for c in cell]  # the centre, shifted by the padding: the patch's first voxel
     return padded[:, corner[0]:corner[0] + PATCH, corner[1]:corner[1] + PATCH, corner[2]:corner[2] + PATCH]
+
+
+def _nearest_cells(model: PrototypeNet3D, x: torch.Tensor, y: torch.Tensor) -> list[list[tuple]]:
+    """Per prototype, the NEAREST training cases of its class nearest to it, nearest first: (distance, case,
+    cell, that cell's latent vector, the input patch around it); each case's nearest cell."""
+    head = model.head
+    found: list[list[tuple]] = [[] for _ in range(len(head.enabled))]
+    with torch.no_grad():
+        for i in range(len(x)):
+            latent = model.latent(x[i:i + 1])
+            d = head.similarity.distances(latent)[0]  # (P, X, Y, Z)
+            scale = x.shape[2] // latent.shape[2]
+            for p in torch.nonzero(head.prototype_class == y[i]).flatten().tolist():
+                flat = int(d[p].argmin())
+                cell = torch.unravel_index(torch.tensor(flat), d.shape[1:])
+                found[p].append((float(d[p].flatten()[flat]), i, [int(c) for c in cell],
+                                 latent[0][(slice(None),) + tuple(cell)].clone(), _patch(x[i], cell, scale)))
+                found[p] = sorted(found[p], key=lambda entry: entry[0])[:NEAREST]
+    return found
 
 
 @torch.no_grad()
 def push(model: PrototypeNet3D, x: torch.Tensor, y: torch.Tensor) -> None:
-    """Each prototype onto its nearest latent cell among the training cases of its class, keeping the NEAREST
-    nearest cases' input patches, case indices, cells and distances."""
+    """Each prototype onto its nearest latent cell among the training cases of its class, then
+    :func:`record_nearest`."""
+    for p, entries in enumerate(_nearest_cells(model, x, y)):
+        model.head.similarity.prototype_vectors[p] = entries[0][3]
+    record_nearest(model, x, y)
+
+
+@torch.no_grad()
+def record_nearest(model: PrototypeNet3D, x: torch.Tensor, y: torch.Tensor) -> None:
+    """The ``nearest_*`` buffers: each prototype's NEAREST training cases of its class, measured from the
+    prototype as it is (the first is the one it was pushed onto, at distance 0): patches, case indices, cells."""
     head = model.head
-    prototypes = head.similarity.prototype_vectors
-    found: list[list[tuple]] = [[] for _ in range(len(prototypes))]  # (distance, case, cell, latent vector, x)
-    for i in range(len(x)):
-        latent = model.latent(x[i:i + 1])
-        d = head.similarity.distances(latent)[0]  # (P, X, Y, Z)
-        scale = x.shape[2] // latent.shape[2]
-        for p in torch.nonzero(head.prototype_class == y[i]).flatten().tolist():
-            flat = int(d[p].argmin())
-            cell = torch.unravel_index(torch.tensor(flat), d.shape[1:])
-            vector = latent[0][(slice(None),) + tuple(cell)].clone()
-            found[p].append((float(d[p].flatten()[flat]), i, [int(c) for c in cell], vector,
-                             _patch(x[i], cell, scale)))
-            found[p] = sorted(found[p], key=lambda entry: entry[0])[:NEAREST]
-    for p, entries in enumerate(found):
-        prototypes[p] = entries[0][3]
-        pushed = entries[0][3]
-        for rank, (_, case, cell, vector, patch) in enumerate(entries):
+    for p, entries in enumerate(_nearest_cells(model, x, y)):
+        for rank, (distance, case, cell, _, patch) in enumerate(entries):
             head.nearest_patches[p, rank] = patch.to(head.nearest_patches.dtype)
             head.nearest_sources[p, rank] = torch.tensor([case, *cell])
-            head.nearest_distances[p, rank] = float(((vector - pushed) ** 2).sum())  # from the pushed prototype
+            head.nearest_distances[p, rank] = distance
 
 
 def fit_last_layer(model: PrototypeNet3D, x: torch.Tensor, y: torch.Tensor, steps: int = 600) -> None:
@@ -168,13 +182,13 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--models", default=str(Path(__file__).resolve().parents[3] / "Resources" / "Models"),
-                        help="where the SynthLesion classifiers (the backbones) are")
+    parser.add_argument("--models", default=None, help="where the SynthLesion classifiers (the backbones) are "
+                                                       "(default: the shipped ones)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.time()
     model = train(args.kind, args.cases, args.warm, args.joint, args.seed, args.batch,
-                  Path(args.models) / BACKBONES[args.kind])
+                  Path(args.models or models_dir()) / BACKBONES[args.kind])
     measured = accuracy(model, args.kind, args.evaluate)
     print(f"accuracy on {args.evaluate} fresh {args.kind} cases: {measured:.3f}")
     description = {"clean": "SynthLesion prototype network (lesion vs healthy; ProtoPNet-style, explainable by design)",

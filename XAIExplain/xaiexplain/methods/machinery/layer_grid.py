@@ -76,7 +76,7 @@ def capture_layer(ctx, layer: str | None):
     modules = ctx.model.named_layers()
     if layer is not None and layer not in modules:
         raise XAIError(f"layer '{layer}' not found in the model",
-                       f"use a module name such as: {', '.join(spatial_layers(ctx)[-5:])}")
+                       f"use a module name such as: {', '.join(d['name'] for d in spatial_layers(ctx)[-5:])}")
     spatial_ndim = ctx.x.ndim
     captured: list = []
     handles, inplace = [], []
@@ -99,11 +99,15 @@ def capture_layer(ctx, layer: str | None):
             module.inplace = True
 
 
-def spatial_layers(ctx) -> list[str]:
-    """Names of the modules producing spatial maps, in completion order (one forward pass)."""
+def spatial_layers(ctx) -> list[dict]:
+    """The modules producing spatial maps, in completion order: {name, channels, grid} (one forward pass of the
+    first sample, without gradients)."""
     with torch.no_grad(), capture_layer(ctx, None) as captured:
         ctx.forward(ctx.x[:1])
-    return list(dict.fromkeys(entry[0] for entry in captured))
+    layers: dict[str, dict] = {}
+    for name, output, _ in captured:
+        layers.setdefault(name, {"name": name, "channels": int(output.shape[1]), "grid": list(output.shape[2:])})
+    return list(layers.values())
 
 
 def upsample(maps: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

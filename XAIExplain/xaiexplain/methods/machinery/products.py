@@ -1,4 +1,5 @@
-"""Products of two tensors on the input's path (attention: ``q @ k^T``, ``attention @ v``) for LRP.
+"""Products of two tensors on the input's path (attention: ``q @ k^T``, ``attention @ v``) for LRP (DeepLIFT
+reads the same calls with :func:`product_call` and gives them its bilinear rule).
 
 A product is bilinear: gradient x input of either operand sums to the output, so relevance can be shared
 between them without loss. The operands that are attention weights (a softmax's output, or a sigmoid gate,
