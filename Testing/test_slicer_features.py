@@ -56,6 +56,9 @@ def test_layers_and_a_chosen_channel_shown_as_an_overlay(harness, logic, t1, dem
     best = logic.showFeatureChannel(t1, logic.demoModelPath(), "features.2", None, target="lesion", rankBy="lrp",
                                     device="cpu")
     assert display.record(best)["info"]["channel"] == logic.featureRanking(best)[0]["channel"]
+    contrast = logic.showFeatureChannel(t1, logic.demoModelPath(), "features.2", None, target="lesion",
+                                        versus="healthy", device="cpu")  # the panel's target, contrast and all
+    assert display.record(contrast)["target"]["kind"] == "contrast"
     with pytest.raises(ValueError, match="rankBy must be one of"):
         logic.showFeatureChannel(t1, logic.demoModelPath(), "features.2", rankBy="size")
 

@@ -64,6 +64,8 @@ class FeatureMapsSection:
                 raise ValueError("the input volume or the model changed since the layers were listed: list them again")
             node = w.logic.showFeatureChannel(w.inputVolumes(), w.modelPath(), layer["name"],
                                               None if channel == TOP else int(channel), target=p.target or None,
-                                              rankBy=self.rankComboBox.currentText, device=p.device)
+                                              versus=p.versus or None, roi=p.roiNode,
+                                              roiSegment=p.roiSegment or None, rankBy=self.rankComboBox.currentText,
+                                              device=p.device)
             self.rankingLabel.text = w.logic.describeFeatureRanking(node)
             p.resultVolume = node

@@ -21,15 +21,18 @@ class FeatureLogic:
         return feature_layers(prepare_case(self.loadModel(model, device), volumes, device=device))
 
     def showFeatureChannel(self, inputVolumes, model: str, layer: str, channel: int | None = None, *,
-                           target=None, rankBy: str = "gradient-x-activation", device: str = "auto"):
-        """Channel ``channel`` of ``layer`` (None: the one adding most to ``target``) as a result node shown as
-        an overlay, in-process (one forward and backward pass; two more with ``rankBy="lrp"``). The node's
-        record holds the layer's ranking (see :meth:`featureRanking`)."""
+                           target=None, versus=None, roi=None, roiSegment: str | None = None,
+                           rankBy: str = "gradient-x-activation", device: str = "auto"):
+        """Channel ``channel`` of ``layer`` (None: the one adding most to the target) as a result node shown as
+        an overlay, in-process (one forward and backward pass; two more with ``rankBy="lrp"``). The target is
+        :meth:`process`'s: a class, a contrast with ``versus``, or a segmentation network's class in ``roi``
+        (``roiSegment``). The node's record holds the layer's ranking (see :meth:`featureRanking`)."""
         if rankBy not in RANKINGS:
             raise ValueError(f"rankBy must be one of {', '.join(RANKINGS)}, not {rankBy!r}")
         params = {"feature-map": {"channel": channel, "rank_by": rankBy}}
-        (node,) = self.process(inputVolumes, model, ["feature-map"], target=target, layer=layer, params=params,
-                               device=device, useWorker=False, waitForCompletion=True)
+        (node,) = self.process(inputVolumes, model, ["feature-map"], target=target, versus=versus, roi=roi,
+                               roiSegment=roiSegment, layer=layer, params=params, device=device, useWorker=False,
+                               waitForCompletion=True)
         return node
 
     @staticmethod
