@@ -254,6 +254,33 @@ def test_deeplift_through_a_hand_written_attention_sums_to_the_score_difference(
     assert info["completeness_error"] < 1e-5
 
 
+class _GateTimesConstant(nn.Module):
+    """A sigmoid's output times a constant matrix (a prototype layer's cross term): a linear map of it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv3d(1, 4, 3, padding=1, bias=False)
+        self.vectors = nn.Parameter(torch.rand(3, 4, generator=torch.Generator().manual_seed(0)))
+        self.fc = nn.Linear(3, 2, bias=False)
+
+    def forward(self, x):
+        crossed = torch.einsum("ndxyz,pd->npxyz", torch.sigmoid(self.conv(x)), self.vectors)
+        return self.fc(crossed.mean((2, 3, 4)))
+
+
+def test_lrp_passes_a_gate_times_a_constant_and_refuses_the_prototype_distance():
+    """Held-constant attention weights are for products of two maps: a gate times a constant is the gate's
+    linear map and takes all the relevance (bias-free: all of the score). The prototype network's distance
+    then stops LRP at its product of two feature maps, named."""
+    maps, info, _ = attribute(_GateTimesConstant().eval(), _tokens_input(), "lrp", target=1,
+                              params={"composite": "epsilon"})
+    assert info["completeness_error"] < 1e-4 and info["rules_applied"]["product"] == 1
+    from xaiexplain.synthlesion.prototype_model import PrototypeNet3D
+
+    with pytest.raises(XAIError, match="LRP has no rule for a product of two feature maps in layer 'head.similarity'"):
+        attribute(PrototypeNet3D().eval(), torch.rand(1, 1, 64, 64, 64), "lrp", target=1)
+
+
 def _bias_free(network):
     """Every bias and additive constant zero (position embeddings, relative position tables): relevance then
     has nowhere to go but the input."""

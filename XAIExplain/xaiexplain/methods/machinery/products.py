@@ -64,9 +64,13 @@ class Product(torch.autograd.Function):
 
 
 def shares(a, b, is_gate) -> tuple[float, float] | None:
-    """Each operand's share of the relevance: none for constants and attention weights, the rest evenly;
-    None if neither operand can take it (two attention weights)."""
-    takers = [in_graph(t) and not is_gate(t) for t in (a, b)]
+    """Each operand's share of the relevance: none for constants and attention weights, the rest evenly; a
+    product of one operand with a constant is a linear map of it, which takes it all, gate or not. None if
+    neither operand can take it (two attention weights)."""
+    on_path = [in_graph(t) for t in (a, b)]
+    takers = [path and not is_gate(t) for path, t in zip(on_path, (a, b))]
     if not any(takers):
-        return None
+        if sum(on_path) != 1:
+            return None
+        takers = on_path
     return tuple(1.0 / sum(takers) if take else 0.0 for take in takers)
