@@ -76,3 +76,10 @@ def test_a_prototype_explanation_from_the_panel_logic(logic, t1):
     text = logic.describeResult(node)  # the panel's record line
     assert "Prototypes adding most: " in text and "With prototypes 5, 7 disabled: healthy" in text
     assert volumenodes.sameGrid(node, t1, tolerance=1e-9)
+    patches = logic.loadPrototypePatches(model, 7, device="cpu")  # what prototype 7 looks like, as volumes
+    from xaiexplain.methods.prototypes import nearest_patches
+
+    stored = nearest_patches(logic.loadModel(model, "cpu").network.head, 7)
+    assert [n.GetName() for n in patches] == [f"prototype 7 nearest {r}" for r in (1, 2, 3)]
+    np.testing.assert_allclose(volumenodes.arrayFromNode(patches[0])[0], stored[0, 0])
+    assert patches[0].GetSpacing() == (3.0, 3.0, 3.0)

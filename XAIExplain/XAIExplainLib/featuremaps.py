@@ -5,7 +5,7 @@ target. A mixin of ``ExplainLogicBase``; the panel's layer and channel picker (`
 from __future__ import annotations
 
 from . import display
-from .volumenodes import volumeFromNode
+from .volumenodes import addVolumeNode, volumeFromNode
 
 RANKINGS = ("gradient-x-activation", "lrp")
 
@@ -34,6 +34,14 @@ class FeatureLogic:
                                roiSegment=roiSegment, layer=layer, params=params, device=device, useWorker=False,
                                waitForCompletion=True)
         return node
+
+    def loadPrototypePatches(self, model: str, prototype: int, device: str = "auto") -> list:
+        """A prototype network's prototype ``prototype`` as what it looks like: its nearest training patches as
+        volume nodes (nearest first; the model space's voxel size and axes, centred on the origin)."""
+        from xaiexplain.methods.prototypes import nearest_patch_volumes
+
+        return [addVolumeNode(self.scene, patch.array[0], patch.channel_names[0], volume=patch)
+                for patch in nearest_patch_volumes(self.loadModel(model, device), int(prototype))]
 
     @staticmethod
     def describeFeatureLayer(layer: dict) -> str:

@@ -29,9 +29,9 @@ from .machinery.layer_grid import layer_axes, upsample
 SHOWN = 3  # prototypes whose nearest patches go with the map (io.nearest draws them)
 
 
-def prototype_head(ctx) -> tuple[str, torch.nn.Module]:
-    """(name, module) of the network's prototype head, or a refusal."""
-    for name, module in ctx.model.named_layers().items():
+def prototype_head(model) -> tuple[str, torch.nn.Module]:
+    """(name, module) of a loaded model's prototype head, or a refusal."""
+    for name, module in model.named_layers().items():
         if all(hasattr(module, a) for a in ("similarity", "last_layer", "prototype_class", "enabled")):
             return name, module
     raise XAIError("the network has no prototype layer (a prototype network's head: similarity maps, "
@@ -70,6 +70,28 @@ def nearest_patches(head, p: int) -> np.ndarray:
     return head.nearest_patches[p][kept].float().cpu().numpy()
 
 
+LPS_OF = {"R": (-1, 0, 0), "L": (1, 0, 0), "A": (0, -1, 0), "P": (0, 1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
+
+
+def nearest_patch_volumes(model, p: int) -> list:
+    """Prototype ``p``'s nearest training patches as volumes (``core.volume.Volume``, nearest first) with the
+    model space's voxel size and axes (its preprocessing's spacing and orientation), each centred on the origin:
+    the patches' place in their training cases is not known here, only their case and cell."""
+    from ..core.volume import Volume
+
+    _, head = prototype_head(model)
+    count = int(head.enabled.numel())
+    if not 0 <= p < count:
+        raise XAIError(f"prototype {p} is out of range: the network has {count}", f"give 0 to {count - 1}")
+    spec = model.preprocessing
+    spacing = np.asarray(spec.spacing or (1.0, 1.0, 1.0), np.float64)
+    direction = np.array([LPS_OF[c] for c in spec.orientation], np.float64).T if spec.orientation else np.eye(3)
+    patches = nearest_patches(head, p)
+    origin = -direction @ (spacing * (np.asarray(patches.shape[2:]) - 1) / 2) if len(patches) else np.zeros(3)
+    return [Volume(patch.astype(np.float32), spacing, origin, direction, [f"prototype {p} nearest {rank + 1}"])
+            for rank, patch in enumerate(patches)]
+
+
 def _nearest(head, p: int) -> list[dict]:
     sources = getattr(head, "nearest_sources", None)
     if sources is None:
@@ -97,7 +119,7 @@ class Prototypes(Method):
     def run(self, ctx, prototype, disable, top):
         if ctx.x.shape[0] != 1:
             raise XAIError("prototypes explains one input at a time", "give one volume")
-        name, head = prototype_head(ctx)
+        name, head = prototype_head(ctx.model)
         count = int(head.enabled.numel())
         if prototype is not None and prototype >= count:
             raise XAIError(f"prototypes.prototype={prototype} is out of range: the network has {count} prototypes",
