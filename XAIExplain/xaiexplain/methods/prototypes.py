@@ -22,11 +22,14 @@ import torch
 
 from ..core.models import prediction
 from ..core.targets import ClassTarget
+from ..core.volume import Volume
 from ..errors import XAIError
 from .base import Method, register
 from .machinery.layer_grid import layer_axes, upsample
 
 SHOWN = 3  # prototypes whose nearest patches go with the map (io.nearest draws them)
+# where an axis code (MONAI's: the direction the axis runs to) points in ITK's LPS space
+LPS_OF = {"R": (-1, 0, 0), "L": (1, 0, 0), "A": (0, -1, 0), "P": (0, 1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
 
 
 def prototype_head(model) -> tuple[str, torch.nn.Module]:
@@ -70,15 +73,10 @@ def nearest_patches(head, p: int) -> np.ndarray:
     return head.nearest_patches[p][kept].float().cpu().numpy()
 
 
-LPS_OF = {"R": (-1, 0, 0), "L": (1, 0, 0), "A": (0, -1, 0), "P": (0, 1, 0), "S": (0, 0, 1), "I": (0, 0, -1)}
-
-
 def nearest_patch_volumes(model, p: int) -> list:
     """Prototype ``p``'s nearest training patches as volumes (``core.volume.Volume``, nearest first) with the
     model space's voxel size and axes (its preprocessing's spacing and orientation), each centred on the origin:
     the patches' place in their training cases is not known here, only their case and cell."""
-    from ..core.volume import Volume
-
     _, head = prototype_head(model)
     count = int(head.enabled.numel())
     if not 0 <= p < count:
