@@ -409,6 +409,9 @@ def test_approximate_tiling_occlusion_drills_down_from_merged_windows(demo, demo
     facts = info["approximate"]
     assert facts["merged_levels"] == [[8, 8, 8], [4, 4, 4], [2, 2, 2]] and "why" not in facts
     assert actx.passes["forward"] < 0.12 * ctx.passes["forward"]
+    stated = get_method("occlusion").estimate({**get_method("occlusion").params(params), "approximate": True},
+                                              (128,) * 3)["forward"]
+    assert 0.5 * actx.passes["forward"] <= stated <= 2 * actx.passes["forward"]  # the cost said before the run
     r = float(np.corrcoef(exact.flatten().numpy(), approx.flatten().numpy())[0, 1])
     assert r >= 0.99  # measured 0.9967
     assert torch.equal(torch.nonzero(exact == exact.max())[0], torch.nonzero(approx == approx.max())[0])

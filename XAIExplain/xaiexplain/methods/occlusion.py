@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 
@@ -151,6 +152,15 @@ def merged_bounds(bounds: torch.Tensor, lattice, level: int) -> torch.Tensor:
     return torch.stack(out)
 
 
+def approximation(lattice, steps) -> str | None:
+    """How the approximate mode skips windows on this lattice: "lattice" (overlapping windows: a coarse lattice,
+    interpolated), "merged" (tiling windows, enough to merge: drilled down from merged windows) or None (every
+    window scored)."""
+    if max(steps) > 1:
+        return "lattice"
+    return "merged" if len(merged_lattices(lattice)) >= MIN_LEVELS else None
+
+
 def _checked_guess(exact, drops, guess, done, changed, tolerance, facts) -> tuple[torch.Tensor, dict]:
     """The approximate drops: exact where ``done``, else ``guess``, checked on a seeded sample of the guessed
     windows scored exactly (``exact(indices)`` fills ``drops``). Where the map has no structure to guess from
@@ -231,12 +241,13 @@ class PatchOcclusion(Method):
         count = len(windows(shape, params["window"], params["stride"]))
         lattice, steps = lattice_of(shape, params["window"], params["stride"]), coarse_steps(params["window"],
                                                                                              params["stride"])
-        if params["approximate"] and max(steps) > 1:  # the coarse lattice and the first drill-down round
+        how = approximation(lattice, steps) if params["approximate"] else None
+        if how == "lattice":  # the coarse lattice and the first drill-down round
             known, _ = coarse_lattice(lattice, steps)
             count = min(count, len(list(itertools.product(*known))) + int(params["drill"] * count))
-        elif params["approximate"] and len(merged_lattices(lattice)) >= MIN_LEVELS:  # one refined per level
-            levels = merged_lattices(lattice)
-            count = min(count, int(torch.tensor(levels[-1]).prod()) + MERGE ** 3 * (len(levels) - 1)
+        elif how == "merged":  # the coarsest level, one window refined per level below, the sample
+            merged = merged_lattices(lattice)
+            count = min(count, math.prod(merged[-1]) + MERGE ** 3 * (len(merged) - 1)
                         + max(SAMPLED_MIN, int(SAMPLED_SHARE * count)))
         return {"forward": count + 1 + sum(len(spots) for _, _, spots in levels), "backward": 0}
 
@@ -267,10 +278,11 @@ class PatchOcclusion(Method):
                 return drops
 
             steps, lattice = coarse_steps(window, stride), lattice_of(shape, window, stride)
-            if approximate and max(steps) > 1:
+            how = approximation(lattice, steps) if approximate else None
+            if how == "lattice":
                 drops, facts = self._approximate(drops_of, scorer, bounds, todo, lattice, steps, tolerance, drill)
                 info["approximate"] = facts
-            elif approximate and len(merged_lattices(lattice)) >= MIN_LEVELS:  # tiling: drill down from merged
+            elif how == "merged":
                 drops, facts = self._drill_down(drops_of, scorer, bounds, todo, lattice, tolerance, drill)
                 info["approximate"] = facts
             else:
@@ -320,42 +332,37 @@ class PatchOcclusion(Method):
                 out[same] = drops_of(level_bounds, same)[same]
             return out
 
-        def cells(level):
-            return list(itertools.product(*[range(n) for n in levels[level]]))
-
         top = len(levels) - 1
-        level_bounds = merged_bounds(bounds, lattice, top)
-        volume = lambda b: (b[:, :, 1] - b[:, :, 0]).prod(1).double()
+        level_bounds = [bounds] + [merged_bounds(bounds, lattice, level) for level in range(1, top + 1)]
+        cells = [list(itertools.product(*[range(n) for n in lat])) for lat in levels]
+        volumes = [(b[:, :, 1] - b[:, :, 0]).prod(1).double().view(*lat) for b, lat in zip(level_bounds, levels)]
         fine_changed = changed.view(*lattice)
         touched = lambda level, cell: bool(fine_changed[tuple(slice(c * MERGE ** level, (c + 1) * MERGE ** level)
                                                                for c in cell)].any())
-        known = {cell: exact for cell, exact in zip(cells(top), scored(level_bounds, [
-            i for i, cell in enumerate(cells(top)) if touched(top, cell)]).tolist())}
-        is_exact = {cell: touched(top, cell) for cell in cells(top)}
+        known = {cell: exact for cell, exact in zip(cells[top], scored(level_bounds[top], [
+            i for i, cell in enumerate(cells[top]) if touched(top, cell)]).tolist())}
+        is_exact = {cell: touched(top, cell) for cell in cells[top]}
         scale = max((abs(v) for v in known.values()), default=0.0) or 1.0
         counts = [len(known)]
         for level in range(top - 1, -1, -1):
-            parent_volume = volume(merged_bounds(bounds, lattice, level + 1)).view(*levels[level + 1])
-            level_bounds = merged_bounds(bounds, lattice, level) if level else bounds
-            share = volume(level_bounds).view(*levels[level])
             ranked = sorted((c for c in known if is_exact[c]), key=lambda c: -abs(known[c]))
             refine = {c for c in ranked if abs(known[c]) > tolerance * scale} | set(ranked[:max(1, int(
                 drill * len(ranked)))])
             guess, exact_cells = {}, []
-            for cell in cells(level):
+            for cell in cells[level]:
                 parent = tuple(c // MERGE for c in cell)
                 if parent in refine and touched(level, cell):
                     exact_cells.append(cell)
                 else:
-                    guess[cell] = known[parent] * float(share[cell] / parent_volume[parent])
-            flat = {cell: i for i, cell in enumerate(cells(level))}
-            values = scored(level_bounds, [flat[c] for c in exact_cells])
+                    guess[cell] = known[parent] * float(volumes[level][cell] / volumes[level + 1][parent])
+            flat = {cell: i for i, cell in enumerate(cells[level])}
+            values = scored(level_bounds[level], [flat[c] for c in exact_cells])
             known = {**guess, **{c: float(values[flat[c]]) for c in exact_cells}}
             exact_set = set(exact_cells)
-            is_exact = {cell: cell in exact_set for cell in cells(level)}
+            is_exact = {cell: cell in exact_set for cell in cells[level]}
             scale = max([scale] + [abs(known[c]) for c in exact_cells])
             counts.append(len(exact_cells))
-        order = cells(0)
+        order = cells[0]
         drops = torch.tensor([known[c] if is_exact[c] else 0.0 for c in order], dtype=torch.float64)
         guessed = torch.tensor([known[c] for c in order], dtype=torch.float64)
         done = torch.tensor([is_exact[c] for c in order])
