@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from xaiexplain import attribute, explain, load_model
 from xaiexplain.cli.main import main as cli
 from xaiexplain.errors import XAIError
-from xaiexplain.methods.prototypes import disabled, nearest_patches
+from xaiexplain.methods.prototypes import disabled, nearest_patch_volumes, nearest_patches
 from xaiexplain.protocol import demo_bundle
 from xaiexplain.synthlesion.prototype_model import PrototypeNet3D
 from xaiexplain.synthlesion.synth import generate_case
@@ -119,6 +119,11 @@ def test_each_prototype_is_its_nearest_training_patch(prototypes):
         patches = nearest_patches(head, p)
         assert patches.shape == (3, 1, 16, 16, 16)
         np.testing.assert_allclose(patches[0], _patch(x, cell, CELL).numpy(), atol=2e-3)  # stored as float16
+        volumes = nearest_patch_volumes(prototypes, p)  # as volumes: model space's voxels and axes, centred
+        np.testing.assert_array_equal(volumes[0].array, patches[0])
+        np.testing.assert_allclose(volumes[0].spacing, [3.0, 3.0, 3.0])
+        np.testing.assert_allclose(volumes[0].direction, np.diag([-1.0, -1.0, 1.0]))  # RAS axes, in LPS
+        np.testing.assert_allclose(volumes[0].origin + volumes[0].direction @ (7.5 * volumes[0].spacing), 0.0)
         recorded = head.nearest_distances[p]  # nearest first, the first the one it was pushed onto
         assert float(recorded[0]) < 1e-4 and bool((recorded[1:] >= recorded[:-1]).all())
 

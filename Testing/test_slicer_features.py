@@ -53,6 +53,11 @@ def test_layers_and_a_chosen_channel_shown_as_an_overlay(harness, logic, t1, dem
 
     ranking = logic.featureRanking(node)
     assert len(ranking) == 10 and ranking[0]["contribution"] >= ranking[-1]["contribution"]
+    assert logic.describeFeatureLayer(by_name["features.2"]) == "features.2 (32 channels, 16x16x16)"
+    rank = record["info"]["rank"]
+    assert logic.describeFeatureRanking(node).startswith(
+        f"features.2: channel 5 of 32 (rank {rank} by gradient-x-activation). Top channels (share of the target): "
+        f"{ranking[0]['channel']} ({ranking[0]['share']:+.0%})")
     best = logic.showFeatureChannel(t1, logic.demoModelPath(), "features.2", None, target="lesion", rankBy="lrp",
                                     device="cpu")
     assert display.record(best)["info"]["channel"] == logic.featureRanking(best)[0]["channel"]

@@ -54,10 +54,11 @@ class FeatureLogic:
         one adding most."""
         return list(display.record(resultNode).get("info", {}).get("ranking", []))
 
-    def describeFeatureRanking(self, resultNode, shown: int = 5) -> str:
+    @staticmethod
+    def describeFeatureRanking(resultNode, shown: int = 5) -> str:
         """The panel's line on a feature-map result: its layer, channel and rank, then the top channels."""
         info = display.record(resultNode).get("info", {})
-        ranking = self.featureRanking(resultNode)
+        ranking = info.get("ranking", [])
         if not ranking:
             return ""
         top = ", ".join(f"{r['channel']} ({r['share']:+.0%})" for r in ranking[:shown])

@@ -460,7 +460,7 @@ def lrp(ctx, composite="epsilon-plus-flat", epsilon=1e-6, rules=None, input_rule
     ctx.model.named_layers()  # refuses TorchScript with a clear message
     relevance, scores, mode = propagate(ctx, {"composite": composite, "epsilon": epsilon, "rules": rules,
                                               "input_rule": input_rule, "norm_rule": norm_rule})
-    totals, scores = relevance.detach().double().flatten(1).sum(1).cpu(), scores.detach().double().cpu()
+    totals, scores = relevance.double().flatten(1).sum(1).cpu(), scores.double().cpu()
     absorbed = 1 - totals / scores
     # what the input lacks of the score, less what the ledger booked: relevance lost or made off the rules
     unbooked = completeness_error(totals + mode.ledger.total(len(scores)), scores)

@@ -126,6 +126,7 @@ class Prototypes(Method):
         if not isinstance(ctx.target, ClassTarget):
             raise XAIError("prototypes explains one class's score", "give a class as the target, without --versus")
         target = int(ctx.target.indices(ctx.reference)[0])
+        layer = f"{name}.similarity" if name else "similarity"
         seen: dict = {}
 
         def keep(key):
@@ -139,7 +140,7 @@ class Prototypes(Method):
                 x = ctx.x.detach().requires_grad_(True)
                 output = ctx.forward(x)
                 latent, maps = seen["similarity"]  # (1, D, *grid), (1, P, *grid): cell by cell, same axes
-                axes = layer_axes(ctx, f"{name}.similarity" if name else "similarity", x, latent)
+                axes = layer_axes(ctx, layer, x, latent)
         finally:
             for handle in handles:
                 handle.remove()
@@ -160,11 +161,11 @@ class Prototypes(Method):
                             "weights": {c: float(w) for c, w in zip(classes, weights[:, p])},
                             "enabled": bool(enabled[p] > 0), "peak_cell": [int(c) for c in cell],
                             "nearest": _nearest(head, p)})
-            patches = nearest_patches(head, p)
-            if rank < SHOWN and len(patches):  # the middle slice along the third axis, for the picture
+            patches = nearest_patches(head, p) if rank < SHOWN else ()
+            if len(patches):  # the middle slice along the third axis, for the picture
                 ranking[-1]["nearest_slices"] = np.round(patches[:, 0, :, :, patches.shape[-1] // 2], 4).tolist()
         info = {"prototype": chosen, "rank": int((order == chosen).nonzero()[0]) + 1, "prototypes": ranking,
-                "prototype_count": count, "layer": f"{name}.similarity" if name else "similarity",
+                "prototype_count": count, "layer": layer,
                 "layer_shape": list(maps.shape[1:]), "axes": axes.describe(), "axes_check": axes.checked,
                 "model_orientation": ctx.model.preprocessing.orientation,
                 "prediction": _prediction(ctx, output.detach())}

@@ -34,6 +34,11 @@ KINDS = {
 }
 
 
+def kind_settings(kind: str) -> dict:
+    """A kind's data settings (``KINDS``) as a bundle's metadata records them (JSON lists for ranges)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in KINDS[kind].items()}
+
+
 class CaseStream(IterableDataset):
     def __init__(self, kind: str, n_cases: int, seed: int):
         self.kind, self.n_cases, self.seed = KINDS[kind], n_cases, seed
@@ -125,8 +130,7 @@ def main(argv=None):
                         class_names=CLASS_NAMES, in_channels=1, preprocessing=DEMO_PREPROCESSING,
                         extra={"training": {"kind": args.kind, "cases": args.cases, "seed": args.seed, "batch": args.batch,
                                             "lr": args.lr, "device": args.device, "fine_tuned_from": previous,
-                                            "torch": torch.__version__, **{k: list(v) if isinstance(v, tuple) else v
-                                                                           for k, v in KINDS[args.kind].items()}}})
+                                            "torch": torch.__version__, **kind_settings(args.kind)}})
     print(f"wrote {args.out}")
 
 

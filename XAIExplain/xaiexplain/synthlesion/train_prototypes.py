@@ -25,7 +25,7 @@ from ..core import bundle
 from ..protocol import models_dir
 from .demo_model import CLASS_NAMES
 from .prototype_model import NEAREST, PATCH, PrototypeNet3D
-from .train import DEMO_PREPROCESSING, EVAL_SEED_START, KINDS, CaseStream
+from .train import DEMO_PREPROCESSING, EVAL_SEED_START, KINDS, CaseStream, kind_settings
 
 BACKBONES = {"clean": "synthlesion_classifier", "shortcut": "synthlesion_shortcut"}
 CLUSTER, SEPARATION, L1 = 0.8, 0.08, 1e-4
@@ -204,7 +204,7 @@ def main(argv=None):
                             "push_stream": {"kind": args.kind, "cases": args.cases, "seed": args.seed},
                             "accuracy": {"cases": args.evaluate, "seed": EVAL_SEED_START, "value": measured},
                             "seconds": round(time.time() - start), "torch": torch.__version__,
-                            **{k: list(v) if isinstance(v, tuple) else v for k, v in KINDS[args.kind].items()}}})
+                            **kind_settings(args.kind)}})
     print(f"wrote {args.out}")
 
 
