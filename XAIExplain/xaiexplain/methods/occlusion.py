@@ -161,6 +161,13 @@ def approximation(lattice, steps) -> str | None:
     return "merged" if len(merged_lattices(lattice)) >= MIN_LEVELS else None
 
 
+def merged_passes(lattice) -> int:
+    """The windows a drill-down from merged windows scores when one window per level holds the evidence: the
+    coarsest level, MERGE^3 parts per level below, the sample (more where the evidence spreads)."""
+    levels, count = merged_lattices(lattice), math.prod(lattice)
+    return math.prod(levels[-1]) + MERGE ** 3 * (len(levels) - 1) + max(SAMPLED_MIN, int(SAMPLED_SHARE * count))
+
+
 def _checked_guess(exact, drops, guess, done, changed, tolerance, facts) -> tuple[torch.Tensor, dict]:
     """The approximate drops: exact where ``done``, else ``guess``, checked on a seeded sample of the guessed
     windows scored exactly (``exact(indices)`` fills ``drops``). Where the map has no structure to guess from
@@ -246,9 +253,7 @@ class PatchOcclusion(Method):
             known, _ = coarse_lattice(lattice, steps)
             count = min(count, len(list(itertools.product(*known))) + int(params["drill"] * count))
         elif how == "merged":  # the coarsest level, one window refined per level below, the sample
-            merged = merged_lattices(lattice)
-            count = min(count, math.prod(merged[-1]) + MERGE ** 3 * (len(merged) - 1)
-                        + max(SAMPLED_MIN, int(SAMPLED_SHARE * count)))
+            count = min(count, merged_passes(lattice))
         return {"forward": count + 1 + sum(len(spots) for _, _, spots in levels), "backward": 0}
 
     def run(self, ctx, window, stride, refine, baseline, score, batch_size, approximate, tolerance, drill):
@@ -321,6 +326,7 @@ class PatchOcclusion(Method):
         changed[todo] = True
         levels = merged_lattices(lattice)
         later = scorer.total - len(todo)  # the refinement levels' windows
+        scorer.total = merged_passes(lattice) + later  # progress: a guess until the drill-down ends
 
         def scored(level_bounds, chosen) -> torch.Tensor:
             """Exact drops of the ``chosen`` windows of one level (by size: one size per batch)."""
